@@ -1,0 +1,341 @@
+//! `resagent run`: the coordinator. One named thread per concern — `signals`, `mqtt`,
+//! `download` — feeds one bounded event channel; this thread owns the decisions (which
+//! task runs, when to ask for tasks, what a message means) and the shutdown handle.
+
+use crate::config::{self, Config, ConfigError};
+use crate::download::{Downloader, Outcome};
+use crate::fsutil::{self, FsError};
+use crate::journal::{self, ConnState, JournalError, JournalStore};
+use crate::mqtt::{LinkEvent, MqttError, Publisher, Session};
+use crate::pidfile::{PidError, PidFile};
+use crate::protocol::{self, DownMessage, Direction, Report, ResultCode, Task};
+use crate::report::Reporter;
+use crate::shutdown::Shutdown;
+use crate::signals::{self, Request};
+use crate::tasks::{self, Offer};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Capacity of the event channel: the MQTT thread waits when the coordinator lags
+/// (Paho keeps queueing meanwhile), so a storm of messages cannot grow this queue.
+const EVENT_QUEUE: usize = 256;
+/// How long a stop waits for the download thread to reach a chunk boundary; the journal
+/// is consistent at every instant, so the process may exit without it.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// Signals could not be blocked, so the signal thread cannot own them.
+    #[error("cannot block signals: {0}")]
+    Signals(nix::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pid(#[from] PidError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+    /// A thread could not be started.
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        name: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Everything the coordinator hears about.
+enum Event {
+    Link(LinkEvent),
+    Signal(Request),
+    DownloadFinished(Task, Outcome),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Call before any thread exists.
+pub fn run(config_path: &Path) -> Result<(), DaemonError> {
+    signals::block().map_err(DaemonError::Signals)?;
+    let config = config::load(config_path)?;
+    if let Some(file) = config::world_readable_secret(&config) {
+        log::warn!(
+            "{} holds the device's secret and is readable by every user: chmod 600 it",
+            file.display()
+        );
+    }
+    fsutil::ensure_dir(&config.state_dir, 0o700)?;
+    fsutil::ensure_dir(&config.resource_dir, 0o755)?;
+    let _pid = PidFile::claim(&config.pid_file)?;
+    let journal = Arc::new(JournalStore::open(&config.journal_path())?);
+    let session = Session::new(&config)?;
+    let publisher = session.publisher();
+    let reporter = Arc::new(Reporter::new(publisher.clone(), journal.clone()));
+    let shutdown = Shutdown::new();
+    let (events, inbox) = mpsc::sync_channel(EVENT_QUEUE);
+
+    let tx = events.clone();
+    signals::spawn(move |r| tx.send(Event::Signal(r)).is_ok()).map_err(|source| {
+        DaemonError::Thread {
+            name: "signals",
+            source,
+        }
+    })?;
+    spawn_threads(session, &events, &shutdown)?;
+    log::info!(
+        "resagent {} started for {} (broker {})",
+        env!("CARGO_PKG_VERSION"),
+        config.device.client_id(),
+        config.broker.uri()
+    );
+    let mut coordinator = Coordinator {
+        config: Arc::new(config),
+        journal,
+        reporter,
+        publisher,
+        shutdown,
+        events,
+        in_flight: None,
+        connected: false,
+    };
+    coordinator.run(inbox);
+    Ok(())
+}
+
+fn spawn_threads(session: Session, events: &SyncSender<Event>, shutdown: &Shutdown) -> Result<(), DaemonError> {
+    let tx = events.clone();
+    let stop = shutdown.clone();
+    std::thread::Builder::new()
+        .name("mqtt".into())
+        .spawn(move || session.run(&stop, |e| tx.send(Event::Link(e)).is_ok()))
+        .map_err(|source| DaemonError::Thread { name: "mqtt", source })?;
+    Ok(())
+}
+
+/// The download in flight: its task and the flag that cancels it.
+struct Running {
+    task: Task,
+    cancel: Arc<AtomicBool>,
+    done: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Coordinator {
+    config: Arc<Config>,
+    journal: Arc<JournalStore>,
+    reporter: Arc<Reporter>,
+    publisher: Publisher,
+    shutdown: Shutdown,
+    events: SyncSender<Event>,
+    in_flight: Option<Running>,
+    connected: bool,
+}
+
+impl Coordinator {
+    fn run(&mut self, inbox: Receiver<Event>) {
+        self.record_connection(ConnState::Disconnected);
+        // A download interrupted by a kill or a reboot resumes now, connected or not.
+        self.start_next();
+        let mut next_poll = Instant::now() + self.config.poll_interval;
+        loop {
+            let wait = next_poll.saturating_duration_since(Instant::now());
+            match inbox.recv_timeout(wait) {
+                Ok(Event::Signal(Request::Stop)) => break,
+                Ok(Event::Signal(r)) => self.on_signal(r),
+                Ok(Event::Link(LinkEvent::Connected)) => {
+                    self.on_connected();
+                    next_poll = Instant::now() + self.config.poll_interval;
+                }
+                Ok(Event::Link(LinkEvent::Disconnected)) => {
+                    self.connected = false;
+                    self.record_connection(ConnState::Disconnected);
+                }
+                Ok(Event::Link(LinkEvent::Message(bytes))) => self.on_message(&bytes),
+                Ok(Event::DownloadFinished(task, outcome)) => self.on_download_finished(&task, outcome),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.ask_for_task("poll_interval_s");
+                    next_poll = Instant::now() + self.config.poll_interval;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        log::info!("stopping");
+        self.shutdown.trigger();
+        if let Some(handle) = self.in_flight.as_mut().and_then(|r| r.done.take()) {
+            let deadline = Instant::now() + STOP_GRACE;
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.record_connection(ConnState::Disconnected);
+        log::info!("stopped");
+    }
+
+    fn record_connection(&self, state: ConnState) {
+        let broker = self.config.broker.uri();
+        let now = journal::unix_now();
+        let result = self.journal.update(|j| {
+            if j.connection.state != state || j.connection.broker != broker {
+                j.connection.state = state;
+                j.connection.broker = broker;
+                j.connection.since = now;
+            }
+        });
+        if let Err(e) = result {
+            log::error!("{e}");
+        }
+    }
+
+    fn on_connected(&mut self) {
+        self.connected = true;
+        self.record_connection(ConnState::Connected);
+        self.reporter.resend_unacked();
+        self.ask_for_task("connect");
+    }
+
+    fn on_signal(&mut self, request: Request) {
+        match request {
+            Request::Stop => {}
+            Request::Reload => self.reload(),
+            Request::CheckTasks => self.ask_for_task("SIGUSR1"),
+            Request::ScanOutbox => log::info!("SIGUSR2: the outbox is empty (uploads are not enabled in this build)"),
+        }
+    }
+
+    /// SIGHUP: a new configuration takes effect for the next task; a change of broker or
+    /// identity needs a restart, which is said.
+    fn reload(&mut self) {
+        match config::load(&self.config.path) {
+            Ok(new) => {
+                if new.broker != self.config.broker || new.device != self.config.device || new.auth != self.config.auth {
+                    log::warn!("SIGHUP: broker or credentials changed; they take effect after a restart");
+                }
+                log::info!("SIGHUP: configuration {} re-read", new.path.display());
+                self.config = Arc::new(new);
+            }
+            Err(e) => log::error!("SIGHUP: keeping the current configuration: {e}"),
+        }
+    }
+
+    fn ask_for_task(&self, why: &str) {
+        if !self.connected {
+            log::info!("not connected; asking for a download task after the next connect ({why})");
+            return;
+        }
+        log::debug!("asking for a download task ({why})");
+        if let Err(e) = self.publisher.publish(&protocol::get_download_task_message(), 1) {
+            log::warn!("get_download_task not sent: {e}");
+        }
+    }
+
+    fn on_message(&mut self, bytes: &[u8]) {
+        match protocol::parse_down(bytes, &self.config.task_limits()) {
+            Ok(DownMessage::DownloadTask(task)) => self.on_task(task),
+            Ok(DownMessage::NoDownloadTask) => log::debug!("the platform has no download task"),
+            Ok(DownMessage::DownloadProgressRsp { result_code, result_msg }) => {
+                self.on_download_rsp(result_code, &result_msg)
+            }
+            Ok(other) => log::debug!("ignoring {other:?}"),
+            Err(bad) => {
+                log::warn!("refused a message from the platform: {}", bad.reason);
+                if let (Some(name), Some(Direction::Download)) = (&bad.name, bad.direction) {
+                    self.reporter.final_report(Report::fail(
+                        Direction::Download,
+                        name,
+                        0,
+                        ResultCode::InvalidTask,
+                        &bad.reason,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn on_task(&mut self, task: Task) {
+        let resource_dir = self.config.resource_dir.clone();
+        let offered = task.clone();
+        let still_present = move |name: &str, i: &journal::Installed| {
+            i.plugin.is_some() || std::fs::symlink_metadata(resource_dir.join(name)).is_ok()
+        };
+        match self.journal.update(|j| tasks::offer(j, offered, still_present)) {
+            Ok(Offer::Start) => {
+                log::info!("task {} ({} bytes) accepted", task.name, task.size);
+                self.start_next();
+            }
+            Ok(Offer::Queued) => log::info!("task {} waits for the download in flight", task.name),
+            Ok(Offer::ReplacedWaiting) => log::info!("task {} replaces the waiting one of that name", task.name),
+            Ok(Offer::AlreadyInstalled) => {
+                log::info!("{} with md5 {} is installed already", task.name, task.md5sum);
+                self.reporter.final_report(Report::done(Direction::Download, &task.name));
+            }
+            Ok(Offer::DuplicateOfInFlight) => log::debug!("task {} is in flight already", task.name),
+            Err(e) => log::error!("task {} not recorded: {e}", task.name),
+        }
+    }
+
+    fn on_download_rsp(&mut self, code: i64, msg: &str) {
+        if code == 0 {
+            return;
+        }
+        if let Some(r) = &self.in_flight {
+            log::warn!("the platform withdrew {} (result_code {code}: {msg})", r.task.name);
+            r.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn on_download_finished(&mut self, task: &Task, outcome: Outcome) {
+        log::debug!("{}: {outcome:?}", task.name);
+        self.in_flight = None;
+        if outcome != Outcome::Interrupted {
+            self.start_next();
+        }
+    }
+
+    /// Starts the journal's download in flight (or the first waiting one) if none runs.
+    fn start_next(&mut self) {
+        if self.in_flight.is_some() || self.shutdown.is_set() {
+            return;
+        }
+        let task = match self.journal.update(tasks::next) {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
+            Err(e) => {
+                log::error!("cannot start the next download: {e}");
+                return;
+            }
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let downloader = Downloader {
+            config: self.config.clone(),
+            journal: self.journal.clone(),
+            reporter: self.reporter.clone(),
+            shutdown: self.shutdown.clone(),
+            cancel: cancel.clone(),
+        };
+        let tx = self.events.clone();
+        let job = task.clone();
+        let spawned = std::thread::Builder::new()
+            .name("download".into())
+            .spawn(move || {
+                let outcome = downloader.run(&job);
+                let _ = tx.send(Event::DownloadFinished(job, outcome));
+            });
+        match spawned {
+            Ok(handle) => {
+                self.in_flight = Some(Running {
+                    task,
+                    cancel,
+                    done: Some(handle),
+                })
+            }
+            Err(e) => log::error!("cannot start the download thread: {e}"),
+        }
+    }
+}

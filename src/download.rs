@@ -1,0 +1,519 @@
+//! One download task from start to final report: free-space check, a streaming GET that
+//! hashes MD5 as bytes arrive, resume with Range after any interruption (re-hashing the
+//! part on disk first), size and MD5 checks, the install, and exactly one final report.
+
+use crate::config::Config;
+use crate::install::{self, Paths};
+use crate::journal::{self, JournalStore, Phase};
+use crate::protocol::{percent, redact_url, Direction, ProgressState, Report, ResultCode, Task};
+use crate::report::{Reporter, Throttle};
+use crate::shutdown::Shutdown;
+use crate::tasks;
+use crate::transfer::{is_timeout, HttpClient, TransferError};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Size of one read from the network and one write to the staging file.
+const CHUNK: usize = 64 * 1024;
+/// Failed attempts in a row, without a byte of progress, before a transient error
+/// (connection refused, 5xx, a broken connection) becomes final.
+const MAX_FAILURES_WITHOUT_PROGRESS: u32 = 4;
+/// Read timeouts in a row without progress before the task fails with -1: the first
+/// stall is retried once with a resumed request (protocol.md).
+const MAX_STALLS: u32 = 2;
+
+/// How a task ended, for the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Installed and `done` reported.
+    Installed,
+    /// `fail` reported.
+    Failed,
+    /// The platform withdrew the task: staged bytes removed, nothing reported.
+    Cancelled,
+    /// The agent is stopping: the task stays in the journal and resumes after restart.
+    Interrupted,
+}
+
+/// Why a download loop stopped before the file was complete and verified.
+enum Stop {
+    Fail(ResultCode, String),
+    Cancelled,
+    Interrupted,
+}
+
+/// What one download needs; built by the coordinator for each task.
+pub struct Downloader {
+    pub config: Arc<Config>,
+    pub journal: Arc<JournalStore>,
+    pub reporter: Arc<Reporter>,
+    pub shutdown: Shutdown,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Downloader {
+    /// Runs `task` (the journal's download in flight) to its end.
+    pub fn run(&self, task: &Task) -> Outcome {
+        let paths = install::paths(&self.config.resource_dir, &task.name);
+        let phase = self
+            .journal
+            .snapshot()
+            .download
+            .filter(|d| d.task.same_content(task))
+            .map(|d| d.phase)
+            .unwrap_or_default();
+        let verified = phase == Phase::Verified && self.staged_file_complete(&paths, task);
+        if phase == Phase::Verified && !verified && self.installed_before_kill(&paths, task) {
+            return self.finish_installed(task);
+        }
+        if !verified {
+            match self.fetch(task, &paths) {
+                Ok(()) => {}
+                Err(stop) => return self.stopped(task, &paths, stop),
+            }
+            let marked = self.journal.update(|j| {
+                if let Some(d) = j.download.as_mut().filter(|d| d.task.same_content(task)) {
+                    d.phase = Phase::Verified;
+                }
+            });
+            if let Err(e) = marked {
+                log::error!("{}: {e}", task.name);
+            }
+        }
+        self.install(task, &paths)
+    }
+
+    fn staged_file_complete(&self, paths: &Paths, task: &Task) -> bool {
+        std::fs::symlink_metadata(&paths.staging)
+            .map(|m| m.is_file() && m.len() == task.size)
+            .unwrap_or(false)
+    }
+
+    /// After a kill between the install's rename and the journal write, the new file is
+    /// already at its destination: recognise it by its MD5 instead of believing the old.
+    fn installed_before_kill(&self, paths: &Paths, task: &Task) -> bool {
+        match install::md5_file(&paths.dest) {
+            Ok(md5) if md5 == task.md5sum => {
+                log::info!("{}: already in place from before the restart", task.name);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn install(&self, task: &Task, paths: &Paths) -> Outcome {
+        if self.shutdown.is_set() {
+            return Outcome::Interrupted;
+        }
+        self.reporter.progress(&Report::progress(
+            Direction::Download,
+            &task.name,
+            ProgressState::Burning,
+            0,
+        ));
+        match install::install_default(paths) {
+            Ok(()) => self.finish_installed(task),
+            Err(e) => {
+                install::discard_staging(&paths.staging);
+                self.stopped(
+                    task,
+                    paths,
+                    Stop::Fail(ResultCode::InstallFailed, format!("install {}: {e}", task.name)),
+                )
+            }
+        }
+    }
+
+    fn finish_installed(&self, task: &Task) -> Outcome {
+        let now = journal::unix_now();
+        if let Err(e) = self.journal.update(|j| tasks::installed(j, task, None, now)) {
+            log::error!("{}: installed, but {e}", task.name);
+        }
+        log::info!(
+            "{} installed at {} ({} bytes, md5 {})",
+            task.name,
+            self.config.resource_dir.join(&task.name).display(),
+            task.size,
+            task.md5sum
+        );
+        self.reporter
+            .final_report(Report::done(Direction::Download, &task.name));
+        Outcome::Installed
+    }
+
+    /// Ends a task that did not install: the staged bytes go (except when stopping, so
+    /// the task resumes), the journal forgets it, and a `fail` is reported.
+    fn stopped(&self, task: &Task, paths: &Paths, stop: Stop) -> Outcome {
+        let (code, msg) = match stop {
+            Stop::Interrupted => {
+                log::info!("{}: stopped; it resumes after restart", task.name);
+                return Outcome::Interrupted;
+            }
+            Stop::Cancelled => {
+                install::discard_staging(&paths.staging);
+                if let Err(e) = self.journal.update(|j| tasks::clear_in_flight(j, task)) {
+                    log::error!("{}: {e}", task.name);
+                }
+                log::info!("{}: cancelled by the platform; staged bytes removed", task.name);
+                return Outcome::Cancelled;
+            }
+            Stop::Fail(code, msg) => (code, msg),
+        };
+        log::error!("{} failed ({}): {msg}", task.name, code.code());
+        let done = std::fs::metadata(&paths.staging).map(|m| m.len()).unwrap_or(0);
+        install::discard_staging(&paths.staging);
+        if let Err(e) = self.journal.update(|j| tasks::clear_in_flight(j, task)) {
+            log::error!("{}: {e}", task.name);
+        }
+        self.reporter.final_report(Report::fail(
+            Direction::Download,
+            &task.name,
+            percent(done, task.size),
+            code,
+            &msg,
+        ));
+        Outcome::Failed
+    }
+
+    fn check_stop(&self) -> Result<(), Stop> {
+        if self.cancel.load(Ordering::SeqCst) {
+            Err(Stop::Cancelled)
+        } else if self.shutdown.is_set() {
+            Err(Stop::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Brings the staging file to the complete, MD5-checked resource.
+    fn fetch(&self, task: &Task, paths: &Paths) -> Result<(), Stop> {
+        let write_fail = |e: crate::fsutil::FsError| {
+            let code = if install::is_no_space(&e.source) {
+                ResultCode::NoSpace
+            } else {
+                ResultCode::InstallFailed
+            };
+            Stop::Fail(code, e.to_string())
+        };
+        install::prepare_staging_dir(&self.config.resource_dir).map_err(write_fail)?;
+        let (mut file, mut have) = install::open_staging(&paths.staging).map_err(write_fail)?;
+        let mut md5 = md5::Context::new();
+        if have > task.size {
+            have = 0;
+        }
+        let resumed_from = self.rehash(&mut file, &mut have, &mut md5, paths)?;
+        self.check_free_space(task, have)?;
+        let http = HttpClient::new(&self.config)
+            .map_err(|e| Stop::Fail(e.result_code(), e.to_string()))?;
+        let mut etag = self.journal.snapshot().download.and_then(|d| d.etag);
+        let mut throttle = Throttle::new(self.config.progress_interval);
+        let mut failures = 0u32;
+        let mut stalls = 0u32;
+        let mut restarted_after_mismatch = resumed_from == 0;
+        loop {
+            self.check_stop()?;
+            if have == task.size {
+                let got = format!("{:x}", md5.clone().compute());
+                if got == task.md5sum {
+                    return Ok(());
+                }
+                if !restarted_after_mismatch {
+                    // The resumed part may not be what the server has now: one clean start.
+                    log::warn!("{}: MD5 mismatch after a resumed download; starting over", task.name);
+                    restarted_after_mismatch = true;
+                    self.restart(&mut file, &mut have, &mut md5, &mut etag, paths)?;
+                    continue;
+                }
+                return Err(Stop::Fail(
+                    ResultCode::Mismatch,
+                    format!("{}: MD5 mismatch: expected {}, got {got}", task.name, task.md5sum),
+                ));
+            }
+            let attempt_start = have;
+            self.note_attempt(task, have);
+            let result = self.attempt(task, &http, &mut file, &mut have, &mut md5, &mut etag, &mut throttle, paths);
+            let progressed = have > attempt_start;
+            if progressed {
+                failures = 0;
+                stalls = 0;
+            }
+            match result {
+                Ok(()) => {}
+                Err(AttemptError::Stop(stop)) => return Err(stop),
+                Err(AttemptError::Transfer(TransferError::ResumeRefused { reason, .. })) => {
+                    log::warn!("{}: {reason}; starting over from byte 0", task.name);
+                    self.restart(&mut file, &mut have, &mut md5, &mut etag, paths)?;
+                    failures += 1;
+                }
+                Err(AttemptError::Transfer(e)) if matches!(e, TransferError::Timeout { .. }) => {
+                    if !progressed {
+                        stalls += 1;
+                    }
+                    if stalls >= MAX_STALLS {
+                        return Err(Stop::Fail(e.result_code(), format!("{}: {e}", task.name)));
+                    }
+                    log::warn!("{}: {e}; resuming at byte {have}", task.name);
+                }
+                Err(AttemptError::Transfer(e)) if e.is_transient() => {
+                    if !progressed {
+                        failures += 1;
+                    }
+                    if failures >= MAX_FAILURES_WITHOUT_PROGRESS {
+                        return Err(Stop::Fail(
+                            e.result_code(),
+                            format!("{}: {e} (after {failures} attempts)", task.name),
+                        ));
+                    }
+                    let delay = Duration::from_secs(1 << failures.min(5));
+                    log::warn!("{}: {e}; retrying at byte {have} in {} s", task.name, delay.as_secs());
+                    self.shutdown.sleep(delay);
+                }
+                Err(AttemptError::Transfer(e)) => {
+                    return Err(Stop::Fail(e.result_code(), format!("{}: {e}", task.name)))
+                }
+            }
+        }
+    }
+
+    /// Hashes the bytes already in the staging file (a resume after a restart); returns
+    /// the offset resumed from.
+    fn rehash(&self, file: &mut File, have: &mut u64, md5: &mut md5::Context, paths: &Paths) -> Result<u64, Stop> {
+        let io_fail = |op: &str, e: io::Error| {
+            Stop::Fail(
+                ResultCode::InstallFailed,
+                format!("{op} {}: {e}", paths.staging.display()),
+            )
+        };
+        if *have > 0 {
+            file.seek(SeekFrom::Start(0)).map_err(|e| io_fail("seek", e))?;
+            let hashed = install::hash_prefix(file, *have, md5).map_err(|e| io_fail("read", e))?;
+            *have = hashed;
+            log::info!("resuming {} at byte {hashed}", paths.staging.display());
+        }
+        file.set_len(*have).map_err(|e| io_fail("truncate", e))?;
+        file.seek(SeekFrom::Start(*have)).map_err(|e| io_fail("seek", e))?;
+        Ok(*have)
+    }
+
+    /// Drops what was downloaded: the next request starts from byte 0.
+    fn restart(
+        &self,
+        file: &mut File,
+        have: &mut u64,
+        md5: &mut md5::Context,
+        etag: &mut Option<String>,
+        paths: &Paths,
+    ) -> Result<(), Stop> {
+        *have = 0;
+        *md5 = md5::Context::new();
+        *etag = None;
+        self.rehash(file, have, md5, paths).map(|_| ())
+    }
+
+    /// Free space on the destination's file system against the bytes still to fetch.
+    fn check_free_space(&self, task: &Task, have: u64) -> Result<(), Stop> {
+        let needed = task.size - have;
+        match crate::fsutil::free_space(&self.config.resource_dir) {
+            Ok(free) if free < needed => Err(Stop::Fail(
+                ResultCode::NoSpace,
+                format!(
+                    "{}: needs {needed} more bytes, {} has {free} free",
+                    task.name,
+                    self.config.resource_dir.display()
+                ),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                log::warn!("free-space check skipped: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Records when this attempt started, for `status`'s rate and ETA.
+    fn note_attempt(&self, task: &Task, have: u64) {
+        let now = journal::unix_now_ms();
+        let _ = self.journal.update(|j| {
+            if let Some(d) = j.download.as_mut().filter(|d| d.task.same_content(task)) {
+                d.attempt_started_ms = now;
+                d.attempt_start_bytes = have;
+            }
+        });
+    }
+
+    /// One GET and the streaming of its body into the staging file.
+    #[allow(clippy::too_many_arguments)]
+    fn attempt(
+        &self,
+        task: &Task,
+        http: &HttpClient,
+        file: &mut File,
+        have: &mut u64,
+        md5: &mut md5::Context,
+        etag: &mut Option<String>,
+        throttle: &mut Throttle,
+        paths: &Paths,
+    ) -> Result<(), AttemptError> {
+        let offset = *have;
+        log::info!(
+            "downloading {} from {} at byte {offset} of {}",
+            task.name,
+            redact_url(&task.url),
+            task.size
+        );
+        let body = http.get_resource(&task.url, offset, etag.as_deref(), task.size)?;
+        if body.start == 0 && offset > 0 {
+            log::warn!("{}: the server ignored Range; starting over from byte 0", task.name);
+            self.restart(file, have, md5, etag, paths)?;
+        }
+        if body.etag != *etag {
+            *etag = body.etag.clone();
+            let new = body.etag.clone();
+            let _ = self.journal.update(|j| {
+                if let Some(d) = j.download.as_mut().filter(|d| d.task.same_content(task)) {
+                    d.etag = new;
+                }
+            });
+        }
+        self.report_downloading(task, *have, throttle);
+        self.stream(task, body.reader, file, have, md5, throttle, paths)
+    }
+
+    fn report_downloading(&self, task: &Task, have: u64, throttle: &mut Throttle) {
+        let p = percent(have, task.size);
+        if throttle.due(ProgressState::Downloading, p, Instant::now()) {
+            self.reporter.progress(&Report::progress(
+                Direction::Download,
+                &task.name,
+                ProgressState::Downloading,
+                p,
+            ));
+        }
+    }
+
+    /// Copies the body into the staging file, hashing as it goes, cut off at `size` + 1.
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        task: &Task,
+        reader: Box<dyn Read + Send + Sync>,
+        file: &mut File,
+        have: &mut u64,
+        md5: &mut md5::Context,
+        throttle: &mut Throttle,
+        paths: &Paths,
+    ) -> Result<(), AttemptError> {
+        let shown = redact_url(&task.url);
+        let mut reader = reader.take(task.size - *have + 1);
+        let mut buf = vec![0u8; CHUNK];
+        let mut pace = Pace::new(self.config.max_bytes_per_s);
+        loop {
+            self.check_stop()?;
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) => {
+                    return Err(TransferError::Timeout {
+                        url: shown,
+                        secs: self.config.transfer_timeout.as_secs(),
+                    }
+                    .into())
+                }
+                Err(e) => {
+                    return Err(TransferError::Interrupted {
+                        url: shown,
+                        reason: e.to_string(),
+                    }
+                    .into())
+                }
+            };
+            if *have + n as u64 > task.size {
+                return Err(Stop::Fail(
+                    ResultCode::Mismatch,
+                    format!(
+                        "{}: the server sent more than the task's {} bytes; cut off",
+                        task.name, task.size
+                    ),
+                )
+                .into());
+            }
+            file.write_all(&buf[..n]).map_err(|e| {
+                let code = if install::is_no_space(&e) {
+                    ResultCode::NoSpace
+                } else {
+                    ResultCode::InstallFailed
+                };
+                Stop::Fail(code, format!("write {}: {e}", paths.staging.display()))
+            })?;
+            md5.consume(&buf[..n]);
+            *have += n as u64;
+            self.report_downloading(task, *have, throttle);
+            pace.after(n as u64, &self.shutdown);
+        }
+        if *have < task.size {
+            return Err(TransferError::Interrupted {
+                url: shown,
+                reason: format!("body ended at byte {} of {}", *have, task.size),
+            }
+            .into());
+        }
+        file.sync_all().map_err(|e| {
+            AttemptError::Stop(Stop::Fail(
+                ResultCode::InstallFailed,
+                format!("fsync {}: {e}", paths.staging.display()),
+            ))
+        })
+    }
+}
+
+/// An attempt ends in a final stop or a transfer error the loop may retry.
+enum AttemptError {
+    Stop(Stop),
+    Transfer(TransferError),
+}
+
+impl From<Stop> for AttemptError {
+    fn from(s: Stop) -> Self {
+        AttemptError::Stop(s)
+    }
+}
+
+impl From<TransferError> for AttemptError {
+    fn from(e: TransferError) -> Self {
+        AttemptError::Transfer(e)
+    }
+}
+
+/// Keeps a transfer under `max_bytes_per_s` by sleeping after chunks that ran ahead.
+pub struct Pace {
+    rate: u64,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    pub fn new(rate: u64) -> Self {
+        Pace {
+            rate,
+            start: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` more bytes and sleeps until the average is back under the cap.
+    pub fn after(&mut self, n: u64, shutdown: &Shutdown) {
+        if self.rate == 0 {
+            return;
+        }
+        self.bytes += n;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            shutdown.sleep(due - elapsed);
+        }
+    }
+}

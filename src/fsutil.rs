@@ -1,0 +1,163 @@
+//! Durable file operations shared by the installer, the journal and the outbox: every
+//! replacement is write-to-temp, fsync, rename, fsync of the folder, so a reader (or a
+//! reboot) sees the whole old file or the whole new one and never a mix.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A failed durable file operation, naming the operation and the path.
+#[derive(Debug, Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct FsError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl FsError {
+    pub fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
+        FsError {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Makes `dir`'s entries (a rename, a new file) durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
+    let d = File::open(dir).map_err(|e| FsError::new("open folder", dir, e))?;
+    d.sync_all().map_err(|e| FsError::new("fsync folder", dir, e))
+}
+
+/// The folder holding `path` ("." for a bare name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Renames `src` over `dest` with the durability promise of agent.md: `src` is fsynced
+/// first, the folder of `dest` after. A symlink at `dest` is replaced, never followed.
+pub fn atomic_replace(src: &Path, dest: &Path) -> Result<(), FsError> {
+    let f = File::open(src).map_err(|e| FsError::new("open", src, e))?;
+    f.sync_all().map_err(|e| FsError::new("fsync", src, e))?;
+    drop(f);
+    std::fs::rename(src, dest).map_err(|e| FsError::new("rename onto", dest, e))?;
+    fsync_dir(parent_dir(dest))
+}
+
+/// Writes `bytes` to `path` atomically and durably with `mode`: a temporary file beside
+/// it (so the rename stays on one file system), fsync, rename, fsync of the folder.
+pub fn atomically_write_file_sync(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
+    let tmp = temp_path_beside(path);
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| FsError::new("create", &tmp, e))?;
+        // The umask may have narrowed `mode`; the caller's mode is what must hold.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| FsError::new("chmod", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| FsError::new("write", &tmp, e))?;
+        f.sync_all().map_err(|e| FsError::new("fsync", &tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| FsError::new("rename onto", path, e))?;
+        fsync_dir(parent_dir(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `.NAME.tmp` beside `path`: a dot-name, so folder scans skip it.
+pub fn temp_path_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parent_dir(path).join(format!(".{name}.tmp"))
+}
+
+/// Creates `dir` and its parents if missing, refusing a symlink or a non-folder there.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), FsError> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(FsError::new(
+            "use as folder",
+            dir,
+            io::Error::new(io::ErrorKind::Other, "exists and is not a folder"),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .map_err(|e| FsError::new("create folder", dir, e))
+        }
+        Err(e) => Err(FsError::new("stat", dir, e)),
+    }
+}
+
+/// Free bytes for an unprivileged writer on the file system holding `dir`.
+pub fn free_space(dir: &Path) -> Result<u64, FsError> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| FsError::new("statvfs", dir, io::Error::from(e)))?;
+    #[allow(clippy::useless_conversion)] // the field widths differ between targets
+    let avail = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+    Ok(avail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_and_sets_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j.json");
+        atomically_write_file_sync(&p, b"one", 0o600).unwrap();
+        atomically_write_file_sync(&p, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!temp_path_beside(&p).exists());
+    }
+
+    #[test]
+    fn atomic_replace_replaces_a_symlink_instead_of_following_it() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, b"keep").unwrap();
+        let dest = d.path().join("dest");
+        std::os::unix::fs::symlink(&outside, &dest).unwrap();
+        let src = d.path().join("src");
+        std::fs::write(&src, b"new").unwrap();
+        atomic_replace(&src, &dest).unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert!(!std::fs::symlink_metadata(&dest).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn ensure_dir_refuses_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"").unwrap();
+        assert!(ensure_dir(&f, 0o755).is_err());
+        ensure_dir(&d.path().join("a/b"), 0o755).unwrap();
+        assert!(d.path().join("a/b").is_dir());
+    }
+}

@@ -1,0 +1,393 @@
+//! The MQTT session with the platform (Paho C through the `paho-mqtt` sync API): signed
+//! credentials recomputed for every connect, TLS with a CA file and a client certificate,
+//! one thread that connects, subscribes, forwards what arrives, and reconnects forever
+//! with capped exponential backoff and jitter.
+
+use crate::config::{Auth, Config, SignMethod};
+use crate::protocol::{DeviceId, SDK_APP_ID};
+use crate::random;
+use crate::shutdown::Shutdown;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use std::time::Duration;
+use thiserror::Error;
+
+/// First reconnect delay (agent.md: 1 s doubling to 5 min).
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How long a QoS 1 publish or a subscribe may wait for the broker's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connect attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the connection thread looks at the shutdown flag while idle.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+/// Errors of the MQTT session, naming the operation.
+#[derive(Debug, Error)]
+pub enum MqttError {
+    /// The device secret is not base64, so no password can be signed.
+    #[error("deviceSecret is not valid base64")]
+    BadSecret,
+    /// Paho refused to create the client (a malformed broker URI).
+    #[error("cannot create the MQTT client for {uri}: {source}")]
+    Create {
+        uri: String,
+        source: paho_mqtt::Error,
+    },
+    /// The TLS files could not be used.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// A publish was not acknowledged (not connected, or no PUBACK in time).
+    #[error("publish to {topic}: {source}")]
+    Publish {
+        topic: String,
+        source: paho_mqtt::Error,
+    },
+}
+
+/// The signed MQTT username and password of one connect (protocol.md, "Connection").
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    /// None in certificate mode, where the TLS client certificate authenticates.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// `${productId}${deviceName};12010126;${connid};${expiry}`.
+pub fn username(device: &DeviceId, connid: &str, expiry_unix: u64) -> String {
+    format!("{};{SDK_APP_ID};{connid};{expiry_unix}", device.client_id())
+}
+
+/// Lowercase hex HMAC of `username` keyed with the base64-decoded secret, then
+/// `;hmacsha256` or `;hmacsha1`.
+pub fn sign_password(
+    secret_b64: &str,
+    username: &str,
+    method: SignMethod,
+) -> Result<String, MqttError> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret_b64.as_bytes())
+        .map_err(|_| MqttError::BadSecret)?;
+    let digest = match method {
+        SignMethod::HmacSha256 => {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key");
+            mac.update(username.as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        }
+        SignMethod::HmacSha1 => {
+            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&key).expect("HMAC takes any key");
+            mac.update(username.as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        }
+    };
+    Ok(format!("{digest};{}", method.as_str()))
+}
+
+/// Fresh credentials for one connect: a new connid and an expiry `lifetime` from now.
+pub fn credentials(config: &Config, now_unix: u64) -> Result<Credentials, MqttError> {
+    let user = username(
+        &config.device,
+        &random::alphanumeric(5),
+        now_unix + config.credential_lifetime.as_secs(),
+    );
+    let password = match &config.auth {
+        Auth::Key { device_secret } => Some(sign_password(
+            device_secret.expose(),
+            &user,
+            config.sign_method,
+        )?),
+        Auth::Cert { .. } => None,
+    };
+    Ok(Credentials {
+        username: user,
+        password,
+    })
+}
+
+/// Reconnect delays: 1 s doubling to 5 min, each drawn from the upper half of its step
+/// so that a fleet that lost the broker together does not come back together.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    step: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { step: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The next delay, given 64 random bits; the step then doubles up to the cap.
+    pub fn next_delay(&mut self, random: u64) -> Duration {
+        let step_ms = self.step.as_millis() as u64;
+        let half = step_ms / 2;
+        let delay = Duration::from_millis(half + random % (step_ms - half + 1));
+        self.step = (self.step * 2).min(BACKOFF_MAX);
+        delay
+    }
+
+    /// Starts over after an accepted connection.
+    pub fn reset(&mut self) {
+        self.step = BACKOFF_MIN;
+    }
+}
+
+/// What the connection thread tells the rest of the agent.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// Connected and subscribed to the down topic.
+    Connected,
+    /// The session was lost; the thread reconnects on its own.
+    Disconnected,
+    /// A message on the down topic (not yet parsed: untrusted bytes).
+    Message(Vec<u8>),
+}
+
+/// Publishes on the up topic; cheap to clone and shared by every thread.
+#[derive(Clone)]
+pub struct Publisher {
+    client: paho_mqtt::Client,
+    topic: String,
+}
+
+impl Publisher {
+    /// Publishes `msg` with `qos`; for QoS 1, returns once the broker acknowledged it.
+    pub fn publish(&self, msg: &Value, qos: i32) -> Result<(), MqttError> {
+        let m = paho_mqtt::Message::new(self.topic.clone(), msg.to_string(), qos);
+        self.client.publish(m).map_err(|source| MqttError::Publish {
+            topic: self.topic.clone(),
+            source,
+        })
+    }
+}
+
+/// The session: a Paho client and what is needed to (re)connect it.
+pub struct Session {
+    client: paho_mqtt::Client,
+    config: Config,
+}
+
+impl Session {
+    pub fn new(config: &Config) -> Result<Session, MqttError> {
+        let uri = config.broker.uri();
+        let create = paho_mqtt::CreateOptionsBuilder::new()
+            .server_uri(&uri)
+            .client_id(config.device.client_id())
+            .persistence(paho_mqtt::PersistenceType::None)
+            .finalize();
+        let mut client =
+            paho_mqtt::Client::new(create).map_err(|source| MqttError::Create { uri, source })?;
+        client.set_timeout(REQUEST_TIMEOUT);
+        Ok(Session {
+            client,
+            config: config.clone(),
+        })
+    }
+
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            client: self.client.clone(),
+            topic: self.config.device.up_topic(),
+        }
+    }
+
+    fn connect_options(&self) -> Result<paho_mqtt::ConnectOptions, MqttError> {
+        let creds = credentials(&self.config, crate::journal::unix_now())?;
+        let mut b = paho_mqtt::ConnectOptionsBuilder::new_v3();
+        b.keep_alive_interval(self.config.keepalive)
+            .clean_session(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_name(creds.username);
+        if let Some(p) = creds.password {
+            b.password(p);
+        }
+        if self.config.broker.tls {
+            b.ssl_options(self.ssl_options()?);
+        }
+        Ok(b.finalize())
+    }
+
+    fn ssl_options(&self) -> Result<paho_mqtt::SslOptions, MqttError> {
+        let tls = |e: paho_mqtt::Error, what: &str, path: &std::path::Path| {
+            MqttError::Tls(format!("{what} {}: {e}", path.display()))
+        };
+        let mut b = paho_mqtt::SslOptionsBuilder::new();
+        b.trust_store(&self.config.ca_file)
+            .map_err(|e| tls(e, "ca_file", &self.config.ca_file))?;
+        if let Auth::Cert {
+            cert_file,
+            key_file,
+        } = &self.config.auth
+        {
+            b.key_store(cert_file)
+                .map_err(|e| tls(e, "devCertFile", cert_file))?;
+            b.private_key(key_file)
+                .map_err(|e| tls(e, "devPrivateKeyFile", key_file))?;
+        }
+        b.enable_server_cert_auth(true).verify(true);
+        Ok(b.finalize())
+    }
+
+    /// Connects, subscribes and forwards until `shutdown`; reconnects after every loss.
+    /// `deliver` gets every event; it returning false also ends the loop.
+    pub fn run(self, shutdown: &Shutdown, mut deliver: impl FnMut(LinkEvent) -> bool) {
+        let rx = self.client.start_consuming();
+        let uri = self.config.broker.uri();
+        let down = self.config.device.down_topic();
+        let mut backoff = Backoff::default();
+        while !shutdown.is_set() {
+            match self.connect_and_subscribe(&down) {
+                Ok(()) => {
+                    log::info!("connected to {uri} as {}", self.config.device.client_id());
+                    backoff.reset();
+                    if !deliver(LinkEvent::Connected) {
+                        break;
+                    }
+                    if !self.pump(&rx, shutdown, &mut deliver) {
+                        break;
+                    }
+                    log::warn!("lost the connection to {uri}");
+                    if !deliver(LinkEvent::Disconnected) {
+                        break;
+                    }
+                }
+                Err(reason) => log::warn!("connect to {uri} failed: {reason}"),
+            }
+            let delay = backoff.next_delay(random::random_u64());
+            log::info!("reconnecting to {uri} in {:.1} s", delay.as_secs_f64());
+            shutdown.sleep(delay);
+        }
+        let _ = self.client.disconnect(
+            paho_mqtt::DisconnectOptionsBuilder::new()
+                .timeout(Duration::from_millis(500))
+                .finalize(),
+        );
+    }
+
+    fn connect_and_subscribe(&self, down: &str) -> Result<(), String> {
+        let opts = self.connect_options().map_err(|e| e.to_string())?;
+        self.client
+            .connect(opts)
+            .map_err(|e| self.explain_connect_error(e))?;
+        if let Err(e) = self.client.subscribe(down, 1) {
+            let _ = self.client.disconnect(None);
+            return Err(format!("subscribe to {down}: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Paho's errors say little about TLS; say which files were used.
+    fn explain_connect_error(&self, e: paho_mqtt::Error) -> String {
+        if self.config.broker.tls {
+            let client_cert = match &self.config.auth {
+                Auth::Cert { cert_file, .. } => format!(", client certificate {}", cert_file.display()),
+                Auth::Key { .. } => String::new(),
+            };
+            format!(
+                "{e} (TLS: the broker's certificate is checked against ca_file {}{client_cert}; \
+                 a wrong CA, an expired certificate or a host name mismatch ends here)",
+                self.config.ca_file.display()
+            )
+        } else {
+            e.to_string()
+        }
+    }
+
+    /// Forwards messages until the connection is lost (true) or the agent stops (false).
+    fn pump(
+        &self,
+        rx: &paho_mqtt::Receiver<Option<paho_mqtt::Message>>,
+        shutdown: &Shutdown,
+        deliver: &mut impl FnMut(LinkEvent) -> bool,
+    ) -> bool {
+        loop {
+            match rx.recv_timeout(SHUTDOWN_POLL) {
+                Ok(Some(msg)) => {
+                    if !deliver(LinkEvent::Message(msg.payload().to_vec())) {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) if shutdown.is_set() => return false,
+                Err(_) => {
+                    if !self.client.is_connected() {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "dGVzdC1kZXZpY2Utc2VjcmV0"; // base64("test-device-secret")
+    const USER: &str = "ABCDEF1234dev1;12010126;Xy3Qz;1764115200";
+
+    /// Vectors computed outside this code:
+    /// `printf %s "$USER" | openssl dgst -sha256 -mac HMAC -macopt hexkey:$(printf %s "$SECRET" | base64 -d | xxd -p)`
+    #[test]
+    fn password_matches_openssl_hmac_sha256() {
+        assert_eq!(
+            sign_password(SECRET, USER, SignMethod::HmacSha256).unwrap(),
+            "99789d58ef072465986dead89577df26c8aed6edcccd73d9b7147a24889a91df;hmacsha256"
+        );
+    }
+
+    #[test]
+    fn password_matches_openssl_hmac_sha1() {
+        assert_eq!(
+            sign_password(SECRET, USER, SignMethod::HmacSha1).unwrap(),
+            "526c5ffa553c0bfc986bf7eb2c508c310e044a21;hmacsha1"
+        );
+    }
+
+    #[test]
+    fn username_has_the_documented_fields() {
+        let id = DeviceId {
+            product_id: "ABCDEF1234".into(),
+            device_name: "dev1".into(),
+        };
+        assert_eq!(username(&id, "Xy3Qz", 1764115200), USER);
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let d = b.next_delay(0);
+        assert_eq!(d, Duration::from_millis(500));
+        let d = b.next_delay(u64::MAX);
+        assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(2), "{d:?}");
+        for _ in 0..20 {
+            let d = b.next_delay(u64::MAX);
+            assert!(d <= BACKOFF_MAX);
+        }
+        assert!(b.next_delay(7) >= BACKOFF_MAX / 2);
+        b.reset();
+        assert!(b.next_delay(3) <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn jitter_spreads_delays() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in 0..50u64 {
+            let mut b = Backoff::default();
+            seen.insert(b.next_delay(r * 7919));
+        }
+        assert!(seen.len() > 10);
+    }
+}

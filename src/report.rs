@@ -1,0 +1,140 @@
+//! Progress reports to the platform: intermediate ones as QoS 0 and throttled, final ones
+//! as QoS 1 and kept in the journal until the broker acknowledged them, so a `done` or
+//! `fail` survives a lost connection, a kill or a reboot and is sent again after the next
+//! connect.
+
+use crate::journal::JournalStore;
+use crate::mqtt::Publisher;
+use crate::protocol::{ProgressState, Report};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Sends reports; shared by the coordinator and the transfer threads.
+pub struct Reporter {
+    publisher: Publisher,
+    journal: Arc<JournalStore>,
+    /// Serialises final reports, so a re-send after connect and a new final report do not
+    /// interleave their journal updates.
+    finals: Mutex<()>,
+}
+
+impl Reporter {
+    pub fn new(publisher: Publisher, journal: Arc<JournalStore>) -> Self {
+        Reporter {
+            publisher,
+            journal,
+            finals: Mutex::new(()),
+        }
+    }
+
+    /// An intermediate report, QoS 0: a stale percent is not worth a retransmission.
+    pub fn progress(&self, report: &Report) {
+        if let Err(e) = self.publisher.publish(&report.to_message(), 0) {
+            log::debug!("progress report for {} not sent: {e}", report.name);
+        }
+    }
+
+    /// A final report: recorded in the journal first, removed once acknowledged.
+    pub fn final_report(&self, report: Report) {
+        let _guard = self.finals.lock().unwrap_or_else(|p| p.into_inner());
+        log::info!(
+            "{} {}: {}{}",
+            report.name,
+            report.state,
+            report.result_code,
+            if report.result_msg.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", report.result_msg)
+            }
+        );
+        let pending = report.clone();
+        if let Err(e) = self.journal.update(|j| j.unacked_reports.push(pending)) {
+            log::error!("final report for {} not journaled: {e}", report.name);
+        }
+        self.send_final(&report);
+    }
+
+    /// Sends every final report still waiting for its acknowledgement (after a connect).
+    pub fn resend_unacked(&self) {
+        let _guard = self.finals.lock().unwrap_or_else(|p| p.into_inner());
+        for report in self.journal.snapshot().unacked_reports {
+            log::info!("re-sending the unacknowledged {} report for {}", report.state, report.name);
+            if !self.send_final(&report) {
+                break;
+            }
+        }
+    }
+
+    /// Publishes with QoS 1; on PUBACK forgets the report. Returns whether it was acked.
+    fn send_final(&self, report: &Report) -> bool {
+        match self.publisher.publish(&report.to_message(), 1) {
+            Ok(()) => {
+                let result = self.journal.update(|j| {
+                    if let Some(i) = j.unacked_reports.iter().position(|r| r == report) {
+                        j.unacked_reports.remove(i);
+                    }
+                });
+                if let Err(e) = result {
+                    log::error!("journal after the report for {}: {e}", report.name);
+                }
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "{} report for {} not acknowledged ({e}); it is sent again after the next connect",
+                    report.state,
+                    report.name
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Decides which intermediate reports go out: the first of each state always, later ones
+/// only when the percent moved and `interval` has passed since the last one.
+#[derive(Debug)]
+pub struct Throttle {
+    interval: Duration,
+    last: Option<(ProgressState, u8, Instant)>,
+}
+
+impl Throttle {
+    pub fn new(interval: Duration) -> Self {
+        Throttle {
+            interval,
+            last: None,
+        }
+    }
+
+    /// Whether to send a report of `state` at `percent` now; records it if so.
+    pub fn due(&mut self, state: ProgressState, percent: u8, now: Instant) -> bool {
+        let send = match self.last {
+            None => true,
+            Some((s, _, _)) if s != state => true,
+            Some((_, p, at)) => p != percent && now.duration_since(at) >= self.interval,
+        };
+        if send {
+            self.last = Some((state, percent, now));
+        }
+        send
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_sends_first_of_each_state_then_on_interval_and_change() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut t = Throttle::new(s);
+        assert!(t.due(ProgressState::Downloading, 0, t0));
+        assert!(!t.due(ProgressState::Downloading, 5, t0 + s / 2), "too soon");
+        assert!(!t.due(ProgressState::Downloading, 0, t0 + s * 2), "percent did not move");
+        assert!(t.due(ProgressState::Downloading, 7, t0 + s * 2));
+        assert!(t.due(ProgressState::Burning, 0, t0 + s * 2), "first of a new state");
+    }
+}

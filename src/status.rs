@@ -1,0 +1,242 @@
+//! `resagent status`: what the daemon keeps on disk (journal, pid file, staging file),
+//! rendered for a person or as JSON. Works with no daemon running; never shows a
+//! presigned URL's query string.
+
+use crate::config::Config;
+use crate::install;
+use crate::journal::{self, ConnState, Journal, JournalError, Phase};
+use crate::pidfile;
+use crate::protocol::{percent, redact_url};
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+/// What `status` shows, gathered once.
+#[derive(Debug, Clone)]
+pub struct StatusView {
+    pub daemon_pid: Option<i32>,
+    pub journal: Journal,
+    /// Bytes in the staging file of the download in flight.
+    pub staged_bytes: u64,
+    pub now_ms: u64,
+}
+
+pub fn gather(config: &Config) -> Result<StatusView, JournalError> {
+    let journal = Journal::read(&config.journal_path())?;
+    let staged_bytes = journal
+        .download
+        .as_ref()
+        .and_then(|d| {
+            let p = install::paths(&config.resource_dir, &d.task.name);
+            std::fs::metadata(p.staging).ok().map(|m| m.len())
+        })
+        .unwrap_or(0);
+    Ok(StatusView {
+        daemon_pid: pidfile::running(&config.pid_file).ok(),
+        journal,
+        staged_bytes,
+        now_ms: journal::unix_now_ms(),
+    })
+}
+
+/// Bytes per second of the current attempt and seconds left, when they can be told.
+fn rate_and_eta(v: &StatusView) -> Option<(u64, u64)> {
+    let d = v.journal.download.as_ref()?;
+    let elapsed_ms = v.now_ms.checked_sub(d.attempt_started_ms)?;
+    let gained = v.staged_bytes.checked_sub(d.attempt_start_bytes)?;
+    if elapsed_ms < 500 || gained == 0 || d.attempt_started_ms == 0 {
+        return None;
+    }
+    let rate = gained * 1000 / elapsed_ms;
+    let left = d.task.size.saturating_sub(v.staged_bytes);
+    Some((rate, if rate > 0 { left / rate } else { 0 }))
+}
+
+pub fn render_json(v: &StatusView) -> Value {
+    let j = &v.journal;
+    let download = j.download.as_ref().map(|d| {
+        let (rate, eta) = rate_and_eta(v).map_or((Value::Null, Value::Null), |(r, e)| (json!(r), json!(e)));
+        let done = if d.phase == Phase::Verified { d.task.size } else { v.staged_bytes };
+        json!({
+            "name": d.task.name,
+            "size": d.task.size,
+            "md5sum": d.task.md5sum,
+            "url": redact_url(&d.task.url),
+            "phase": d.phase,
+            "bytes": done,
+            "percent": percent(done, d.task.size),
+            "bytes_per_s": rate,
+            "eta_s": eta,
+        })
+    });
+    json!({
+        "daemon": { "running": v.daemon_pid.is_some(), "pid": v.daemon_pid },
+        "connection": {
+            "state": if v.daemon_pid.is_some() { j.connection.state } else { ConnState::Disconnected },
+            "broker": j.connection.broker,
+            "since": j.connection.since,
+        },
+        "download": download,
+        "waiting": j.waiting.iter().map(|t| json!({"name": t.name, "size": t.size, "md5sum": t.md5sum})).collect::<Vec<_>>(),
+        "installed": j.installed,
+        "unacknowledged_reports": j.unacked_reports.len(),
+    })
+}
+
+pub fn render_text(v: &StatusView) -> String {
+    let j = &v.journal;
+    let mut out = String::new();
+    let now = v.now_ms / 1000;
+    match v.daemon_pid {
+        Some(pid) => {
+            let _ = writeln!(out, "Daemon:      running (pid {pid})");
+            let state = match j.connection.state {
+                ConnState::Connected => "connected to",
+                ConnState::Disconnected => "not connected to",
+            };
+            let _ = writeln!(
+                out,
+                "Connection:  {state} {} for {}",
+                j.connection.broker,
+                human_duration(now.saturating_sub(j.connection.since))
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Daemon:      not running");
+        }
+    }
+    match &j.download {
+        None => {
+            let _ = writeln!(out, "Download:    none in progress");
+        }
+        Some(d) => {
+            let done = if d.phase == Phase::Verified { d.task.size } else { v.staged_bytes };
+            let _ = write!(
+                out,
+                "Download:    {} — {}% ({} of {})",
+                d.task.name,
+                percent(done, d.task.size),
+                human_bytes(done),
+                human_bytes(d.task.size)
+            );
+            if d.phase == Phase::Verified {
+                let _ = write!(out, ", verified, installing");
+            } else if let Some((rate, eta)) = rate_and_eta(v).filter(|_| v.daemon_pid.is_some()) {
+                let _ = write!(out, ", {}/s, about {} left", human_bytes(rate), human_duration(eta));
+            } else if v.daemon_pid.is_none() {
+                let _ = write!(out, ", paused (resumes when the daemon starts)");
+            }
+            let _ = writeln!(out, "\n             from {}", redact_url(&d.task.url));
+        }
+    }
+    if j.waiting.is_empty() {
+        let _ = writeln!(out, "Waiting:     none");
+    } else {
+        let _ = writeln!(out, "Waiting:     {}", j.waiting.len());
+        for t in &j.waiting {
+            let _ = writeln!(out, "             {} ({})", t.name, human_bytes(t.size));
+        }
+    }
+    if j.installed.is_empty() {
+        let _ = writeln!(out, "Installed:   none");
+    } else {
+        let _ = writeln!(out, "Installed:   {}", j.installed.len());
+        for (name, i) in &j.installed {
+            let by = i.plugin.as_deref().map(|p| format!(" by {p}")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "             {name}  {}  md5 {}  {} ago{by}",
+                human_bytes(i.size),
+                i.md5sum,
+                human_duration(now.saturating_sub(i.installed_at))
+            );
+        }
+    }
+    if !j.unacked_reports.is_empty() {
+        let _ = writeln!(
+            out,
+            "Reports:     {} final report(s) wait for the broker's acknowledgement",
+            j.unacked_reports.len()
+        );
+    }
+    out
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// `2h 5m`-style durations.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> StatusView {
+        let journal: Journal = serde_json::from_value(json!({
+            "connection": {"state": "connected", "broker": "tcp://b:1883", "since": 1000},
+            "download": {"task": {"name": "fw.bin", "md5sum": "1".repeat(32), "size": 1000,
+                                  "url": "https://cos/fw.bin?sign=SECRET"},
+                         "phase": "downloading", "attempt_started_ms": 1_000_000, "attempt_start_bytes": 0},
+            "waiting": [{"name": "m", "md5sum": "2".repeat(32), "size": 5, "url": "https://cos/m?sign=SECRET"}],
+            "installed": {"old": {"md5sum": "3".repeat(32), "size": 2048, "installed_at": 900}}
+        }))
+        .unwrap();
+        StatusView {
+            daemon_pid: Some(42),
+            journal,
+            staged_bytes: 250,
+            now_ms: 1_005_000,
+        }
+    }
+
+    #[test]
+    fn text_shows_percent_rate_eta_and_no_signature() {
+        let t = render_text(&view());
+        assert!(t.contains("running (pid 42)"), "{t}");
+        assert!(t.contains("connected to tcp://b:1883"), "{t}");
+        assert!(t.contains("fw.bin — 25% (250 B of 1000 B)"), "{t}");
+        assert!(t.contains("50 B/s, about 15s left"), "{t}");
+        assert!(t.contains("old  2.0 KiB"), "{t}");
+        assert!(!t.contains("SECRET"), "{t}");
+    }
+
+    #[test]
+    fn json_has_the_same_facts() {
+        let j = render_json(&view());
+        assert_eq!(j["download"]["percent"], 25);
+        assert_eq!(j["download"]["bytes_per_s"], 50);
+        assert_eq!(j["waiting"][0]["name"], "m");
+        assert_eq!(j["installed"]["old"]["size"], 2048);
+        assert!(!j.to_string().contains("SECRET"));
+    }
+
+    #[test]
+    fn without_a_daemon_the_download_is_paused() {
+        let mut v = view();
+        v.daemon_pid = None;
+        let t = render_text(&v);
+        assert!(t.contains("not running"));
+        assert!(t.contains("paused"));
+        assert_eq!(render_json(&v)["connection"]["state"], "disconnected");
+    }
+}

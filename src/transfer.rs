@@ -1,0 +1,407 @@
+//! HTTP with blocking `ureq` on OpenSSL (native-tls): the proxy from the environment,
+//! redirects followed by hand (at most 5, allowed schemes only), a read timeout on every
+//! socket, and the checks protocol.md asks of a response before its body is used.
+
+use crate::config::Config;
+use crate::protocol::{redact_url, ResultCode};
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use url::Url;
+
+/// Redirects followed before a request fails (protocol.md).
+pub const MAX_REDIRECTS: usize = 5;
+
+/// What went wrong with a request; every URL in here is already redacted.
+#[derive(Debug, Error)]
+pub enum TransferError {
+    /// The server answered with an HTTP error status.
+    #[error("GET {url}: HTTP {code}")]
+    Status { code: u16, url: String },
+    /// No byte arrived within `transfer_timeout_s` (connect, headers or body).
+    #[error("{url}: no data for {secs} s")]
+    Timeout { url: String, secs: u64 },
+    /// The connection could not be made: DNS, refused, TLS handshake, proxy.
+    #[error("{url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The connection broke while the body was arriving; resumable.
+    #[error("{url}: connection lost mid-body: {reason}")]
+    Interrupted { url: String, reason: String },
+    /// A redirect pointed at a scheme that is not allowed (code -10).
+    #[error("{url}: redirect to a `{scheme}` URL is not allowed")]
+    RedirectScheme { url: String, scheme: String },
+    /// A redirect without a usable `Location`.
+    #[error("{url}: redirect without a valid Location")]
+    BadRedirect { url: String },
+    /// More than [`MAX_REDIRECTS`] redirects.
+    #[error("{url}: more than {MAX_REDIRECTS} redirects")]
+    TooManyRedirects { url: String },
+    /// `Content-Length` or the total of `Content-Range` disagrees with the task's `size`.
+    #[error("{url}: server announces {got} bytes ({header}), the task says {expected}")]
+    SizeMismatch {
+        url: String,
+        header: &'static str,
+        got: u64,
+        expected: u64,
+    },
+    /// A resumed request got a 206 that does not continue where it asked, or a 416, or a
+    /// changed ETag: the part on disk is not trusted and the download starts over.
+    #[error("{url}: resume not trusted: {reason}")]
+    ResumeRefused { url: String, reason: String },
+    /// A success status that makes no sense for the request (204, 206 unasked, …).
+    #[error("{url}: unexpected answer: {reason}")]
+    Unexpected { url: String, reason: String },
+    /// The TLS configuration could not be built.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+impl TransferError {
+    /// The result code a task ends with when this error is final.
+    pub fn result_code(&self) -> ResultCode {
+        match self {
+            TransferError::Status { code: 404, .. } => ResultCode::NotFound,
+            TransferError::Status {
+                code: 401 | 403, ..
+            } => ResultCode::Forbidden,
+            TransferError::Timeout { .. } => ResultCode::Timeout,
+            TransferError::RedirectScheme { .. } => ResultCode::InvalidTask,
+            TransferError::SizeMismatch { .. } => ResultCode::Mismatch,
+            _ => ResultCode::Other,
+        }
+    }
+
+    /// Whether trying again later can help (a 5xx, a broken connection), as opposed to an
+    /// answer that will not change (404, 403, a size that disagrees).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TransferError::Status { code, .. } => *code >= 500 || *code == 408 || *code == 429,
+            TransferError::Timeout { .. }
+            | TransferError::Connect { .. }
+            | TransferError::Interrupted { .. }
+            | TransferError::ResumeRefused { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether an I/O error is a socket read timeout (ureq sets `SO_RCVTIMEO`).
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+}
+
+/// A response whose headers passed the checks, ready to be read.
+pub struct Body {
+    pub reader: Box<dyn Read + Send + Sync + 'static>,
+    /// The offset of the body's first byte in the resource: the requested offset for a
+    /// trusted 206, 0 when the server sent the whole resource.
+    pub start: u64,
+    pub etag: Option<String>,
+}
+
+/// Blocking HTTP client for resources and uploads.
+#[derive(Clone)]
+pub struct HttpClient {
+    tls: Arc<native_tls::TlsConnector>,
+    timeout: Duration,
+    allow_http: bool,
+}
+
+impl HttpClient {
+    /// A client with the system's trust store plus the certificates in `ca_file` (a
+    /// private storage server's CA), every socket timing out after `transfer_timeout`.
+    pub fn new(config: &Config) -> Result<HttpClient, TransferError> {
+        let mut b = native_tls::TlsConnector::builder();
+        if let Ok(pem) = std::fs::read(&config.ca_file) {
+            for cert in split_pem(&pem) {
+                if let Ok(c) = native_tls::Certificate::from_pem(cert) {
+                    b.add_root_certificate(c);
+                }
+            }
+        }
+        let tls = b
+            .build()
+            .map_err(|e| TransferError::Tls(e.to_string()))?;
+        Ok(HttpClient {
+            tls: Arc::new(tls),
+            timeout: config.transfer_timeout,
+            allow_http: config.allow_http,
+        })
+    }
+
+    fn agent_for(&self, url: &Url) -> ureq::Agent {
+        let mut b = ureq::AgentBuilder::new()
+            .timeout_connect(self.timeout)
+            .timeout_read(self.timeout)
+            .timeout_write(self.timeout)
+            .redirects(0)
+            .user_agent(concat!("resagent/", env!("CARGO_PKG_VERSION")))
+            .tls_connector(self.tls.clone());
+        if let Some(proxy) = proxy_for(url, &|k| std::env::var(k).ok()) {
+            match ureq::Proxy::new(&proxy) {
+                Ok(p) => b = b.proxy(p),
+                Err(e) => log::warn!("ignoring proxy `{}`: {e}", redact_url(&proxy)),
+            }
+        }
+        b.build()
+    }
+
+    /// GETs `url` from byte `offset` (a `Range` request when non-zero, conditional on
+    /// `etag` when known) and checks the answer against the resource's `size`.
+    pub fn get_resource(
+        &self,
+        url: &str,
+        offset: u64,
+        etag: Option<&str>,
+        size: u64,
+    ) -> Result<Body, TransferError> {
+        let mut current = Url::parse(url).map_err(|e| TransferError::Unexpected {
+            url: redact_url(url),
+            reason: e.to_string(),
+        })?;
+        for _ in 0..=MAX_REDIRECTS {
+            let agent = self.agent_for(&current);
+            let mut req = agent.get(current.as_str());
+            if offset > 0 {
+                req = req.set("Range", &format!("bytes={offset}-"));
+                if let Some(e) = etag {
+                    req = req.set("If-Range", e);
+                }
+            }
+            let shown = redact_url(current.as_str());
+            let resp = match req.call() {
+                Ok(r) => r,
+                Err(ureq::Error::Status(416, _)) if offset > 0 => {
+                    return Err(TransferError::ResumeRefused {
+                        url: shown,
+                        reason: "416 Range Not Satisfiable".into(),
+                    })
+                }
+                Err(ureq::Error::Status(code, _)) => {
+                    return Err(TransferError::Status { code, url: shown })
+                }
+                Err(ureq::Error::Transport(t)) => return Err(self.classify(&shown, t)),
+            };
+            if (300..400).contains(&resp.status()) {
+                current = self.follow(&current, resp.header("Location"))?;
+                continue;
+            }
+            return check_response(resp, &shown, offset, etag, size);
+        }
+        Err(TransferError::TooManyRedirects {
+            url: redact_url(url),
+        })
+    }
+
+    /// The target of a redirect, if its scheme is allowed.
+    fn follow(&self, from: &Url, location: Option<&str>) -> Result<Url, TransferError> {
+        let shown = redact_url(from.as_str());
+        let next = location
+            .and_then(|l| from.join(l).ok())
+            .ok_or(TransferError::BadRedirect { url: shown.clone() })?;
+        match next.scheme() {
+            "https" => Ok(next),
+            "http" if self.allow_http => Ok(next),
+            other => Err(TransferError::RedirectScheme {
+                url: shown,
+                scheme: other.to_string(),
+            }),
+        }
+    }
+
+    fn classify(&self, url: &str, t: ureq::Transport) -> TransferError {
+        let timed_out = std::error::Error::source(&t)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .is_some_and(is_timeout);
+        if timed_out {
+            TransferError::Timeout {
+                url: url.to_string(),
+                secs: self.timeout.as_secs(),
+            }
+        } else {
+            // ureq's message may quote the URL it was given: keep only its kind and
+            // the underlying cause.
+            let cause = std::error::Error::source(&t)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            TransferError::Connect {
+                url: url.to_string(),
+                reason: format!("{}{cause}", t.kind()),
+            }
+        }
+    }
+}
+
+/// Checks status, `Content-Range`, `Content-Length` and `ETag` against the request.
+fn check_response(
+    resp: ureq::Response,
+    url: &str,
+    offset: u64,
+    etag: Option<&str>,
+    size: u64,
+) -> Result<Body, TransferError> {
+    let header_u64 = |name: &str| resp.header(name).and_then(|v| v.trim().parse::<u64>().ok());
+    let new_etag = resp.header("ETag").map(str::to_string);
+    let start = match resp.status() {
+        200 => 0,
+        206 if offset > 0 => {
+            let range = resp.header("Content-Range").unwrap_or("");
+            let (first, total) = parse_content_range(range).ok_or_else(|| {
+                TransferError::ResumeRefused {
+                    url: url.to_string(),
+                    reason: format!("206 with Content-Range `{range}`"),
+                }
+            })?;
+            if let Some(total) = total {
+                if total != size {
+                    return Err(TransferError::SizeMismatch {
+                        url: url.to_string(),
+                        header: "Content-Range",
+                        got: total,
+                        expected: size,
+                    });
+                }
+            }
+            if first != offset {
+                return Err(TransferError::ResumeRefused {
+                    url: url.to_string(),
+                    reason: format!("asked for byte {offset}, got Content-Range `{range}`"),
+                });
+            }
+            if let (Some(old), Some(new)) = (etag, new_etag.as_deref()) {
+                if old != new {
+                    return Err(TransferError::ResumeRefused {
+                        url: url.to_string(),
+                        reason: format!("ETag changed from {old} to {new}"),
+                    });
+                }
+            }
+            offset
+        }
+        status => {
+            return Err(TransferError::Unexpected {
+                url: url.to_string(),
+                reason: format!("HTTP {status} to a GET{}", if offset > 0 { " with Range" } else { "" }),
+            })
+        }
+    };
+    if let Some(len) = header_u64("Content-Length") {
+        let expected = size.saturating_sub(start);
+        if len != expected {
+            return Err(TransferError::SizeMismatch {
+                url: url.to_string(),
+                header: "Content-Length",
+                got: start + len,
+                expected: size,
+            });
+        }
+    }
+    Ok(Body {
+        reader: resp.into_reader(),
+        start,
+        etag: new_etag,
+    })
+}
+
+/// `bytes FIRST-LAST/TOTAL` → (FIRST, TOTAL); TOTAL is None for `*`.
+pub fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let first: u64 = first.trim().parse().ok()?;
+    let last: u64 = last.trim().parse().ok()?;
+    if last < first {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((first, total))
+}
+
+/// The proxy for `url` from `https_proxy`/`http_proxy` (either case), unless `no_proxy`
+/// names its host (exact, a domain suffix, or `*`).
+pub fn proxy_for(url: &Url, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let get = |k: &str| env(k).or_else(|| env(&k.to_ascii_uppercase())).filter(|v| !v.is_empty());
+    let proxy = match url.scheme() {
+        "https" => get("https_proxy"),
+        "http" => get("http_proxy"),
+        _ => None,
+    }?;
+    let host = url.host_str().unwrap_or("").trim_matches(['[', ']']).to_ascii_lowercase();
+    if let Some(no_proxy) = get("no_proxy") {
+        for entry in no_proxy.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let entry = entry.split(':').next().unwrap_or(entry);
+            if entry == "*" {
+                return None;
+            }
+            let entry = entry.trim_start_matches('.').to_ascii_lowercase();
+            if host == entry || host.ends_with(&format!(".{entry}")) {
+                return None;
+            }
+        }
+    }
+    Some(proxy)
+}
+
+/// The `-----BEGIN CERTIFICATE-----` blocks of a PEM bundle.
+fn split_pem(pem: &[u8]) -> Vec<&[u8]> {
+    const END: &[u8] = b"-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(end) = rest.windows(END.len()).position(|w| w == END) {
+        out.push(&rest[..end + END.len()]);
+        rest = &rest[end + END.len()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parses() {
+        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range("bytes */200"), None);
+        assert_eq!(parse_content_range("bytes 9-3/20"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn proxy_honours_no_proxy() {
+        let env = |k: &str| match k {
+            "https_proxy" => Some("http://proxy:3128".to_string()),
+            "NO_PROXY" => Some("localhost, .internal.example,10.0.0.1:80".to_string()),
+            _ => None,
+        };
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(proxy_for(&u("https://cos.example/x"), &env).as_deref(), Some("http://proxy:3128"));
+        assert_eq!(proxy_for(&u("https://localhost/x"), &env), None);
+        assert_eq!(proxy_for(&u("https://a.internal.example/x"), &env), None);
+        assert_eq!(proxy_for(&u("https://10.0.0.1/x"), &env), None);
+        assert_eq!(proxy_for(&u("http://cos.example/x"), &env), None);
+    }
+
+    #[test]
+    fn result_codes_follow_the_table() {
+        let s = |code| TransferError::Status { code, url: String::new() };
+        assert_eq!(s(404).result_code(), ResultCode::NotFound);
+        assert_eq!(s(401).result_code(), ResultCode::Forbidden);
+        assert_eq!(s(403).result_code(), ResultCode::Forbidden);
+        assert_eq!(s(500).result_code(), ResultCode::Other);
+        assert!(s(503).is_transient());
+        assert!(!s(404).is_transient());
+        let r = TransferError::RedirectScheme { url: String::new(), scheme: "ftp".into() };
+        assert_eq!(r.result_code(), ResultCode::InvalidTask);
+    }
+
+    #[test]
+    fn pem_bundles_split() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n";
+        assert_eq!(split_pem(pem).len(), 2);
+    }
+}
