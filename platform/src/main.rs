@@ -1,1 +1,125 @@
-fn main(){}
+//! `resagent-platform`: runs the local platform for a demo or a vendor's desk — the MQTT
+//! peer and the HTTP storage — offering the given files as download tasks to one device
+//! and printing every report the device sends. The page at the HTTP address shows them live.
+
+use resagent_platform::Platform;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const USAGE: &str = "\
+resagent-platform — a local stand-in for Tencent Cloud IoT Hub's resource management
+
+Usage:
+  resagent-platform --device PRODUCT/DEVICE [--broker tcp://127.0.0.1:1883]
+                    [--listen 127.0.0.1:8080] [--uploads DIR] [--offer FILE]... [--push]
+
+Each --offer FILE becomes a download task (named after the file) answered to the
+device's get_download_task, one after the other as the device reports them done.
+--push also pushes the first task as a `download` message once the device asks.
+Uploads the device makes are stored in DIR (default ./platform-uploads).";
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let args = match parse() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("resagent-platform: {msg}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let platform = match Platform::start(&args.broker, &args.listen, args.uploads.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("resagent-platform: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    let tasks: Vec<_> = args
+        .offers
+        .iter()
+        .map(|f| {
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            platform.task_for(&name, f)
+        })
+        .collect();
+    println!("storage at {}/ — open it in a browser to watch the device", platform.storage().base_url());
+    let mut next = 0;
+    if let Some(t) = tasks.first() {
+        platform.offer(&args.device, t.clone());
+    }
+    let mut pushed = false;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if args.push && !pushed && !platform.received(&args.device).is_empty() {
+            if let Some(t) = tasks.first() {
+                pushed = platform.push(&args.device, t).is_ok();
+            }
+        }
+        if let Some(t) = tasks.get(next) {
+            let name = t["name"].as_str().unwrap_or("");
+            let done = platform
+                .reports_for(&args.device, name)
+                .iter()
+                .any(|m| m["progress"]["state"] == "done");
+            if done {
+                next += 1;
+                match tasks.get(next) {
+                    Some(t) => platform.offer(&args.device, t.clone()),
+                    None => platform.offer(&args.device, serde_json::json!({})),
+                }
+            }
+        }
+    }
+}
+
+struct Args {
+    device: String,
+    broker: String,
+    listen: String,
+    uploads: PathBuf,
+    offers: Vec<PathBuf>,
+    push: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_env();
+    let mut a = Args {
+        device: String::new(),
+        broker: "tcp://127.0.0.1:1883".into(),
+        listen: "127.0.0.1:8080".into(),
+        uploads: PathBuf::from("platform-uploads"),
+        offers: Vec::new(),
+        push: false,
+    };
+    let text = |p: &mut lexopt::Parser| -> Result<String, String> {
+        p.value().map_err(|e| e.to_string())?.into_string().map_err(|_| "not UTF-8".to_string())
+    };
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("device") => a.device = text(&mut p)?,
+            Long("broker") => a.broker = text(&mut p)?,
+            Long("listen") => a.listen = text(&mut p)?,
+            Long("uploads") => a.uploads = PathBuf::from(text(&mut p)?),
+            Long("offer") => {
+                let f = PathBuf::from(text(&mut p)?);
+                if !f.is_file() {
+                    return Err(format!("--offer {}: not a readable file", f.display()));
+                }
+                a.offers.push(f)
+            }
+            Long("push") => a.push = true,
+            Long("help") | Short('h') => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    if !a.device.contains('/') {
+        return Err("--device PRODUCT/DEVICE is required".into());
+    }
+    Ok(a)
+}

@@ -1,0 +1,461 @@
+//! The platform's storage side: a small HTTP/1.1 server on std sockets that serves
+//! registered files with Range (as COS does), accepts presigned-style PUT uploads checking
+//! `Content-MD5` (400 `BadDigest` on a mismatch, like COS and S3), and can misbehave on
+//! purpose (faults) so tests can meet the servers a device meets in the field.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Ways a served path can misbehave. The default is a well-behaved server.
+#[derive(Debug, Clone, Default)]
+pub struct Fault {
+    /// Answer every request with this status and an empty body.
+    pub status: Option<u16>,
+    /// Answer with a 302 to this URL.
+    pub redirect: Option<String>,
+    /// Answer Range requests with 200 and the whole file.
+    pub ignore_range: bool,
+    /// Answer Range requests with a 206 whose Content-Range starts at byte 0.
+    pub wrong_content_range: bool,
+    /// Send no Content-Length (the body ends when the connection closes).
+    pub no_content_length: bool,
+    /// Bytes of garbage appended after the file (with `no_content_length`).
+    pub extra_bytes: u64,
+    /// Announce this Content-Length instead of the real one.
+    pub content_length: Option<u64>,
+    /// After this many body bytes, go silent (keep the socket open) for `stall_for`.
+    pub stall_after: Option<u64>,
+    pub stall_for: Duration,
+    /// After this many body bytes, close the connection — for the next `close_times`
+    /// responses only.
+    pub close_after: Option<u64>,
+    pub close_times: u32,
+    /// Send at most this many bytes per second.
+    pub rate: Option<u64>,
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct RequestLog {
+    pub method: String,
+    pub path: String,
+    pub range: Option<String>,
+    pub status: u16,
+    /// Body bytes written to the client (GET) or read from it (PUT).
+    pub body_bytes: u64,
+}
+
+/// An upload the server stored.
+#[derive(Debug, Clone)]
+pub struct StoredUpload {
+    pub path: String,
+    pub file: PathBuf,
+    pub size: u64,
+    pub md5_hex: String,
+    /// Whether the request carried a Content-MD5 that matched.
+    pub content_md5_checked: bool,
+}
+
+/// Renders the live page at `/`.
+pub type PageFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Default)]
+pub(crate) struct State {
+    page: Option<PageFn>,
+    files: HashMap<String, PathBuf>,
+    faults: HashMap<String, Fault>,
+    requests: Vec<RequestLog>,
+    uploads: Vec<StoredUpload>,
+    upload_dir: PathBuf,
+}
+
+/// The storage server; clones share state.
+#[derive(Clone)]
+pub struct Storage {
+    state: Arc<Mutex<State>>,
+    addr: std::net::SocketAddr,
+}
+
+impl Storage {
+    /// Listens on `listen` (e.g. `127.0.0.1:0`) and stores uploads in `upload_dir`.
+    pub fn start(listen: &str, upload_dir: PathBuf) -> io::Result<Storage> {
+        std::fs::create_dir_all(&upload_dir)?;
+        let listener = TcpListener::bind(listen)?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            upload_dir,
+            ..State::default()
+        }));
+        let shared = state.clone();
+        std::thread::Builder::new()
+            .name("platform-http".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let st = shared.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("platform-conn".into())
+                        .spawn(move || {
+                            if let Err(e) = handle(conn, &st) {
+                                log::debug!("connection: {e}");
+                            }
+                        });
+                }
+            })?;
+        Ok(Storage { state, addr })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serves `file` at `/files/NAME`; returns the URL path.
+    pub fn serve(&self, name: &str, file: PathBuf) -> String {
+        let path = format!("/files/{}", percent_encode(name));
+        self.lock().files.insert(path.clone(), file);
+        path
+    }
+
+    pub fn set_fault(&self, path: &str, fault: Fault) {
+        self.lock().faults.insert(path.to_string(), fault);
+    }
+
+    /// Sets what `GET /` shows.
+    pub fn set_page(&self, page: PageFn) {
+        self.lock().page = Some(page);
+    }
+
+    pub fn clear_fault(&self, path: &str) {
+        self.lock().faults.remove(path);
+    }
+
+    pub fn requests(&self) -> Vec<RequestLog> {
+        self.lock().requests.clone()
+    }
+
+    pub fn uploads(&self) -> Vec<StoredUpload> {
+        self.lock().uploads.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Percent-encodes a resource name for a URL path.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+struct Request {
+    method: String,
+    path: String,
+    headers: HashMap<String, String>,
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("/").to_string();
+    let path = target.split('?').next().unwrap_or("/").to_string();
+    let mut headers = HashMap::new();
+    let mut total = line.len();
+    loop {
+        let mut h = String::new();
+        let n = reader.read_line(&mut h)?;
+        total += n;
+        if n == 0 || h == "\r\n" || h == "\n" || total > 64 * 1024 {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    Ok(Some(Request {
+        method,
+        path,
+        headers,
+    }))
+}
+
+fn handle(stream: TcpStream, state: &Arc<Mutex<State>>) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let req = match read_request(&mut reader)? {
+        Some(r) => r,
+        None => return Ok(()),
+    };
+    let mut out = stream;
+    let range = req.headers.get("range").cloned();
+    let (status, bytes) = match req.method.as_str() {
+        "GET" if req.path == "/" => {
+            let page = state.lock().unwrap_or_else(|p| p.into_inner()).page.clone();
+            let html = page.map(|f| f()).unwrap_or_default();
+            (200, respond(&mut out, 200, "text/html; charset=utf-8", html.as_bytes(), &[])?)
+        }
+        "GET" | "HEAD" => serve_get(&mut out, state, &req)?,
+        "PUT" => receive_put(&mut reader, &mut out, state, &req)?,
+        _ => (405, respond(&mut out, 405, "text/plain", b"method not allowed\n", &[])?),
+    };
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    st.requests.push(RequestLog {
+        method: req.method,
+        path: req.path,
+        range,
+        status,
+        body_bytes: bytes,
+    });
+    Ok(())
+}
+
+fn respond(out: &mut TcpStream, status: u16, ctype: &str, body: &[u8], extra: &[(&str, String)]) -> io::Result<u64> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reason(status),
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    out.write_all(head.as_bytes())?;
+    out.write_all(body)?;
+    Ok(body.len() as u64)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        302 => "Found",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        416 => "Range Not Satisfiable",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+/// `bytes=N-` or `bytes=N-M` → (N, Some(M)).
+fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let first = a.trim().parse().ok()?;
+    let last = if b.trim().is_empty() { None } else { Some(b.trim().parse().ok()?) };
+    Some((first, last))
+}
+
+fn serve_get(out: &mut TcpStream, state: &Arc<Mutex<State>>, req: &Request) -> io::Result<(u16, u64)> {
+    let (file, fault) = {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let fault = st.faults.get(&req.path).cloned().unwrap_or_default();
+        if fault.close_after.is_some() {
+            // Count down the responses this fault still applies to.
+            if let Some(f) = st.faults.get_mut(&req.path) {
+                if f.close_times > 0 {
+                    f.close_times -= 1;
+                }
+                if f.close_times == 0 {
+                    f.close_after = None;
+                }
+            }
+        }
+        (st.files.get(&req.path).cloned(), fault)
+    };
+    if let Some(code) = fault.status {
+        return Ok((code, respond(out, code, "text/plain", b"", &[])?));
+    }
+    if let Some(to) = &fault.redirect {
+        return Ok((302, respond(out, 302, "text/plain", b"", &[("Location", to.clone())])?));
+    }
+    let path = match file {
+        Some(p) => p,
+        None => return Ok((404, respond(out, 404, "text/plain", b"no such file\n", &[])?)),
+    };
+    let mut f = File::open(&path)?;
+    let meta = f.metadata()?;
+    let size = meta.len();
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let etag = format!("\"{size:x}-{mtime:x}\"");
+    let range = req.headers.get("range").and_then(|r| parse_range(r));
+    let if_range_ok = req.headers.get("if-range").map_or(true, |v| *v == etag);
+    let (status, start, end) = match range {
+        Some((first, last)) if !fault.ignore_range && if_range_ok => {
+            if first >= size {
+                let extra = [("Content-Range", format!("bytes */{size}"))];
+                return Ok((416, respond(out, 416, "text/plain", b"", &extra)?));
+            }
+            (206, first, last.map_or(size, |l| (l + 1).min(size)))
+        }
+        _ => (200, 0, size),
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/octet-stream\r\nAccept-Ranges: bytes\r\nETag: {etag}\r\nConnection: close\r\n",
+        reason(status)
+    );
+    if status == 206 {
+        let shown_start = if fault.wrong_content_range { 0 } else { start };
+        head.push_str(&format!("Content-Range: bytes {shown_start}-{}/{size}\r\n", end.saturating_sub(1)));
+    }
+    if !fault.no_content_length {
+        let len = fault.content_length.unwrap_or(end - start);
+        head.push_str(&format!("Content-Length: {len}\r\n"));
+    }
+    head.push_str("\r\n");
+    out.write_all(head.as_bytes())?;
+    if req.method == "HEAD" {
+        return Ok((status, 0));
+    }
+    f.seek(SeekFrom::Start(start))?;
+    let sent = send_body(out, &mut f.take(end - start), &fault)?;
+    Ok((status, sent))
+}
+
+/// Streams the body with the fault's pacing, stall, cut and over-send.
+fn send_body(out: &mut TcpStream, body: &mut impl Read, fault: &Fault) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    let started = Instant::now();
+    let mut extra_left = fault.extra_bytes;
+    loop {
+        let mut want = buf.len() as u64;
+        if let Some(rate) = fault.rate {
+            want = want.min((rate / 10).max(1));
+        }
+        for limit in [fault.stall_after, fault.close_after].into_iter().flatten() {
+            if sent < limit {
+                want = want.min(limit - sent);
+            }
+        }
+        if let Some(limit) = fault.stall_after {
+            if sent >= limit {
+                out.flush()?;
+                std::thread::sleep(fault.stall_for);
+                return Ok(sent);
+            }
+        }
+        if let Some(limit) = fault.close_after {
+            if sent >= limit {
+                return Ok(sent);
+            }
+        }
+        let mut n = body.read(&mut buf[..want as usize])?;
+        if n == 0 {
+            if extra_left == 0 {
+                break;
+            }
+            n = (want.min(extra_left)) as usize;
+            buf[..n].fill(b'X');
+            extra_left -= n as u64;
+        }
+        if let Err(e) = out.write_all(&buf[..n]) {
+            // The client went away (or cut us off): count what it took.
+            log::debug!("client stopped reading after {sent} bytes: {e}");
+            return Ok(sent);
+        }
+        sent += n as u64;
+        if let Some(rate) = fault.rate {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            let elapsed = started.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+    }
+    Ok(sent)
+}
+
+fn receive_put(
+    reader: &mut BufReader<TcpStream>,
+    out: &mut TcpStream,
+    state: &Arc<Mutex<State>>,
+    req: &Request,
+) -> io::Result<(u16, u64)> {
+    let (fault, dir) = {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.faults.get(&req.path).cloned().unwrap_or_default(), st.upload_dir.clone())
+    };
+    let len: u64 = match req.headers.get("content-length").and_then(|v| v.parse().ok()) {
+        Some(l) => l,
+        None => return Ok((411, respond(out, 411, "text/plain", b"length required\n", &[])?)),
+    };
+    let name = req.path.trim_start_matches('/').replace('/', "_");
+    let tmp = dir.join(format!(".{name}.part"));
+    let mut file = File::create(&tmp)?;
+    let mut ctx = md5::Context::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    let mut body = reader.take(len);
+    loop {
+        let n = body.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.consume(&buf[..n]);
+        file.write_all(&buf[..n])?;
+        got += n as u64;
+        if let Some(rate) = fault.rate {
+            std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+        }
+    }
+    if let Some(code) = fault.status {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok((code, respond(out, code, "text/plain", b"", &[])?));
+    }
+    let digest = ctx.compute();
+    use base64::Engine;
+    let expected = base64::engine::general_purpose::STANDARD.encode(digest.0);
+    let checked = match req.headers.get("content-md5") {
+        Some(v) if *v == expected => true,
+        Some(_) => {
+            let _ = std::fs::remove_file(&tmp);
+            let body = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>BadDigest</Code><Message>The Content-MD5 you specified did not match what we received.</Message></Error>\n";
+            return Ok((400, respond(out, 400, "application/xml", body, &[])?));
+        }
+        None => false,
+    };
+    if got != len {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok((400, respond(out, 400, "text/plain", b"body shorter than Content-Length\n", &[])?));
+    }
+    let dest = dir.join(&name);
+    std::fs::rename(&tmp, &dest)?;
+    state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .uploads
+        .push(StoredUpload {
+            path: req.path.clone(),
+            file: dest,
+            size: got,
+            md5_hex: format!("{digest:x}"),
+            content_md5_checked: checked,
+        });
+    let etag = format!("\"{digest:x}\"");
+    Ok((200, respond(out, 200, "text/plain", b"", &[("ETag", etag)])?))
+}

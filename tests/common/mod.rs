@@ -1,0 +1,314 @@
+//! Test harness with real parts: a mosquitto broker started on a free loopback port, the
+//! local platform (MQTT peer + HTTP storage) in-process, and the real `resagent` binary
+//! run as a child process with a configuration written for the test.
+
+#![allow(dead_code)]
+
+use resagent_platform::Platform;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PRODUCT: &str = "TESTPROD01";
+pub const DEVICE: &str = "dev1";
+pub const SECRET_B64: &str = "dGVzdC1kZXZpY2Utc2VjcmV0";
+/// `PRODUCT/DEVICE`, as the platform names the device.
+pub fn device() -> String {
+    format!("{PRODUCT}/{DEVICE}")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A mosquitto process on loopback.
+pub struct Mosquitto {
+    pub port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Plain MQTT on a free port.
+    pub fn start(dir: &Path) -> Mosquitto {
+        let port = free_port();
+        let conf = dir.join(format!("mosquitto-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        Self::with_conf(port, conf)
+    }
+
+    /// Starts mosquitto with a configuration written by the caller (TLS tests).
+    pub fn with_conf(port: u16, conf: PathBuf) -> Mosquitto {
+        let mut m = Mosquitto {
+            port,
+            conf,
+            child: None,
+        };
+        m.launch();
+        m
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto runs (apt-get install mosquitto)");
+        self.child = Some(child);
+        assert!(wait_port(self.port, Duration::from_secs(10)), "mosquitto did not listen on {}", self.port);
+    }
+
+    pub fn uri(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Same port, new process (a broker restart).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn mosquitto_bin() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    PathBuf::from("mosquitto")
+}
+
+/// A running `resagent run`.
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Waits for the process to exit; its status code (None: killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One test's world: a temp folder, a broker, the platform, a config for the agent.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub broker: Mosquitto,
+    pub platform: Platform,
+    pub config: Value,
+    runs: u32,
+}
+
+impl Rig {
+    pub fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Mosquitto::start(dir.path());
+        let platform = Platform::start(&broker.uri(), "127.0.0.1:0", dir.path().join("platform-uploads")).unwrap();
+        assert!(platform.wait_connected(Duration::from_secs(10)), "platform connects to mosquitto");
+        let d = dir.path();
+        let config = json!({
+            "productId": PRODUCT,
+            "deviceName": DEVICE,
+            "key_deviceinfo": {"deviceSecret": SECRET_B64},
+            "broker": broker.uri(),
+            "resource_dir": d.join("resources"),
+            "state_dir": d.join("state"),
+            "outbox_dir": d.join("outbox"),
+            "plugin_dir": d.join("plugins"),
+            "pid_file": d.join("run/resagent.pid"),
+            "allow_http": true,
+            "progress_interval_s": 0,
+            "transfer_timeout_s": 5,
+        });
+        Rig {
+            dir,
+            broker,
+            platform,
+            config,
+            runs: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn resource(&self, name: &str) -> PathBuf {
+        self.path().join("resources").join(name)
+    }
+
+    pub fn journal(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.path().join("state/journal.json")).unwrap()).unwrap()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        let p = self.path().join("config.json");
+        std::fs::write(&p, serde_json::to_vec_pretty(&self.config).unwrap()).unwrap();
+        p
+    }
+
+    /// Starts `resagent run` and waits until the platform heard from it.
+    pub fn start_agent(&mut self) -> Agent {
+        let agent = self.spawn_agent();
+        let dev = device();
+        let asked = self
+            .platform
+            .wait_for(&dev, Duration::from_secs(15), |m| m["type"] == "get_download_task");
+        assert!(asked.is_some(), "agent asked for a task; log:\n{}", agent.log_text());
+        agent
+    }
+
+    /// Starts `resagent run` without waiting.
+    pub fn spawn_agent(&mut self) -> Agent {
+        self.runs += 1;
+        let cfg = self.config_path();
+        let log = self.path().join(format!("agent-{}.log", self.runs));
+        let child = Command::new(env!("CARGO_BIN_EXE_resagent"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+
+    /// Runs a resagent subcommand to completion: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let cfg = self.config_path();
+        let out = Command::new(env!("CARGO_BIN_EXE_resagent"))
+            .args(args)
+            .arg("-c")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Writes a file of `size` pseudo-random bytes (seeded) to serve.
+    pub fn make_file(&self, name: &str, size: u64, seed: u64) -> PathBuf {
+        let dir = self.path().join("served");
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        write_random(&p, size, seed);
+        p
+    }
+
+    /// Final download report of `name` (panics with the agent log if none comes).
+    pub fn final_report(&self, agent: &Agent, name: &str, timeout: Duration) -> Value {
+        match self.platform.wait_final(&device(), name, timeout) {
+            Some(r) => r,
+            None => panic!("no final report for {name}; agent log:\n{}", agent.log_text()),
+        }
+    }
+}
+
+/// Deterministic pseudo-random content (xorshift), written in chunks.
+pub fn write_random(path: &Path, size: u64, seed: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut left = size;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let bytes = x.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+pub fn md5_hex(path: &Path) -> String {
+    resagent_platform::file_md5(path).1
+}
+
+pub fn state_of(report: &Value) -> (&str, i64) {
+    (
+        report["progress"]["state"].as_str().unwrap_or(""),
+        report["progress"]["result_code"].as_i64().unwrap_or(0),
+    )
+}
