@@ -8,6 +8,7 @@ pub mod download;
 pub mod fsutil;
 pub mod install;
 pub mod journal;
+pub mod logging;
 pub mod mqtt;
 pub mod pidfile;
 pub mod protocol;

@@ -67,9 +67,7 @@ fn parse_args() -> Result<Command, Usage> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    resagent::logging::init();
     let command = match parse_args() {
         Ok(c) => c,
         Err(Usage(msg)) => {

@@ -196,6 +196,10 @@ fn a_pushed_download_task_is_installed() {
     rig.platform.push(&device(), &task).unwrap();
     assert_eq!(state_of(&rig.final_report(&agent, "pushed.bin", T)), ("done", 0));
     assert_eq!(std::fs::read(rig.resource("pushed.bin")).unwrap(), std::fs::read(&f).unwrap());
+    // RUST_LOG=debug: neither the URL's signature nor the MQTT password may show.
+    let log = agent.log_text();
+    assert!(!log.contains("PRESIGNED-SECRET"), "signature in log");
+    assert!(!log.contains("hmacsha256;") && !log.contains(";hmacsha256"), "password in log");
 }
 
 #[test]

@@ -47,13 +47,15 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// Plain MQTT on a free port.
-    pub fn start(dir: &Path) -> Mosquitto {
+    /// Plain MQTT on a free port, plus `extra` configuration (more listeners).
+    pub fn start(dir: &Path, extra: &str) -> Mosquitto {
         let port = free_port();
         let conf = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            // `user root`: when the tests run as root (CI), mosquitto would otherwise drop to
+            // its own user and could not read the test certificates in our 0700 temp folder.
+            format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"),
         )
         .unwrap();
         Self::with_conf(port, conf)
@@ -174,8 +176,15 @@ pub struct Rig {
 
 impl Rig {
     pub fn new() -> Rig {
+        Self::with_broker_conf(|_| String::new())
+    }
+
+    /// A rig whose mosquitto gets more configuration, written by `extra` (given the
+    /// rig's folder) — for TLS listeners.
+    pub fn with_broker_conf(extra: impl FnOnce(&Path) -> String) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Mosquitto::start(dir.path());
+        let conf = extra(dir.path());
+        let broker = Mosquitto::start(dir.path(), &conf);
         let platform = Platform::start(&broker.uri(), "127.0.0.1:0", dir.path().join("platform-uploads")).unwrap();
         assert!(platform.wait_connected(Duration::from_secs(10)), "platform connects to mosquitto");
         let d = dir.path();
