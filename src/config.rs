@@ -102,7 +102,10 @@ pub enum Auth {
     /// `auth_mode: KEY`: the MQTT password is an HMAC keyed with the device secret.
     Key { device_secret: Secret },
     /// `auth_mode: CERT`: a TLS client certificate authenticates.
-    Cert { cert_file: PathBuf, key_file: PathBuf },
+    Cert {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
 }
 
 /// HMAC used for the MQTT password (protocol.md).
@@ -251,7 +254,13 @@ impl<'a> Keys<'a> {
         Ok(v)
     }
 
-    fn secs_in(&self, key: &str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    fn secs_in(
+        &self,
+        key: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
         self.u64_in(key, default, min, max).map(Duration::from_secs)
     }
 
@@ -322,7 +331,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Some(v) => {
             return Err(keys.invalid(
                 "plugin_sha256",
-                format!("expected an object mapping file names to SHA-256, found {}", kind(v)),
+                format!(
+                    "expected an object mapping file names to SHA-256, found {}",
+                    kind(v)
+                ),
             ))
         }
     };
@@ -592,15 +604,25 @@ mod tests {
         let e = load(Path::new("/nonexistent/resagent.json")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/resagent.json"));
         let d = tmp();
-        let p = write(d.path(), "c.json", serde_json::json!({"device_info": "/nonexistent/di.json"}));
-        assert!(load(&p).unwrap_err().to_string().contains("/nonexistent/di.json"));
+        let p = write(
+            d.path(),
+            "c.json",
+            serde_json::json!({"device_info": "/nonexistent/di.json"}),
+        );
+        assert!(load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/di.json"));
     }
 
     #[test]
     fn brokers_parse() {
         assert_eq!(parse_broker("mqtts://h:1").unwrap().uri(), "ssl://h:1");
         assert_eq!(parse_broker("mqtt://h").unwrap().uri(), "tcp://h:1883");
-        assert_eq!(parse_broker("ssl://[::1]:8883").unwrap().uri(), "ssl://[::1]:8883");
+        assert_eq!(
+            parse_broker("ssl://[::1]:8883").unwrap().uri(),
+            "ssl://[::1]:8883"
+        );
         assert!(parse_broker("h:1").is_err());
         assert!(parse_broker("ws://h:1").is_err());
     }

@@ -8,7 +8,7 @@ use crate::fsutil::{self, FsError};
 use crate::journal::{self, ConnState, JournalError, JournalStore};
 use crate::mqtt::{LinkEvent, MqttError, Publisher, Session};
 use crate::pidfile::{PidError, PidFile};
-use crate::protocol::{self, DownMessage, Direction, Report, ResultCode, Task};
+use crate::protocol::{self, Direction, DownMessage, Report, ResultCode, Task};
 use crate::report::Reporter;
 use crate::shutdown::Shutdown;
 use crate::signals::{self, Request};
@@ -106,13 +106,20 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn spawn_threads(session: Session, events: &SyncSender<Event>, shutdown: &Shutdown) -> Result<(), DaemonError> {
+fn spawn_threads(
+    session: Session,
+    events: &SyncSender<Event>,
+    shutdown: &Shutdown,
+) -> Result<(), DaemonError> {
     let tx = events.clone();
     let stop = shutdown.clone();
     std::thread::Builder::new()
         .name("mqtt".into())
         .spawn(move || session.run(&stop, |e| tx.send(Event::Link(e)).is_ok()))
-        .map_err(|source| DaemonError::Thread { name: "mqtt", source })?;
+        .map_err(|source| DaemonError::Thread {
+            name: "mqtt",
+            source,
+        })?;
     Ok(())
 }
 
@@ -154,7 +161,9 @@ impl Coordinator {
                     self.record_connection(ConnState::Disconnected);
                 }
                 Ok(Event::Link(LinkEvent::Message(bytes))) => self.on_message(&bytes),
-                Ok(Event::DownloadFinished(task, outcome)) => self.on_download_finished(&task, outcome),
+                Ok(Event::DownloadFinished(task, outcome)) => {
+                    self.on_download_finished(&task, outcome)
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     self.ask_for_task("poll_interval_s");
                     next_poll = Instant::now() + self.config.poll_interval;
@@ -205,7 +214,9 @@ impl Coordinator {
             Request::Stop => {}
             Request::Reload => self.reload(),
             Request::CheckTasks => self.ask_for_task("SIGUSR1"),
-            Request::ScanOutbox => log::info!("SIGUSR2: the outbox is empty (uploads are not enabled in this build)"),
+            Request::ScanOutbox => {
+                log::info!("SIGUSR2: the outbox is empty (uploads are not enabled in this build)")
+            }
         }
     }
 
@@ -214,8 +225,13 @@ impl Coordinator {
     fn reload(&mut self) {
         match config::load(&self.config.path) {
             Ok(new) => {
-                if new.broker != self.config.broker || new.device != self.config.device || new.auth != self.config.auth {
-                    log::warn!("SIGHUP: broker or credentials changed; they take effect after a restart");
+                if new.broker != self.config.broker
+                    || new.device != self.config.device
+                    || new.auth != self.config.auth
+                {
+                    log::warn!(
+                        "SIGHUP: broker or credentials changed; they take effect after a restart"
+                    );
                 }
                 log::info!("SIGHUP: configuration {} re-read", new.path.display());
                 self.config = Arc::new(new);
@@ -230,7 +246,10 @@ impl Coordinator {
             return;
         }
         log::debug!("asking for a download task ({why})");
-        if let Err(e) = self.publisher.publish(&protocol::get_download_task_message(), 1) {
+        if let Err(e) = self
+            .publisher
+            .publish(&protocol::get_download_task_message(), 1)
+        {
             log::warn!("get_download_task not sent: {e}");
         }
     }
@@ -239,9 +258,10 @@ impl Coordinator {
         match protocol::parse_down(bytes, &self.config.task_limits()) {
             Ok(DownMessage::DownloadTask(task)) => self.on_task(task),
             Ok(DownMessage::NoDownloadTask) => log::debug!("the platform has no download task"),
-            Ok(DownMessage::DownloadProgressRsp { result_code, result_msg }) => {
-                self.on_download_rsp(result_code, &result_msg)
-            }
+            Ok(DownMessage::DownloadProgressRsp {
+                result_code,
+                result_msg,
+            }) => self.on_download_rsp(result_code, &result_msg),
             Ok(other) => log::debug!("ignoring {other:?}"),
             Err(bad) => {
                 log::warn!("refused a message from the platform: {}", bad.reason);
@@ -264,18 +284,30 @@ impl Coordinator {
         let still_present = move |name: &str, i: &journal::Installed| {
             i.plugin.is_some() || std::fs::symlink_metadata(resource_dir.join(name)).is_ok()
         };
-        match self.journal.update(|j| tasks::offer(j, offered, still_present)) {
+        match self
+            .journal
+            .update(|j| tasks::offer(j, offered, still_present))
+        {
             Ok(Offer::Start) => {
                 log::info!("task {} ({} bytes) accepted", task.name, task.size);
                 self.start_next();
             }
             Ok(Offer::Queued) => log::info!("task {} waits for the download in flight", task.name),
-            Ok(Offer::ReplacedWaiting) => log::info!("task {} replaces the waiting one of that name", task.name),
-            Ok(Offer::AlreadyInstalled) => {
-                log::info!("{} with md5 {} is installed already", task.name, task.md5sum);
-                self.reporter.final_report(Report::done(Direction::Download, &task.name));
+            Ok(Offer::ReplacedWaiting) => {
+                log::info!("task {} replaces the waiting one of that name", task.name)
             }
-            Ok(Offer::DuplicateOfInFlight) => log::debug!("task {} is in flight already", task.name),
+            Ok(Offer::AlreadyInstalled) => {
+                log::info!(
+                    "{} with md5 {} is installed already",
+                    task.name,
+                    task.md5sum
+                );
+                self.reporter
+                    .final_report(Report::done(Direction::Download, &task.name));
+            }
+            Ok(Offer::DuplicateOfInFlight) => {
+                log::debug!("task {} is in flight already", task.name)
+            }
             Err(e) => log::error!("task {} not recorded: {e}", task.name),
         }
     }
@@ -285,7 +317,10 @@ impl Coordinator {
             return;
         }
         if let Some(r) = &self.in_flight {
-            log::warn!("the platform withdrew {} (result_code {code}: {msg})", r.task.name);
+            log::warn!(
+                "the platform withdrew {} (result_code {code}: {msg})",
+                r.task.name
+            );
             r.cancel.store(true, Ordering::SeqCst);
         }
     }

@@ -121,7 +121,10 @@ impl Downloader {
                 self.stopped(
                     task,
                     paths,
-                    Stop::Fail(ResultCode::InstallFailed, format!("install {}: {e}", task.name)),
+                    Stop::Fail(
+                        ResultCode::InstallFailed,
+                        format!("install {}: {e}", task.name),
+                    ),
                 )
             }
         }
@@ -129,7 +132,10 @@ impl Downloader {
 
     fn finish_installed(&self, task: &Task) -> Outcome {
         let now = journal::unix_now();
-        if let Err(e) = self.journal.update(|j| tasks::installed(j, task, None, now)) {
+        if let Err(e) = self
+            .journal
+            .update(|j| tasks::installed(j, task, None, now))
+        {
             log::error!("{}: installed, but {e}", task.name);
         }
         log::info!(
@@ -157,13 +163,18 @@ impl Downloader {
                 if let Err(e) = self.journal.update(|j| tasks::clear_in_flight(j, task)) {
                     log::error!("{}: {e}", task.name);
                 }
-                log::info!("{}: cancelled by the platform; staged bytes removed", task.name);
+                log::info!(
+                    "{}: cancelled by the platform; staged bytes removed",
+                    task.name
+                );
                 return Outcome::Cancelled;
             }
             Stop::Fail(code, msg) => (code, msg),
         };
         log::error!("{} failed ({}): {msg}", task.name, code.code());
-        let done = std::fs::metadata(&paths.staging).map(|m| m.len()).unwrap_or(0);
+        let done = std::fs::metadata(&paths.staging)
+            .map(|m| m.len())
+            .unwrap_or(0);
         install::discard_staging(&paths.staging);
         if let Err(e) = self.journal.update(|j| tasks::clear_in_flight(j, task)) {
             log::error!("{}: {e}", task.name);
@@ -222,19 +233,34 @@ impl Downloader {
                 }
                 if !restarted_after_mismatch {
                     // The resumed part may not be what the server has now: one clean start.
-                    log::warn!("{}: MD5 mismatch after a resumed download; starting over", task.name);
+                    log::warn!(
+                        "{}: MD5 mismatch after a resumed download; starting over",
+                        task.name
+                    );
                     restarted_after_mismatch = true;
                     self.restart(&mut file, &mut have, &mut md5, &mut etag, paths)?;
                     continue;
                 }
                 return Err(Stop::Fail(
                     ResultCode::Mismatch,
-                    format!("{}: MD5 mismatch: expected {}, got {got}", task.name, task.md5sum),
+                    format!(
+                        "{}: MD5 mismatch: expected {}, got {got}",
+                        task.name, task.md5sum
+                    ),
                 ));
             }
             let attempt_start = have;
             self.note_attempt(task, have);
-            let result = self.attempt(task, &http, &mut file, &mut have, &mut md5, &mut etag, &mut throttle, paths);
+            let result = self.attempt(
+                task,
+                &http,
+                &mut file,
+                &mut have,
+                &mut md5,
+                &mut etag,
+                &mut throttle,
+                paths,
+            );
             let progressed = have > attempt_start;
             if progressed {
                 failures = 0;
@@ -268,7 +294,11 @@ impl Downloader {
                         ));
                     }
                     let delay = Duration::from_secs(1 << failures.min(5));
-                    log::warn!("{}: {e}; retrying at byte {have} in {} s", task.name, delay.as_secs());
+                    log::warn!(
+                        "{}: {e}; retrying at byte {have} in {} s",
+                        task.name,
+                        delay.as_secs()
+                    );
                     self.shutdown.sleep(delay);
                 }
                 Err(AttemptError::Transfer(e)) => {
@@ -280,7 +310,13 @@ impl Downloader {
 
     /// Hashes the bytes already in the staging file (a resume after a restart); returns
     /// the offset resumed from.
-    fn rehash(&self, file: &mut File, have: &mut u64, md5: &mut md5::Context, paths: &Paths) -> Result<u64, Stop> {
+    fn rehash(
+        &self,
+        file: &mut File,
+        have: &mut u64,
+        md5: &mut md5::Context,
+        paths: &Paths,
+    ) -> Result<u64, Stop> {
         let io_fail = |op: &str, e: io::Error| {
             Stop::Fail(
                 ResultCode::InstallFailed,
@@ -288,13 +324,15 @@ impl Downloader {
             )
         };
         if *have > 0 {
-            file.seek(SeekFrom::Start(0)).map_err(|e| io_fail("seek", e))?;
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| io_fail("seek", e))?;
             let hashed = install::hash_prefix(file, *have, md5).map_err(|e| io_fail("read", e))?;
             *have = hashed;
             log::info!("resuming {} at byte {hashed}", paths.staging.display());
         }
         file.set_len(*have).map_err(|e| io_fail("truncate", e))?;
-        file.seek(SeekFrom::Start(*have)).map_err(|e| io_fail("seek", e))?;
+        file.seek(SeekFrom::Start(*have))
+            .map_err(|e| io_fail("seek", e))?;
         Ok(*have)
     }
 
@@ -366,7 +404,10 @@ impl Downloader {
         );
         let body = http.get_resource(&task.url, offset, etag.as_deref(), task.size)?;
         if body.start == 0 && offset > 0 {
-            log::warn!("{}: the server ignored Range; starting over from byte 0", task.name);
+            log::warn!(
+                "{}: the server ignored Range; starting over from byte 0",
+                task.name
+            );
             self.restart(file, have, md5, etag, paths)?;
         }
         if body.etag != *etag {

@@ -31,7 +31,8 @@ impl FsError {
 /// Makes `dir`'s entries (a rename, a new file) durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
     let d = File::open(dir).map_err(|e| FsError::new("open folder", dir, e))?;
-    d.sync_all().map_err(|e| FsError::new("fsync folder", dir, e))
+    d.sync_all()
+        .map_err(|e| FsError::new("fsync folder", dir, e))
 }
 
 /// The folder holding `path` ("." for a bare name).
@@ -68,7 +69,8 @@ pub fn atomically_write_file_sync(path: &Path, bytes: &[u8], mode: u32) -> Resul
         // The umask may have narrowed `mode`; the caller's mode is what must hold.
         f.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(|e| FsError::new("chmod", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| FsError::new("write", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| FsError::new("write", &tmp, e))?;
         f.sync_all().map_err(|e| FsError::new("fsync", &tmp, e))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(|e| FsError::new("rename onto", path, e))?;
@@ -96,15 +98,13 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), FsError> {
         Ok(_) => Err(FsError::new(
             "use as folder",
             dir,
-            io::Error::new(io::ErrorKind::Other, "exists and is not a folder"),
+            io::Error::other("exists and is not a folder"),
         )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(mode)
-                .create(dir)
-                .map_err(|e| FsError::new("create folder", dir, e))
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(|e| FsError::new("create folder", dir, e)),
         Err(e) => Err(FsError::new("stat", dir, e)),
     }
 }
@@ -148,7 +148,10 @@ mod tests {
         atomic_replace(&src, &dest).unwrap();
         assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
         assert_eq!(std::fs::read(&dest).unwrap(), b"new");
-        assert!(!std::fs::symlink_metadata(&dest).unwrap().file_type().is_symlink());
+        assert!(!std::fs::symlink_metadata(&dest)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]

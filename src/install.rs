@@ -92,14 +92,20 @@ pub fn discard_staging(path: &Path) {
 /// The default installer: the verified staging file replaces `dest` atomically (fsync,
 /// rename, fsync of the folder). On failure the staging file stays for the caller.
 pub fn install_default(paths: &Paths) -> Result<(), FsError> {
-    std::fs::set_permissions(&paths.staging, std::fs::Permissions::from_mode(RESOURCE_MODE))
-        .map_err(|e| FsError::new("chmod", &paths.staging, e))?;
+    std::fs::set_permissions(
+        &paths.staging,
+        std::fs::Permissions::from_mode(RESOURCE_MODE),
+    )
+    .map_err(|e| FsError::new("chmod", &paths.staging, e))?;
     fsutil::atomic_replace(&paths.staging, &paths.dest)
 }
 
 /// Whether an I/O error means the file system is full.
 pub fn is_no_space(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT))
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT)
+    )
 }
 
 /// MD5 of a whole file, read in chunks (for a file installed before a kill).
@@ -160,7 +166,10 @@ mod tests {
         let elsewhere = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(elsewhere.path(), staging_dir(d.path())).unwrap();
         let dir = prepare_staging_dir(d.path()).unwrap();
-        assert!(!std::fs::symlink_metadata(dir).unwrap().file_type().is_symlink());
+        assert!(!std::fs::symlink_metadata(dir)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]
@@ -176,7 +185,7 @@ mod tests {
 
         let q = paths(d.path(), "b");
         std::fs::create_dir(&q.dest).unwrap();
-        std::fs::write(&q.dest.join("inside"), b"x").unwrap();
+        std::fs::write(q.dest.join("inside"), b"x").unwrap();
         std::fs::write(&q.staging, b"new").unwrap();
         let e = install_default(&q).unwrap_err();
         assert!(e.to_string().contains(&q.dest.display().to_string()), "{e}");

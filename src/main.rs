@@ -111,7 +111,10 @@ fn main() -> ExitCode {
 }
 
 /// Loads the configuration (exit 2 when it is wrong) and runs `f` (exit 1 on failure).
-fn with_config(path: Option<PathBuf>, f: impl FnOnce(&config::Config) -> Result<(), String>) -> ExitCode {
+fn with_config(
+    path: Option<PathBuf>,
+    f: impl FnOnce(&config::Config) -> Result<(), String>,
+) -> ExitCode {
     let config = match config::load(&config::config_path(path)) {
         Ok(c) => c,
         Err(e) => return config_error(&e),

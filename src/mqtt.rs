@@ -292,7 +292,9 @@ impl Session {
     fn explain_connect_error(&self, e: paho_mqtt::Error) -> String {
         if self.config.broker.tls {
             let client_cert = match &self.config.auth {
-                Auth::Cert { cert_file, .. } => format!(", client certificate {}", cert_file.display()),
+                Auth::Cert { cert_file, .. } => {
+                    format!(", client certificate {}", cert_file.display())
+                }
                 Auth::Key { .. } => String::new(),
             };
             format!(
@@ -371,7 +373,10 @@ mod tests {
         let d = b.next_delay(0);
         assert_eq!(d, Duration::from_millis(500));
         let d = b.next_delay(u64::MAX);
-        assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(2), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(1) && d <= Duration::from_secs(2),
+            "{d:?}"
+        );
         for _ in 0..20 {
             let d = b.next_delay(u64::MAX);
             assert!(d <= BACKOFF_MAX);

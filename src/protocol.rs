@@ -30,12 +30,18 @@ pub struct DeviceId {
 impl DeviceId {
     /// `$resource/up/service/${productId}/${deviceName}`: where the device publishes.
     pub fn up_topic(&self) -> String {
-        format!("$resource/up/service/{}/{}", self.product_id, self.device_name)
+        format!(
+            "$resource/up/service/{}/{}",
+            self.product_id, self.device_name
+        )
     }
 
     /// `$resource/down/service/${productId}/${deviceName}`: what the device subscribes to.
     pub fn down_topic(&self) -> String {
-        format!("$resource/down/service/{}/{}", self.product_id, self.device_name)
+        format!(
+            "$resource/down/service/{}/{}",
+            self.product_id, self.device_name
+        )
     }
 
     /// `${productId}${deviceName}`: the MQTT client id.
@@ -180,7 +186,13 @@ impl Report {
         }
     }
 
-    pub fn fail(direction: Direction, name: &str, percent: u8, code: ResultCode, msg: &str) -> Self {
+    pub fn fail(
+        direction: Direction,
+        name: &str,
+        percent: u8,
+        code: ResultCode,
+        msg: &str,
+    ) -> Self {
         Report {
             direction,
             name: name.to_string(),
@@ -278,11 +290,17 @@ pub enum DownMessage {
     /// `get_download_task_rsp` without a URL: nothing to do.
     NoDownloadTask,
     /// `report_download_progress_rsp`; a non-zero code cancels the download in flight.
-    DownloadProgressRsp { result_code: i64, result_msg: String },
+    DownloadProgressRsp {
+        result_code: i64,
+        result_msg: String,
+    },
     /// `create_upload_task_rsp`: a URL for a pending upload, or a refusal.
     UploadTaskRsp(UploadTaskRsp),
     /// `report_upload_progress_rsp`.
-    UploadProgressRsp { result_code: i64, result_msg: String },
+    UploadProgressRsp {
+        result_code: i64,
+        result_msg: String,
+    },
     /// `upload_result` after an upload's `done`.
     UploadResult { result_code: i64 },
 }
@@ -336,7 +354,9 @@ pub fn parse_down(payload: &[u8], limits: &TaskLimits) -> Result<DownMessage, Ba
         "upload_result" => {
             let code = value
                 .pointer("/report/progress/result_code")
-                .ok_or_else(|| BadMessage::new("upload_result without report.progress.result_code"))?;
+                .ok_or_else(|| {
+                    BadMessage::new("upload_result without report.progress.result_code")
+                })?;
             let result_code = code
                 .as_i64()
                 .ok_or_else(|| BadMessage::new("upload_result: result_code is not an integer"))?;
@@ -459,7 +479,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         ));
     }
     if name == STAGING_DIR_NAME {
-        return Err(format!("name `{name}` is reserved for resagent's staging folder"));
+        return Err(format!(
+            "name `{name}` is reserved for resagent's staging folder"
+        ));
     }
     Ok(())
 }
@@ -505,11 +527,19 @@ pub fn check_url_scheme(url: &str, allow_http: bool) -> Result<(), String> {
 fn parse_upload_task_rsp(value: &Value) -> Result<UploadTaskRsp, BadMessage> {
     let name = match value.get("name") {
         Some(Value::String(s)) => s.clone(),
-        _ => return Err(BadMessage::new("create_upload_task_rsp without a string `name`")),
+        _ => {
+            return Err(BadMessage::new(
+                "create_upload_task_rsp without a string `name`",
+            ))
+        }
     };
     let md5sum = match value.get("md5sum") {
         Some(Value::String(s)) => normalize_md5(s).map_err(BadMessage::new)?,
-        _ => return Err(BadMessage::new("create_upload_task_rsp without a string `md5sum`")),
+        _ => {
+            return Err(BadMessage::new(
+                "create_upload_task_rsp without a string `md5sum`",
+            ))
+        }
     };
     let size = value.get("size").and_then(Value::as_u64);
     let code = match value.get("result_code") {
@@ -618,7 +648,17 @@ mod tests {
     #[test]
     fn unsafe_names_are_refused_with_the_name_echoed() {
         let long = "x".repeat(256);
-        for name in ["", ".", "..", "a/b", "../etc/passwd", "a\\b", "a\0b", &long, STAGING_DIR_NAME] {
+        for name in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../etc/passwd",
+            "a\\b",
+            "a\0b",
+            &long,
+            STAGING_DIR_NAME,
+        ] {
             let err = parse_down(task_json(name).to_string().as_bytes(), &LIMITS).unwrap_err();
             assert_eq!(err.name.as_deref(), Some(name), "{name:?}");
             assert_eq!(err.direction, Some(Direction::Download));

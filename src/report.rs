@@ -59,7 +59,11 @@ impl Reporter {
     pub fn resend_unacked(&self) {
         let _guard = self.finals.lock().unwrap_or_else(|p| p.into_inner());
         for report in self.journal.snapshot().unacked_reports {
-            log::info!("re-sending the unacknowledged {} report for {}", report.state, report.name);
+            log::info!(
+                "re-sending the unacknowledged {} report for {}",
+                report.state,
+                report.name
+            );
             if !self.send_final(&report) {
                 break;
             }
@@ -132,9 +136,18 @@ mod tests {
         let s = Duration::from_secs(1);
         let mut t = Throttle::new(s);
         assert!(t.due(ProgressState::Downloading, 0, t0));
-        assert!(!t.due(ProgressState::Downloading, 5, t0 + s / 2), "too soon");
-        assert!(!t.due(ProgressState::Downloading, 0, t0 + s * 2), "percent did not move");
+        assert!(
+            !t.due(ProgressState::Downloading, 5, t0 + s / 2),
+            "too soon"
+        );
+        assert!(
+            !t.due(ProgressState::Downloading, 0, t0 + s * 2),
+            "percent did not move"
+        );
         assert!(t.due(ProgressState::Downloading, 7, t0 + s * 2));
-        assert!(t.due(ProgressState::Burning, 0, t0 + s * 2), "first of a new state");
+        assert!(
+            t.due(ProgressState::Burning, 0, t0 + s * 2),
+            "first of a new state"
+        );
     }
 }

@@ -40,7 +40,9 @@ pub fn block() -> nix::Result<()> {
 
 /// Starts the signal thread; `deliver` gets each request and returning false ends the
 /// thread (it also ends after a stop).
-pub fn spawn(mut deliver: impl FnMut(Request) -> bool + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(
+    mut deliver: impl FnMut(Request) -> bool + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

@@ -48,14 +48,19 @@ fn rate_and_eta(v: &StatusView) -> Option<(u64, u64)> {
     }
     let rate = gained * 1000 / elapsed_ms;
     let left = d.task.size.saturating_sub(v.staged_bytes);
-    Some((rate, if rate > 0 { left / rate } else { 0 }))
+    Some((rate, left.checked_div(rate).unwrap_or(0)))
 }
 
 pub fn render_json(v: &StatusView) -> Value {
     let j = &v.journal;
     let download = j.download.as_ref().map(|d| {
-        let (rate, eta) = rate_and_eta(v).map_or((Value::Null, Value::Null), |(r, e)| (json!(r), json!(e)));
-        let done = if d.phase == Phase::Verified { d.task.size } else { v.staged_bytes };
+        let (rate, eta) =
+            rate_and_eta(v).map_or((Value::Null, Value::Null), |(r, e)| (json!(r), json!(e)));
+        let done = if d.phase == Phase::Verified {
+            d.task.size
+        } else {
+            v.staged_bytes
+        };
         json!({
             "name": d.task.name,
             "size": d.task.size,
@@ -109,7 +114,11 @@ pub fn render_text(v: &StatusView) -> String {
             let _ = writeln!(out, "Download:    none in progress");
         }
         Some(d) => {
-            let done = if d.phase == Phase::Verified { d.task.size } else { v.staged_bytes };
+            let done = if d.phase == Phase::Verified {
+                d.task.size
+            } else {
+                v.staged_bytes
+            };
             let _ = write!(
                 out,
                 "Download:    {} — {}% ({} of {})",
@@ -121,7 +130,12 @@ pub fn render_text(v: &StatusView) -> String {
             if d.phase == Phase::Verified {
                 let _ = write!(out, ", verified, installing");
             } else if let Some((rate, eta)) = rate_and_eta(v).filter(|_| v.daemon_pid.is_some()) {
-                let _ = write!(out, ", {}/s, about {} left", human_bytes(rate), human_duration(eta));
+                let _ = write!(
+                    out,
+                    ", {}/s, about {} left",
+                    human_bytes(rate),
+                    human_duration(eta)
+                );
             } else if v.daemon_pid.is_none() {
                 let _ = write!(out, ", paused (resumes when the daemon starts)");
             }
@@ -141,7 +155,11 @@ pub fn render_text(v: &StatusView) -> String {
     } else {
         let _ = writeln!(out, "Installed:   {}", j.installed.len());
         for (name, i) in &j.installed {
-            let by = i.plugin.as_deref().map(|p| format!(" by {p}")).unwrap_or_default();
+            let by = i
+                .plugin
+                .as_deref()
+                .map(|p| format!(" by {p}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "             {name}  {}  md5 {}  {} ago{by}",

@@ -23,7 +23,11 @@ pub enum Offer {
 
 /// Offers `task` to the journal's queue. `still_present` tells whether an installed
 /// resource is still where it was installed (a file removed by hand is fetched again).
-pub fn offer(journal: &mut Journal, task: Task, still_present: impl Fn(&str, &Installed) -> bool) -> Offer {
+pub fn offer(
+    journal: &mut Journal,
+    task: Task,
+    still_present: impl Fn(&str, &Installed) -> bool,
+) -> Offer {
     if let Some(current) = &journal.download {
         if current.task.same_content(&task) {
             return Offer::DuplicateOfInFlight;
@@ -121,7 +125,10 @@ mod tests {
     fn same_task_as_in_flight_is_ignored() {
         let mut j = Journal::default();
         offer(&mut j, task("a", '1'), PRESENT);
-        assert_eq!(offer(&mut j, task("a", '1'), PRESENT), Offer::DuplicateOfInFlight);
+        assert_eq!(
+            offer(&mut j, task("a", '1'), PRESENT),
+            Offer::DuplicateOfInFlight
+        );
         assert!(j.waiting.is_empty());
         // Same name, new content: it waits for the one in flight.
         assert_eq!(offer(&mut j, task("a", '2'), PRESENT), Offer::Queued);
@@ -133,22 +140,32 @@ mod tests {
         offer(&mut j, task("x", '1'), PRESENT);
         offer(&mut j, task("a", '1'), PRESENT);
         offer(&mut j, task("b", '1'), PRESENT);
-        assert_eq!(offer(&mut j, task("a", '2'), PRESENT), Offer::ReplacedWaiting);
+        assert_eq!(
+            offer(&mut j, task("a", '2'), PRESENT),
+            Offer::ReplacedWaiting
+        );
         assert_eq!(j.waiting[0], task("a", '2'));
         assert_eq!(j.waiting[1].name, "b");
     }
 
     #[test]
     fn an_installed_task_is_done_without_transfer() {
-        let mut j = journal(json!({"installed": {"a": {"md5sum": "1".repeat(32), "size": 10, "installed_at": 1}}}));
-        assert_eq!(offer(&mut j, task("a", '1'), PRESENT), Offer::AlreadyInstalled);
+        let mut j = journal(
+            json!({"installed": {"a": {"md5sum": "1".repeat(32), "size": 10, "installed_at": 1}}}),
+        );
+        assert_eq!(
+            offer(&mut j, task("a", '1'), PRESENT),
+            Offer::AlreadyInstalled
+        );
         assert!(j.download.is_none());
         assert_eq!(offer(&mut j, task("a", '2'), PRESENT), Offer::Start);
     }
 
     #[test]
     fn an_installed_file_removed_by_hand_is_fetched_again() {
-        let mut j = journal(json!({"installed": {"a": {"md5sum": "1".repeat(32), "size": 10, "installed_at": 1}}}));
+        let mut j = journal(
+            json!({"installed": {"a": {"md5sum": "1".repeat(32), "size": 10, "installed_at": 1}}}),
+        );
         assert_eq!(offer(&mut j, task("a", '1'), |_, _| false), Offer::Start);
     }
 

@@ -88,7 +88,10 @@ impl TransferError {
 
 /// Whether an I/O error is a socket read timeout (ureq sets `SO_RCVTIMEO`).
 pub fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 /// A response whose headers passed the checks, ready to be read.
@@ -120,9 +123,7 @@ impl HttpClient {
                 }
             }
         }
-        let tls = b
-            .build()
-            .map_err(|e| TransferError::Tls(e.to_string()))?;
+        let tls = b.build().map_err(|e| TransferError::Tls(e.to_string()))?;
         Ok(HttpClient {
             tls: Arc::new(tls),
             timeout: config.transfer_timeout,
@@ -247,12 +248,11 @@ fn check_response(
         200 => 0,
         206 if offset > 0 => {
             let range = resp.header("Content-Range").unwrap_or("");
-            let (first, total) = parse_content_range(range).ok_or_else(|| {
-                TransferError::ResumeRefused {
+            let (first, total) =
+                parse_content_range(range).ok_or_else(|| TransferError::ResumeRefused {
                     url: url.to_string(),
                     reason: format!("206 with Content-Range `{range}`"),
-                }
-            })?;
+                })?;
             if let Some(total) = total {
                 if total != size {
                     return Err(TransferError::SizeMismatch {
@@ -282,7 +282,10 @@ fn check_response(
         status => {
             return Err(TransferError::Unexpected {
                 url: url.to_string(),
-                reason: format!("HTTP {status} to a GET{}", if offset > 0 { " with Range" } else { "" }),
+                reason: format!(
+                    "HTTP {status} to a GET{}",
+                    if offset > 0 { " with Range" } else { "" }
+                ),
             })
         }
     };
@@ -324,13 +327,21 @@ pub fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 /// The proxy for `url` from `https_proxy`/`http_proxy` (either case), unless `no_proxy`
 /// names its host (exact, a domain suffix, or `*`).
 pub fn proxy_for(url: &Url, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
-    let get = |k: &str| env(k).or_else(|| env(&k.to_ascii_uppercase())).filter(|v| !v.is_empty());
+    let get = |k: &str| {
+        env(k)
+            .or_else(|| env(&k.to_ascii_uppercase()))
+            .filter(|v| !v.is_empty())
+    };
     let proxy = match url.scheme() {
         "https" => get("https_proxy"),
         "http" => get("http_proxy"),
         _ => None,
     }?;
-    let host = url.host_str().unwrap_or("").trim_matches(['[', ']']).to_ascii_lowercase();
+    let host = url
+        .host_str()
+        .unwrap_or("")
+        .trim_matches(['[', ']'])
+        .to_ascii_lowercase();
     if let Some(no_proxy) = get("no_proxy") {
         for entry in no_proxy.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let entry = entry.split(':').next().unwrap_or(entry);
@@ -364,7 +375,10 @@ mod tests {
 
     #[test]
     fn content_range_parses() {
-        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
         assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
         assert_eq!(parse_content_range("bytes */200"), None);
         assert_eq!(parse_content_range("bytes 9-3/20"), None);
@@ -379,7 +393,10 @@ mod tests {
             _ => None,
         };
         let u = |s: &str| Url::parse(s).unwrap();
-        assert_eq!(proxy_for(&u("https://cos.example/x"), &env).as_deref(), Some("http://proxy:3128"));
+        assert_eq!(
+            proxy_for(&u("https://cos.example/x"), &env).as_deref(),
+            Some("http://proxy:3128")
+        );
         assert_eq!(proxy_for(&u("https://localhost/x"), &env), None);
         assert_eq!(proxy_for(&u("https://a.internal.example/x"), &env), None);
         assert_eq!(proxy_for(&u("https://10.0.0.1/x"), &env), None);
@@ -388,14 +405,20 @@ mod tests {
 
     #[test]
     fn result_codes_follow_the_table() {
-        let s = |code| TransferError::Status { code, url: String::new() };
+        let s = |code| TransferError::Status {
+            code,
+            url: String::new(),
+        };
         assert_eq!(s(404).result_code(), ResultCode::NotFound);
         assert_eq!(s(401).result_code(), ResultCode::Forbidden);
         assert_eq!(s(403).result_code(), ResultCode::Forbidden);
         assert_eq!(s(500).result_code(), ResultCode::Other);
         assert!(s(503).is_transient());
         assert!(!s(404).is_transient());
-        let r = TransferError::RedirectScheme { url: String::new(), scheme: "ftp".into() };
+        let r = TransferError::RedirectScheme {
+            url: String::new(),
+            scheme: "ftp".into(),
+        };
         assert_eq!(r.result_code(), ResultCode::InvalidTask);
     }
 

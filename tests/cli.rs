@@ -57,7 +57,10 @@ fn resagent_config_variable_is_the_default_path() {
     let (code, out, err) = resagent(&["status"], Some(&p));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Daemon:      not running"), "{out}");
-    let (code, _, err) = resagent(&["status"], Some(std::path::Path::new("/nonexistent/env.json")));
+    let (code, _, err) = resagent(
+        &["status"],
+        Some(std::path::Path::new("/nonexistent/env.json")),
+    );
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/env.json"), "{err}");
 }
@@ -69,7 +72,10 @@ fn usage_errors_are_exit_2_and_version_and_help_exit_0() {
     assert_eq!(resagent(&["run", "--bogus"], None).0, 2);
     let (code, out, _) = resagent(&["--version"], None);
     assert_eq!(code, 0);
-    assert_eq!(out.trim(), format!("resagent {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        out.trim(),
+        format!("resagent {}", env!("CARGO_PKG_VERSION"))
+    );
     let (code, out, _) = resagent(&["--help"], None);
     assert_eq!(code, 0);
     assert!(out.contains("resagent run"));
@@ -93,18 +99,25 @@ fn a_world_readable_secret_gets_a_warning_and_the_secret_never_shows() {
     cfg["device_info"] = json!(info);
     let p = d.path().join("c.json");
     std::fs::write(&p, cfg.to_string()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_resagent"))
+    let child = Command::new(env!("CARGO_BIN_EXE_resagent"))
         .args(["run", "-c", p.to_str().unwrap()])
         .env("RUST_LOG", "trace")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("readable by every user"), "{err}");
     assert!(!err.contains(common::SECRET_B64), "secret in log");
-    assert!(!err.contains("hmacsha256;") && !err.contains(";hmacsha256"), "password in log: {err}");
+    assert!(
+        !err.contains("hmacsha256;") && !err.contains(";hmacsha256"),
+        "password in log: {err}"
+    );
 }

@@ -19,7 +19,10 @@ fn a_64_mib_download_ends_done_with_an_identical_file() {
     assert_eq!(state_of(&fin), ("done", 0), "{fin}");
     assert_eq!(fin["progress"]["percent"], 100);
     assert_eq!(fin["progress"]["result_msg"], "success");
-    assert_eq!(md5_hex(&rig.resource("big.bin")), task["md5sum"].as_str().unwrap());
+    assert_eq!(
+        md5_hex(&rig.resource("big.bin")),
+        task["md5sum"].as_str().unwrap()
+    );
     let states: Vec<String> = rig
         .platform
         .reports_for(&device(), "big.bin")
@@ -28,7 +31,10 @@ fn a_64_mib_download_ends_done_with_an_identical_file() {
         .collect();
     assert_eq!(states.first().map(String::as_str), Some("downloading"));
     assert!(states.contains(&"burning".to_string()), "{states:?}");
-    assert_eq!(rig.journal()["installed"]["big.bin"]["md5sum"], task["md5sum"]);
+    assert_eq!(
+        rig.journal()["installed"]["big.bin"]["md5sum"],
+        task["md5sum"]
+    );
     assert!(rig.journal()["download"].is_null());
     // Nothing left in staging.
     let staging = rig.path().join("resources/.resagent-staging");
@@ -44,7 +50,10 @@ fn staged_bytes(rig: &Rig, name: &str) -> u64 {
 fn wait_staged(rig: &Rig, name: &str, at_least: u64) {
     let deadline = std::time::Instant::now() + T;
     while staged_bytes(rig, name) < at_least {
-        assert!(std::time::Instant::now() < deadline, "download of {name} did not progress");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "download of {name} did not progress"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -72,7 +81,10 @@ fn an_md5_mismatch_fails_minus_4_and_keeps_the_installed_file() {
     let t1 = rig.platform.task_for("fw.bin", &v1);
     rig.platform.offer(&device(), t1.clone());
     let agent = rig.start_agent();
-    assert_eq!(state_of(&rig.final_report(&agent, "fw.bin", T)), ("done", 0));
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "fw.bin", T)),
+        ("done", 0)
+    );
     let before = std::fs::read(rig.resource("fw.bin")).unwrap();
 
     let v2 = rig.make_file("fw-v2", 100_000, 3);
@@ -81,10 +93,18 @@ fn an_md5_mismatch_fails_minus_4_and_keeps_the_installed_file() {
     rig.platform.push(&device(), &t2).unwrap();
     let fail = rig
         .platform
-        .wait_for(&device(), T, |m| m["name"] == "fw.bin" && m["progress"]["state"] == "fail")
+        .wait_for(&device(), T, |m| {
+            m["name"] == "fw.bin" && m["progress"]["state"] == "fail"
+        })
         .expect("fail report");
     assert_eq!(state_of(&fail), ("fail", -4), "{fail}");
-    assert!(fail["progress"]["result_msg"].as_str().unwrap().contains("MD5"), "{fail}");
+    assert!(
+        fail["progress"]["result_msg"]
+            .as_str()
+            .unwrap()
+            .contains("MD5"),
+        "{fail}"
+    );
     assert_eq!(std::fs::read(rig.resource("fw.bin")).unwrap(), before);
     assert_eq!(staged_bytes(&rig, "fw.bin"), 0);
     assert_eq!(rig.journal()["installed"]["fw.bin"]["md5sum"], t1["md5sum"]);
@@ -95,9 +115,21 @@ fn http_404_and_403_give_minus_2_and_minus_3() {
     let mut rig = Rig::new();
     let f = rig.make_file("x", 1000, 4);
     let missing = rig.platform.task_for("missing.bin", &f);
-    rig.platform.set_fault(&resagent_platform::Platform::path_of(&missing), resagent_platform::HttpFault { status: Some(404), ..Default::default() });
+    rig.platform.set_fault(
+        &resagent_platform::Platform::path_of(&missing),
+        resagent_platform::HttpFault {
+            status: Some(404),
+            ..Default::default()
+        },
+    );
     let forbidden = rig.platform.task_for("forbidden.bin", &f);
-    rig.platform.set_fault(&resagent_platform::Platform::path_of(&forbidden), resagent_platform::HttpFault { status: Some(403), ..Default::default() });
+    rig.platform.set_fault(
+        &resagent_platform::Platform::path_of(&forbidden),
+        resagent_platform::HttpFault {
+            status: Some(403),
+            ..Default::default()
+        },
+    );
     let agent = rig.start_agent();
     rig.platform.push(&device(), &missing).unwrap();
     rig.platform.push(&device(), &forbidden).unwrap();
@@ -105,7 +137,13 @@ fn http_404_and_403_give_minus_2_and_minus_3() {
     assert_eq!(state_of(&r), ("fail", -2), "{r}");
     let r = rig.final_report(&agent, "forbidden.bin", T);
     assert_eq!(state_of(&r), ("fail", -3), "{r}");
-    assert!(!r["progress"]["result_msg"].as_str().unwrap().contains("PRESIGNED-SECRET"), "{r}");
+    assert!(
+        !r["progress"]["result_msg"]
+            .as_str()
+            .unwrap()
+            .contains("PRESIGNED-SECRET"),
+        "{r}"
+    );
     assert!(!rig.resource("missing.bin").exists());
 }
 
@@ -116,25 +154,51 @@ fn unsafe_names_are_refused_without_a_request_or_a_file_outside() {
     let good = rig.platform.task_for("x", &f);
     let agent = rig.start_agent();
     let long = "n".repeat(256);
-    let names = ["", ".", "..", "../escape", "a/b", "..\\evil", "nul\u{0}byte", long.as_str(), "/etc/passwd"];
+    let names = [
+        "",
+        ".",
+        "..",
+        "../escape",
+        "a/b",
+        "..\\evil",
+        "nul\u{0}byte",
+        long.as_str(),
+        "/etc/passwd",
+    ];
     for name in names {
         let mut t = good.clone();
         t["name"] = json!(name);
         rig.platform.push(&device(), &t).unwrap();
         let r = rig
             .platform
-            .wait_for(&device(), T, |m| m["name"] == name && m["progress"]["state"] == "fail")
+            .wait_for(&device(), T, |m| {
+                m["name"] == name && m["progress"]["state"] == "fail"
+            })
             .unwrap_or_else(|| panic!("no fail for {name:?}; log:\n{}", agent.log_text()));
         assert_eq!(state_of(&r), ("fail", -10), "{name:?}: {r}");
     }
-    assert_eq!(rig.platform.gets(&resagent_platform::Platform::path_of(&good)).0, 0, "no HTTP request");
+    assert_eq!(
+        rig.platform
+            .gets(&resagent_platform::Platform::path_of(&good))
+            .0,
+        0,
+        "no HTTP request"
+    );
     let mut files = files_below(rig.path());
     files.retain(|p| !p.starts_with(rig.path().join("resources")));
     for p in &files {
-        let rel = p.strip_prefix(rig.path()).unwrap().to_string_lossy().into_owned();
+        let rel = p
+            .strip_prefix(rig.path())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         assert!(
-            rel.starts_with("served/") || rel.starts_with("state/") || rel.ends_with(".log")
-                || rel.ends_with(".conf") || rel == "config.json" || rel.starts_with("run/"),
+            rel.starts_with("served/")
+                || rel.starts_with("state/")
+                || rel.ends_with(".log")
+                || rel.ends_with(".conf")
+                || rel == "config.json"
+                || rel.starts_with("run/"),
             "unexpected file {rel}"
         );
     }
@@ -149,17 +213,29 @@ fn a_server_that_over_sends_is_cut_off() {
     let task = rig.platform.task_for("over.bin", &f);
     rig.platform.set_fault(
         &resagent_platform::Platform::path_of(&task),
-        resagent_platform::HttpFault { no_content_length: true, extra_bytes: 512 << 20, ..Default::default() },
+        resagent_platform::HttpFault {
+            no_content_length: true,
+            extra_bytes: 512 << 20,
+            ..Default::default()
+        },
     );
     let agent = rig.start_agent();
     rig.platform.push(&device(), &task).unwrap();
     let r = rig.final_report(&agent, "over.bin", T);
     assert_eq!(state_of(&r), ("fail", -4), "{r}");
-    assert!(r["progress"]["result_msg"].as_str().unwrap().contains("more than"), "{r}");
+    assert!(
+        r["progress"]["result_msg"]
+            .as_str()
+            .unwrap()
+            .contains("more than"),
+        "{r}"
+    );
     assert!(!rig.resource("over.bin").exists());
     assert_eq!(staged_bytes(&rig, "over.bin"), 0);
     // The server could not push its 512 MiB of garbage: the agent stopped reading.
-    let (_, sent) = rig.platform.gets(&resagent_platform::Platform::path_of(&task));
+    let (_, sent) = rig
+        .platform
+        .gets(&resagent_platform::Platform::path_of(&task));
     assert!(sent < (1 << 20) + (64 << 20), "server sent {sent} bytes");
 }
 
@@ -170,19 +246,40 @@ fn sigkill_mid_download_then_restart_resumes_with_range() {
     let f = rig.make_file("resume", size, 7);
     let task = rig.platform.task_for("resume.bin", &f);
     let path = resagent_platform::Platform::path_of(&task);
-    rig.platform.set_fault(&path, resagent_platform::HttpFault { rate: Some(8 << 20), ..Default::default() });
+    rig.platform.set_fault(
+        &path,
+        resagent_platform::HttpFault {
+            rate: Some(8 << 20),
+            ..Default::default()
+        },
+    );
     rig.platform.offer(&device(), task.clone());
     let mut agent = rig.start_agent();
     wait_staged(&rig, "resume.bin", size / 2);
     agent.kill9();
-    assert!(!rig.journal()["download"].is_null(), "task in flight is journaled");
-    rig.platform.set_fault(&path, resagent_platform::HttpFault::default());
+    assert!(
+        !rig.journal()["download"].is_null(),
+        "task in flight is journaled"
+    );
+    rig.platform
+        .set_fault(&path, resagent_platform::HttpFault::default());
     let agent = rig.spawn_agent();
     let r = rig.final_report(&agent, "resume.bin", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}");
-    assert_eq!(md5_hex(&rig.resource("resume.bin")), task["md5sum"].as_str().unwrap());
-    let reqs: Vec<_> = rig.platform.requests().into_iter().filter(|r| r.path == path).collect();
-    assert!(reqs.iter().any(|r| r.range.is_some() && r.status == 206), "{reqs:?}");
+    assert_eq!(
+        md5_hex(&rig.resource("resume.bin")),
+        task["md5sum"].as_str().unwrap()
+    );
+    let reqs: Vec<_> = rig
+        .platform
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == path)
+        .collect();
+    assert!(
+        reqs.iter().any(|r| r.range.is_some() && r.status == 206),
+        "{reqs:?}"
+    );
     let served: u64 = reqs.iter().map(|r| r.body_bytes).sum();
     assert!(served < size * 3 / 2, "served {served} of {size}");
 }
@@ -194,12 +291,21 @@ fn a_pushed_download_task_is_installed() {
     let task = rig.platform.task_for("pushed.bin", &f);
     let agent = rig.start_agent();
     rig.platform.push(&device(), &task).unwrap();
-    assert_eq!(state_of(&rig.final_report(&agent, "pushed.bin", T)), ("done", 0));
-    assert_eq!(std::fs::read(rig.resource("pushed.bin")).unwrap(), std::fs::read(&f).unwrap());
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "pushed.bin", T)),
+        ("done", 0)
+    );
+    assert_eq!(
+        std::fs::read(rig.resource("pushed.bin")).unwrap(),
+        std::fs::read(&f).unwrap()
+    );
     // RUST_LOG=debug: neither the URL's signature nor the MQTT password may show.
     let log = agent.log_text();
     assert!(!log.contains("PRESIGNED-SECRET"), "signature in log");
-    assert!(!log.contains("hmacsha256;") && !log.contains(";hmacsha256"), "password in log");
+    assert!(
+        !log.contains("hmacsha256;") && !log.contains(";hmacsha256"),
+        "password in log"
+    );
 }
 
 #[test]
@@ -208,7 +314,13 @@ fn the_broker_restarting_mid_transfer_does_not_stop_it() {
     let size = 6u64 << 20;
     let f = rig.make_file("slow", size, 9);
     let task = rig.platform.task_for("slow.bin", &f);
-    rig.platform.set_fault(&resagent_platform::Platform::path_of(&task), resagent_platform::HttpFault { rate: Some(2 << 20), ..Default::default() });
+    rig.platform.set_fault(
+        &resagent_platform::Platform::path_of(&task),
+        resagent_platform::HttpFault {
+            rate: Some(2 << 20),
+            ..Default::default()
+        },
+    );
     rig.platform.offer(&device(), task.clone());
     let agent = rig.start_agent();
     wait_staged(&rig, "slow.bin", 1 << 20);
@@ -217,7 +329,10 @@ fn the_broker_restarting_mid_transfer_does_not_stop_it() {
     rig.broker.restart();
     let r = rig.final_report(&agent, "slow.bin", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}");
-    assert_eq!(md5_hex(&rig.resource("slow.bin")), task["md5sum"].as_str().unwrap());
+    assert_eq!(
+        md5_hex(&rig.resource("slow.bin")),
+        task["md5sum"].as_str().unwrap()
+    );
     let log = agent.log_text();
     assert!(log.contains("lost the connection"), "{log}");
     assert!(log.matches("connected to tcp://").count() >= 2, "{log}");
@@ -231,12 +346,26 @@ fn a_repeated_task_is_done_without_a_get() {
     let path = resagent_platform::Platform::path_of(&task);
     let agent = rig.start_agent();
     rig.platform.push(&device(), &task).unwrap();
-    assert_eq!(state_of(&rig.final_report(&agent, "rep.bin", T)), ("done", 0));
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "rep.bin", T)),
+        ("done", 0)
+    );
     assert_eq!(rig.platform.gets(&path).0, 1);
     rig.platform.push(&device(), &task).unwrap();
     let deadline = std::time::Instant::now() + T;
-    while rig.platform.reports_for(&device(), "rep.bin").iter().filter(|m| m["progress"]["state"] == "done").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "second done; log:\n{}", agent.log_text());
+    while rig
+        .platform
+        .reports_for(&device(), "rep.bin")
+        .iter()
+        .filter(|m| m["progress"]["state"] == "done")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second done; log:\n{}",
+            agent.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(rig.platform.gets(&path).0, 1, "no second GET");
@@ -255,10 +384,16 @@ fn two_tasks_back_to_back_run_one_after_the_other() {
     assert_eq!(state_of(&rig.final_report(&agent, "a.bin", T)), ("done", 0));
     assert_eq!(state_of(&rig.final_report(&agent, "b.bin", T)), ("done", 0));
     let all = rig.platform.received(&device());
-    let a_done = all.iter().position(|m| m["name"] == "a.bin" && m["progress"]["state"] == "done").unwrap();
+    let a_done = all
+        .iter()
+        .position(|m| m["name"] == "a.bin" && m["progress"]["state"] == "done")
+        .unwrap();
     let b_first = all.iter().position(|m| m["name"] == "b.bin").unwrap();
     assert!(a_done < b_first, "b started before a ended");
-    assert_eq!(md5_hex(&rig.resource("b.bin")), tb["md5sum"].as_str().unwrap());
+    assert_eq!(
+        md5_hex(&rig.resource("b.bin")),
+        tb["md5sum"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -266,19 +401,35 @@ fn sigterm_mid_transfer_exits_0_within_5_s_and_removes_the_pid_file() {
     let mut rig = Rig::new();
     let f = rig.make_file("term", 8 << 20, 13);
     let task = rig.platform.task_for("term.bin", &f);
-    rig.platform.set_fault(&resagent_platform::Platform::path_of(&task), resagent_platform::HttpFault { rate: Some(1 << 20), ..Default::default() });
+    rig.platform.set_fault(
+        &resagent_platform::Platform::path_of(&task),
+        resagent_platform::HttpFault {
+            rate: Some(1 << 20),
+            ..Default::default()
+        },
+    );
     rig.platform.offer(&device(), task);
     let mut agent = rig.start_agent();
     let pid_file = rig.path().join("run/resagent.pid");
-    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), agent.pid().to_string());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        agent.pid().to_string()
+    );
     wait_staged(&rig, "term.bin", 1 << 20);
     let start = std::time::Instant::now();
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     let code = agent.wait_exit(Duration::from_secs(10));
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
     assert_eq!(code, Some(Some(0)), "log:\n{}", agent.log_text());
     assert!(!pid_file.exists());
-    assert!(!rig.journal()["download"].is_null(), "the transfer stays resumable");
+    assert!(
+        !rig.journal()["download"].is_null(),
+        "the transfer stays resumable"
+    );
     assert!(staged_bytes(&rig, "term.bin") > 0);
 }
 
@@ -311,9 +462,15 @@ fn a_storm_of_malformed_messages_leaves_the_agent_working() {
             rig.platform.push(&device(), &task).unwrap();
         }
     }
-    assert_eq!(state_of(&rig.final_report(&agent, "calm.bin", T)), ("done", 0));
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "calm.bin", T)),
+        ("done", 0)
+    );
     assert!(agent.is_alive());
-    assert_eq!(md5_hex(&rig.resource("calm.bin")), task["md5sum"].as_str().unwrap());
+    assert_eq!(
+        md5_hex(&rig.resource("calm.bin")),
+        task["md5sum"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -321,13 +478,23 @@ fn a_non_zero_progress_rsp_cancels_the_transfer() {
     let mut rig = Rig::new();
     let f = rig.make_file("cancel", 8 << 20, 15);
     let task = rig.platform.task_for("cancel.bin", &f);
-    rig.platform.set_fault(&resagent_platform::Platform::path_of(&task), resagent_platform::HttpFault { rate: Some(1 << 20), ..Default::default() });
+    rig.platform.set_fault(
+        &resagent_platform::Platform::path_of(&task),
+        resagent_platform::HttpFault {
+            rate: Some(1 << 20),
+            ..Default::default()
+        },
+    );
     let agent = rig.start_agent();
     rig.platform.set_download_rsp_code(-1);
     rig.platform.push(&device(), &task).unwrap();
     let deadline = std::time::Instant::now() + T;
     while !agent.log_text().contains("staged bytes removed") {
-        assert!(std::time::Instant::now() < deadline, "not cancelled; log:\n{}", agent.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not cancelled; log:\n{}",
+            agent.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(staged_bytes(&rig, "cancel.bin"), 0);
@@ -335,7 +502,12 @@ fn a_non_zero_progress_rsp_cancels_the_transfer() {
     assert!(rig.journal()["download"].is_null());
     std::thread::sleep(Duration::from_millis(300));
     let finals = rig.platform.reports_for(&device(), "cancel.bin");
-    assert!(finals.iter().all(|m| m["progress"]["state"] == "downloading"), "nothing final reported: {finals:?}");
+    assert!(
+        finals
+            .iter()
+            .all(|m| m["progress"]["state"] == "downloading"),
+        "nothing final reported: {finals:?}"
+    );
 }
 
 #[test]
@@ -343,13 +515,25 @@ fn status_and_check_talk_to_the_running_daemon() {
     let mut rig = Rig::new();
     let f = rig.make_file("st", 8 << 20, 16);
     let task = rig.platform.task_for("st.bin", &f);
-    rig.platform.set_fault(&resagent_platform::Platform::path_of(&task), resagent_platform::HttpFault { rate: Some(2 << 20), ..Default::default() });
+    rig.platform.set_fault(
+        &resagent_platform::Platform::path_of(&task),
+        resagent_platform::HttpFault {
+            rate: Some(2 << 20),
+            ..Default::default()
+        },
+    );
     let (code, _, err) = rig.cli(&["check"]);
     assert_eq!(code, 1, "no daemon yet: {err}");
     assert!(err.contains("no resagent daemon runs"), "{err}");
     let agent = rig.start_agent();
     rig.platform.offer(&device(), task.clone());
-    let asks = || rig.platform.received(&device()).iter().filter(|m| m["type"] == "get_download_task").count();
+    let asks = || {
+        rig.platform
+            .received(&device())
+            .iter()
+            .filter(|m| m["type"] == "get_download_task")
+            .count()
+    };
     let before = asks();
     let (code, out, _) = rig.cli(&["check"]);
     assert_eq!(code, 0, "{out}");
@@ -366,7 +550,10 @@ fn status_and_check_talk_to_the_running_daemon() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["download"]["name"], "st.bin");
     assert!(v["download"]["percent"].as_u64().unwrap() < 100);
-    assert_eq!(state_of(&rig.final_report(&agent, "st.bin", T)), ("done", 0));
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "st.bin", T)),
+        ("done", 0)
+    );
     let (_, out, _) = rig.cli(&["status"]);
     assert!(out.contains("Installed:   1"), "{out}");
 }

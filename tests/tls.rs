@@ -11,19 +11,81 @@ use std::process::Command;
 use std::time::Duration;
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl CLI");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl CLI");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA (`NAME.crt`/`NAME.key`) and a certificate signed by it for `who`.
 fn make_ca(dir: &Path, name: &str) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-days", "2", "-subj", &format!("/CN={name}")]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
 }
 
 fn make_cert(dir: &Path, ca: &str, who: &str) {
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{who}.key"), "-out", &format!("{who}.csr"), "-subj", &format!("/CN={who}")]);
-    std::fs::write(dir.join(format!("{who}.ext")), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(dir, &["x509", "-req", "-in", &format!("{who}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out", &format!("{who}.crt"), "-days", "2", "-extfile", &format!("{who}.ext")]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{who}.key"),
+            "-out",
+            &format!("{who}.csr"),
+            "-subj",
+            &format!("/CN={who}"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{who}.ext")),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{who}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{who}.ext"),
+        ],
+    );
 }
 
 /// A rig whose mosquitto has a TLS listener (port returned) signed by `test-ca`.
@@ -50,7 +112,10 @@ fn key_auth_over_tls_with_the_test_ca_connects_and_delivers() {
     let task = rig.platform.task_for("tls.bin", &f);
     rig.platform.offer(&device(), task);
     let agent = rig.start_agent();
-    assert_eq!(state_of(&rig.final_report(&agent, "tls.bin", Duration::from_secs(30))), ("done", 0));
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "tls.bin", Duration::from_secs(30))),
+        ("done", 0)
+    );
 }
 
 #[test]
@@ -73,7 +138,9 @@ fn cert_mode_with_a_client_certificate_connects() {
     cfg.insert("broker".into(), json!(format!("mqtts://127.0.0.1:{port}")));
     cfg.insert("ca_file".into(), json!(d.join("test-ca.crt")));
     let agent = rig.start_agent();
-    assert!(agent.log_text().contains(&format!("connected to ssl://127.0.0.1:{port}")));
+    assert!(agent
+        .log_text()
+        .contains(&format!("connected to ssl://127.0.0.1:{port}")));
 }
 
 #[test]
@@ -85,7 +152,10 @@ fn a_wrong_ca_is_refused_with_a_clear_log_line() {
     let mut agent = rig.spawn_agent();
     std::thread::sleep(Duration::from_secs(3));
     let log = agent.log_text();
-    assert!(agent.is_alive(), "a refused connection never ends the process");
+    assert!(
+        agent.is_alive(),
+        "a refused connection never ends the process"
+    );
     assert!(!log.contains("connected to ssl://"), "{log}");
     let line = log
         .lines()

@@ -207,11 +207,23 @@ fn handle(stream: TcpStream, state: &Arc<Mutex<State>>) -> io::Result<()> {
         "GET" if req.path == "/" => {
             let page = state.lock().unwrap_or_else(|p| p.into_inner()).page.clone();
             let html = page.map(|f| f()).unwrap_or_default();
-            (200, respond(&mut out, 200, "text/html; charset=utf-8", html.as_bytes(), &[])?)
+            (
+                200,
+                respond(
+                    &mut out,
+                    200,
+                    "text/html; charset=utf-8",
+                    html.as_bytes(),
+                    &[],
+                )?,
+            )
         }
         "GET" | "HEAD" => serve_get(&mut out, state, &req)?,
         "PUT" => receive_put(&mut reader, &mut out, state, &req)?,
-        _ => (405, respond(&mut out, 405, "text/plain", b"method not allowed\n", &[])?),
+        _ => (
+            405,
+            respond(&mut out, 405, "text/plain", b"method not allowed\n", &[])?,
+        ),
     };
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     st.requests.push(RequestLog {
@@ -224,7 +236,13 @@ fn handle(stream: TcpStream, state: &Arc<Mutex<State>>) -> io::Result<()> {
     Ok(())
 }
 
-fn respond(out: &mut TcpStream, status: u16, ctype: &str, body: &[u8], extra: &[(&str, String)]) -> io::Result<u64> {
+fn respond(
+    out: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+    extra: &[(&str, String)],
+) -> io::Result<u64> {
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
         reason(status),
@@ -261,11 +279,19 @@ fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
     let spec = v.trim().strip_prefix("bytes=")?;
     let (a, b) = spec.split_once('-')?;
     let first = a.trim().parse().ok()?;
-    let last = if b.trim().is_empty() { None } else { Some(b.trim().parse().ok()?) };
+    let last = if b.trim().is_empty() {
+        None
+    } else {
+        Some(b.trim().parse().ok()?)
+    };
     Some((first, last))
 }
 
-fn serve_get(out: &mut TcpStream, state: &Arc<Mutex<State>>, req: &Request) -> io::Result<(u16, u64)> {
+fn serve_get(
+    out: &mut TcpStream,
+    state: &Arc<Mutex<State>>,
+    req: &Request,
+) -> io::Result<(u16, u64)> {
     let (file, fault) = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         let fault = st.faults.get(&req.path).cloned().unwrap_or_default();
@@ -286,11 +312,19 @@ fn serve_get(out: &mut TcpStream, state: &Arc<Mutex<State>>, req: &Request) -> i
         return Ok((code, respond(out, code, "text/plain", b"", &[])?));
     }
     if let Some(to) = &fault.redirect {
-        return Ok((302, respond(out, 302, "text/plain", b"", &[("Location", to.clone())])?));
+        return Ok((
+            302,
+            respond(out, 302, "text/plain", b"", &[("Location", to.clone())])?,
+        ));
     }
     let path = match file {
         Some(p) => p,
-        None => return Ok((404, respond(out, 404, "text/plain", b"no such file\n", &[])?)),
+        None => {
+            return Ok((
+                404,
+                respond(out, 404, "text/plain", b"no such file\n", &[])?,
+            ))
+        }
     };
     let mut f = File::open(&path)?;
     let meta = f.metadata()?;
@@ -320,7 +354,10 @@ fn serve_get(out: &mut TcpStream, state: &Arc<Mutex<State>>, req: &Request) -> i
     );
     if status == 206 {
         let shown_start = if fault.wrong_content_range { 0 } else { start };
-        head.push_str(&format!("Content-Range: bytes {shown_start}-{}/{size}\r\n", end.saturating_sub(1)));
+        head.push_str(&format!(
+            "Content-Range: bytes {shown_start}-{}/{size}\r\n",
+            end.saturating_sub(1)
+        ));
     }
     if !fault.no_content_length {
         let len = fault.content_length.unwrap_or(end - start);
@@ -398,11 +435,23 @@ fn receive_put(
 ) -> io::Result<(u16, u64)> {
     let (fault, dir) = {
         let st = state.lock().unwrap_or_else(|p| p.into_inner());
-        (st.faults.get(&req.path).cloned().unwrap_or_default(), st.upload_dir.clone())
+        (
+            st.faults.get(&req.path).cloned().unwrap_or_default(),
+            st.upload_dir.clone(),
+        )
     };
-    let len: u64 = match req.headers.get("content-length").and_then(|v| v.parse().ok()) {
+    let len: u64 = match req
+        .headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+    {
         Some(l) => l,
-        None => return Ok((411, respond(out, 411, "text/plain", b"length required\n", &[])?)),
+        None => {
+            return Ok((
+                411,
+                respond(out, 411, "text/plain", b"length required\n", &[])?,
+            ))
+        }
     };
     let name = req.path.trim_start_matches('/').replace('/', "_");
     let tmp = dir.join(format!(".{name}.part"));
@@ -441,7 +490,16 @@ fn receive_put(
     };
     if got != len {
         let _ = std::fs::remove_file(&tmp);
-        return Ok((400, respond(out, 400, "text/plain", b"body shorter than Content-Length\n", &[])?));
+        return Ok((
+            400,
+            respond(
+                out,
+                400,
+                "text/plain",
+                b"body shorter than Content-Length\n",
+                &[],
+            )?,
+        ));
     }
     let dest = dir.join(&name);
     std::fs::rename(&tmp, &dest)?;
@@ -457,5 +515,8 @@ fn receive_put(
             content_md5_checked: checked,
         });
     let etag = format!("\"{digest:x}\"");
-    Ok((200, respond(out, 200, "text/plain", b"", &[("ETag", etag)])?))
+    Ok((
+        200,
+        respond(out, 200, "text/plain", b"", &[("ETag", etag)])?,
+    ))
 }

@@ -63,11 +63,19 @@ pub fn down_topic(device: &str) -> String {
 impl Platform {
     /// Starts the storage server on `http_listen` (uploads land in `upload_dir`) and the
     /// MQTT peer on `broker` (`tcp://host:port`); the peer reconnects on its own.
-    pub fn start(broker: &str, http_listen: &str, upload_dir: PathBuf) -> std::io::Result<Platform> {
+    pub fn start(
+        broker: &str,
+        http_listen: &str,
+        upload_dir: PathBuf,
+    ) -> std::io::Result<Platform> {
         let storage = Storage::start(http_listen, upload_dir)?;
         let create = paho_mqtt::CreateOptionsBuilder::new()
             .server_uri(broker)
-            .client_id(format!("resagent-platform-{}-{}", std::process::id(), unix_ms() % 100_000))
+            .client_id(format!(
+                "resagent-platform-{}-{}",
+                std::process::id(),
+                unix_ms() % 100_000
+            ))
             .persistence(paho_mqtt::PersistenceType::None)
             .finalize();
         let mut client = paho_mqtt::Client::new(create).map_err(std::io::Error::other)?;
@@ -185,19 +193,31 @@ impl Platform {
     }
 
     /// Waits until `device` published a message matching `pred`; returns it.
-    pub fn wait_for(&self, device: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub fn wait_for(
+        &self,
+        device: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         let (lock, cvar) = &*self.shared;
         let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(r) = g.received.iter().find(|r| r.device == device && pred(&r.message)) {
+            if let Some(r) = g
+                .received
+                .iter()
+                .find(|r| r.device == device && pred(&r.message))
+            {
                 return Some(r.message.clone());
             }
             let now = Instant::now();
             if now >= deadline {
                 return None;
             }
-            g = cvar.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            g = cvar
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -244,11 +264,8 @@ impl Platform {
             }
             self.lock().connected = true;
             log::info!("platform connected to the broker");
-            loop {
-                match rx.recv() {
-                    Ok(Some(msg)) => self.on_message(&msg),
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(msg)) = rx.recv() {
+                self.on_message(&msg);
             }
             self.lock().connected = false;
             log::warn!("platform lost the broker; reconnecting");
@@ -316,7 +333,11 @@ impl Platform {
                     rsp["result_msg"] = json!("refused by the test platform");
                 } else {
                     let name = m["name"].as_str().unwrap_or("upload");
-                    let path = format!("/uploads/{}/{}", http::percent_encode(device), http::percent_encode(name));
+                    let path = format!(
+                        "/uploads/{}/{}",
+                        http::percent_encode(device),
+                        http::percent_encode(name)
+                    );
                     rsp["url"] = json!(format!(
                         "{}{path}?sign=PRESIGNED-SECRET-{}",
                         self.storage.base_url(),
@@ -326,7 +347,9 @@ impl Platform {
                 vec![rsp]
             }
             "report_upload_progress" => {
-                let mut out = vec![json!({"type": "report_upload_progress_rsp", "result_code": 0, "result_msg": "ok"})];
+                let mut out = vec![
+                    json!({"type": "report_upload_progress_rsp", "result_code": 0, "result_msg": "ok"}),
+                ];
                 if m["progress"]["state"] == "done" {
                     if let Some(code) = g.upload_result_code {
                         out.push(json!({"type": "upload_result", "report": {"progress": {"result_code": code}}}));
@@ -344,26 +367,41 @@ impl Platform {
         let g = self.lock();
         let mut latest: Vec<(String, String, String)> = Vec::new();
         for r in &g.received {
-            if let (Some(name), Some(state)) = (r.message["name"].as_str(), r.message["progress"]["state"].as_str()) {
+            if let (Some(name), Some(state)) = (
+                r.message["name"].as_str(),
+                r.message["progress"]["state"].as_str(),
+            ) {
                 let line = format!(
                     "{state} {}% {}",
                     r.message["progress"]["percent"],
                     r.message["progress"]["result_msg"].as_str().unwrap_or("")
                 );
-                match latest.iter_mut().find(|(d, n, _)| *d == r.device && n == name) {
+                match latest
+                    .iter_mut()
+                    .find(|(d, n, _)| *d == r.device && n == name)
+                {
                     Some(entry) => entry.2 = line,
                     None => latest.push((r.device.clone(), name.to_string(), line)),
                 }
             }
         }
-        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
         let mut html = String::from("<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=1><title>resagent local platform</title><style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;text-align:left}pre{background:#f4f4f4;padding:1em}</style></head><body><h1>resagent local platform</h1>");
         html.push_str(&format!(
             "<p>broker session: {}</p><h2>Resources</h2><table><tr><th>device</th><th>resource</th><th>latest report</th></tr>",
             if g.connected { "connected" } else { "disconnected" }
         ));
         for (d, n, l) in &latest {
-            html.push_str(&format!("<tr><td>{}</td><td>{}</td><td>{}</td></tr>", esc(d), esc(n), esc(l)));
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(d),
+                esc(n),
+                esc(l)
+            ));
         }
         html.push_str("</table><h2>Last messages from devices</h2><pre>");
         for r in g.received.iter().rev().take(50) {
@@ -383,7 +421,11 @@ fn log_received(device: &str, m: &Value) {
     match m["type"].as_str() {
         Some(t @ ("report_download_progress" | "report_upload_progress")) => log::info!(
             "{device}: {} {} {} {}% {}",
-            if t.contains("download") { "download" } else { "upload" },
+            if t.contains("download") {
+                "download"
+            } else {
+                "upload"
+            },
             m["name"].as_str().unwrap_or("?"),
             m["progress"]["state"].as_str().unwrap_or("?"),
             m["progress"]["percent"],

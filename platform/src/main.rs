@@ -11,12 +11,12 @@ resagent-platform — a local stand-in for Tencent Cloud IoT Hub's resource mana
 
 Usage:
   resagent-platform --device PRODUCT/DEVICE [--broker tcp://127.0.0.1:1883]
-                    [--listen 127.0.0.1:8080] [--uploads DIR] [--offer FILE]... [--push]
+                    [--listen 127.0.0.1:8080] [--uploads DIR] [--offer FILE]...
 
-Each --offer FILE becomes a download task (named after the file) answered to the
-device's get_download_task, one after the other as the device reports them done.
---push also pushes the first task as a `download` message once the device asks.
-Uploads the device makes are stored in DIR (default ./platform-uploads).";
+Each --offer FILE becomes a download task (named after the file), one after the other
+as the device reports them done: pushed as a `download` message when it is offered, and
+answered to every get_download_task meanwhile. Uploads the device makes are stored in
+DIR (default ./platform-uploads).";
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -40,23 +40,23 @@ fn main() {
         .offers
         .iter()
         .map(|f| {
-            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             platform.task_for(&name, f)
         })
         .collect();
-    println!("storage at {}/ — open it in a browser to watch the device", platform.storage().base_url());
+    println!(
+        "storage at {}/ — open it in a browser to watch the device",
+        platform.storage().base_url()
+    );
     let mut next = 0;
     if let Some(t) = tasks.first() {
-        platform.offer(&args.device, t.clone());
+        offer(&platform, &args.device, t);
     }
-    let mut pushed = false;
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        if args.push && !pushed && !platform.received(&args.device).is_empty() {
-            if let Some(t) = tasks.first() {
-                pushed = platform.push(&args.device, t).is_ok();
-            }
-        }
         if let Some(t) = tasks.get(next) {
             let name = t["name"].as_str().unwrap_or("");
             let done = platform
@@ -66,11 +66,23 @@ fn main() {
             if done {
                 next += 1;
                 match tasks.get(next) {
-                    Some(t) => platform.offer(&args.device, t.clone()),
+                    Some(t) => offer(&platform, &args.device, t),
                     None => platform.offer(&args.device, serde_json::json!({})),
                 }
             }
         }
+    }
+}
+
+/// Answers `get_download_task` with `task` from now on, and pushes it at once for a
+/// device that asked before the task was ready (a push is handled like an answer).
+fn offer(platform: &Platform, device: &str, task: &serde_json::Value) {
+    platform.offer(device, task.clone());
+    if let Err(e) = platform.push(device, task) {
+        log::info!(
+            "push of {} not sent ({e}); the device gets it when it asks",
+            task["name"]
+        );
     }
 }
 
@@ -80,7 +92,6 @@ struct Args {
     listen: String,
     uploads: PathBuf,
     offers: Vec<PathBuf>,
-    push: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -92,10 +103,12 @@ fn parse() -> Result<Args, String> {
         listen: "127.0.0.1:8080".into(),
         uploads: PathBuf::from("platform-uploads"),
         offers: Vec::new(),
-        push: false,
     };
     let text = |p: &mut lexopt::Parser| -> Result<String, String> {
-        p.value().map_err(|e| e.to_string())?.into_string().map_err(|_| "not UTF-8".to_string())
+        p.value()
+            .map_err(|e| e.to_string())?
+            .into_string()
+            .map_err(|_| "not UTF-8".to_string())
     };
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
@@ -110,7 +123,6 @@ fn parse() -> Result<Args, String> {
                 }
                 a.offers.push(f)
             }
-            Long("push") => a.push = true,
             Long("help") | Short('h') => {
                 println!("{USAGE}");
                 std::process::exit(0);

@@ -81,7 +81,11 @@ impl Mosquitto {
             .spawn()
             .expect("mosquitto runs (apt-get install mosquitto)");
         self.child = Some(child);
-        assert!(wait_port(self.port, Duration::from_secs(10)), "mosquitto did not listen on {}", self.port);
+        assert!(
+            wait_port(self.port, Duration::from_secs(10)),
+            "mosquitto did not listen on {}",
+            self.port
+        );
     }
 
     pub fn uri(&self) -> String {
@@ -185,8 +189,16 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let conf = extra(dir.path());
         let broker = Mosquitto::start(dir.path(), &conf);
-        let platform = Platform::start(&broker.uri(), "127.0.0.1:0", dir.path().join("platform-uploads")).unwrap();
-        assert!(platform.wait_connected(Duration::from_secs(10)), "platform connects to mosquitto");
+        let platform = Platform::start(
+            &broker.uri(),
+            "127.0.0.1:0",
+            dir.path().join("platform-uploads"),
+        )
+        .unwrap();
+        assert!(
+            platform.wait_connected(Duration::from_secs(10)),
+            "platform connects to mosquitto"
+        );
         let d = dir.path();
         let config = json!({
             "productId": PRODUCT,
@@ -220,7 +232,8 @@ impl Rig {
     }
 
     pub fn journal(&self) -> Value {
-        serde_json::from_slice(&std::fs::read(self.path().join("state/journal.json")).unwrap()).unwrap()
+        serde_json::from_slice(&std::fs::read(self.path().join("state/journal.json")).unwrap())
+            .unwrap()
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -233,10 +246,14 @@ impl Rig {
     pub fn start_agent(&mut self) -> Agent {
         let agent = self.spawn_agent();
         let dev = device();
-        let asked = self
-            .platform
-            .wait_for(&dev, Duration::from_secs(15), |m| m["type"] == "get_download_task");
-        assert!(asked.is_some(), "agent asked for a task; log:\n{}", agent.log_text());
+        let asked = self.platform.wait_for(&dev, Duration::from_secs(15), |m| {
+            m["type"] == "get_download_task"
+        });
+        assert!(
+            asked.is_some(),
+            "agent asked for a task; log:\n{}",
+            agent.log_text()
+        );
         agent
     }
 
@@ -285,7 +302,10 @@ impl Rig {
     pub fn final_report(&self, agent: &Agent, name: &str, timeout: Duration) -> Value {
         match self.platform.wait_final(&device(), name, timeout) {
             Some(r) => r,
-            None => panic!("no final report for {name}; agent log:\n{}", agent.log_text()),
+            None => panic!(
+                "no final report for {name}; agent log:\n{}",
+                agent.log_text()
+            ),
         }
     }
 }

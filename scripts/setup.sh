@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing resagent needs on Debian: a C toolchain and cmake
+# (Paho C is built from the paho-mqtt crate), OpenSSL headers, mosquitto (the broker of
+# the demo and the tests), openssl (test certificates). Idempotent: installs only what is
+# missing, so it is cheap to run before every demo or test run.
+set -euo pipefail
+
+packages=(build-essential cmake pkg-config libssl-dev mosquitto mosquitto-clients openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found; install Rust (rustup) first" >&2
+  exit 1
+fi
