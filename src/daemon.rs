@@ -183,6 +183,7 @@ impl Coordinator {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        self.publisher.disconnect();
         self.record_connection(ConnState::Disconnected);
         log::info!("stopped");
     }

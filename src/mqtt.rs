@@ -173,6 +173,17 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Ends the session cleanly (DISCONNECT), waiting at most half a second.
+    pub fn disconnect(&self) {
+        let _ = self.client.disconnect(
+            paho_mqtt::DisconnectOptionsBuilder::new()
+                .timeout(Duration::from_millis(500))
+                .finalize(),
+        );
+    }
+}
+
 /// The session: a Paho client and what is needed to (re)connect it.
 pub struct Session {
     client: paho_mqtt::Client,
@@ -269,11 +280,7 @@ impl Session {
             log::info!("reconnecting to {uri} in {:.1} s", delay.as_secs_f64());
             shutdown.sleep(delay);
         }
-        let _ = self.client.disconnect(
-            paho_mqtt::DisconnectOptionsBuilder::new()
-                .timeout(Duration::from_millis(500))
-                .finalize(),
-        );
+        self.publisher().disconnect();
     }
 
     fn connect_and_subscribe(&self, down: &str) -> Result<(), String> {

@@ -9,6 +9,10 @@ use crate::protocol::{ProgressState, Report};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Final reports kept for re-sending at most; past this the oldest go (a device cut off
+/// from its broker for weeks must not grow its journal without bound).
+const MAX_UNACKED: usize = 64;
+
 /// Sends reports; shared by the coordinator and the transfer threads.
 pub struct Reporter {
     publisher: Publisher,
@@ -49,7 +53,12 @@ impl Reporter {
             }
         );
         let pending = report.clone();
-        if let Err(e) = self.journal.update(|j| j.unacked_reports.push(pending)) {
+        let kept = self.journal.update(|j| {
+            j.unacked_reports.push(pending);
+            let excess = j.unacked_reports.len().saturating_sub(MAX_UNACKED);
+            j.unacked_reports.drain(..excess);
+        });
+        if let Err(e) = kept {
             log::error!("final report for {} not journaled: {e}", report.name);
         }
         self.send_final(&report);

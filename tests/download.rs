@@ -557,3 +557,128 @@ fn status_and_check_talk_to_the_running_daemon() {
     let (_, out, _) = rig.cli(&["status"]);
     assert!(out.contains("Installed:   1"), "{out}");
 }
+
+#[test]
+fn a_server_that_stalls_ends_minus_1_after_one_resumed_retry() {
+    let mut rig = Rig::new();
+    rig.config["transfer_timeout_s"] = json!(1);
+    let f = rig.make_file("stall", 1 << 20, 17);
+    let task = rig.platform.task_for("stall.bin", &f);
+    rig.platform.set_fault(
+        &resagent_platform::Platform::path_of(&task),
+        resagent_platform::HttpFault {
+            stall_after: Some(0),
+            stall_for: Duration::from_secs(30),
+            ..Default::default()
+        },
+    );
+    let mut agent = rig.start_agent();
+    rig.platform.push(&device(), &task).unwrap();
+    let r = rig.final_report(&agent, "stall.bin", Duration::from_secs(20));
+    assert_eq!(state_of(&r), ("fail", -1), "{r}");
+    assert_eq!(
+        rig.platform
+            .gets(&resagent_platform::Platform::path_of(&task))
+            .0,
+        2,
+        "one retry"
+    );
+    assert!(agent.is_alive());
+}
+
+#[test]
+fn poll_interval_and_reload_take_effect() {
+    let mut rig = Rig::new();
+    rig.config["poll_interval_s"] = json!(1);
+    let mut agent = rig.start_agent();
+    std::thread::sleep(Duration::from_millis(3500));
+    let asks = rig
+        .platform
+        .received(&device())
+        .iter()
+        .filter(|m| m["type"] == "get_download_task")
+        .count();
+    assert!(asks >= 3, "asked {asks} times in 3.5 s");
+
+    // A broken configuration on SIGHUP is refused and the daemon keeps going.
+    let good = rig.config.clone();
+    rig.config["bogus_key"] = json!(1);
+    rig.config_path();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.is_alive());
+    assert!(
+        agent
+            .log_text()
+            .contains("keeping the current configuration"),
+        "{}",
+        agent.log_text()
+    );
+
+    // A valid one is used for the next task: without allow_http an http URL is -10.
+    rig.config = good;
+    rig.config["allow_http"] = json!(false);
+    rig.config_path();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let f = rig.make_file("h", 1000, 18);
+    let task = rig.platform.task_for("h.bin", &f);
+    rig.platform.push(&device(), &task).unwrap();
+    let r = rig.final_report(&agent, "h.bin", T);
+    assert_eq!(state_of(&r), ("fail", -10), "{r}");
+}
+
+/// Crash-resume from a journal written before the start, as a kill would leave it: the
+/// task in flight with half its bytes staged, another waiting, and a final report the
+/// broker never acknowledged.
+#[test]
+fn a_prewritten_journal_is_resumed() {
+    let mut rig = Rig::new();
+    let size = 4u64 << 20;
+    let f = rig.make_file("pre", size, 19);
+    let task = rig.platform.task_for("pre.bin", &f);
+    let g = rig.make_file("next", 10_000, 20);
+    let waiting = rig.platform.task_for("next.bin", &g);
+    let staging = rig.path().join("resources/.resagent-staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(staging.join("pre.bin"), &bytes[..(size / 2) as usize]).unwrap();
+    std::fs::create_dir_all(rig.path().join("state")).unwrap();
+    let journal = json!({
+        "download": {"task": task, "phase": "downloading"},
+        "waiting": [waiting],
+        "installed": {},
+        "unacked_reports": [{"direction": "download", "name": "earlier.bin", "state": "done",
+                             "percent": 100, "result_code": 0, "result_msg": "success"}]
+    });
+    std::fs::write(rig.path().join("state/journal.json"), journal.to_string()).unwrap();
+    let agent = rig.spawn_agent();
+    let r = rig.final_report(&agent, "pre.bin", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "next.bin", T)),
+        ("done", 0)
+    );
+    assert_eq!(std::fs::read(rig.resource("pre.bin")).unwrap(), bytes);
+    let path = resagent_platform::Platform::path_of(&task);
+    let reqs: Vec<_> = rig
+        .platform
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == path)
+        .collect();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(
+        reqs[0].range.as_deref(),
+        Some(format!("bytes={}-", size / 2).as_str())
+    );
+    assert_eq!(reqs[0].body_bytes, size / 2);
+    let old = rig.final_report(&agent, "earlier.bin", T);
+    assert_eq!(
+        state_of(&old),
+        ("done", 0),
+        "the unacknowledged report was sent again"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rig.journal()["unacked_reports"], json!([]));
+}

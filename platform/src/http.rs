@@ -202,7 +202,18 @@ fn handle(stream: TcpStream, state: &Arc<Mutex<State>>) -> io::Result<()> {
         None => return Ok(()),
     };
     let mut out = stream;
-    let range = req.headers.get("range").cloned();
+    // Logged on arrival, completed when answered: a stalled response is still counted.
+    let index = {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        st.requests.push(RequestLog {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            range: req.headers.get("range").cloned(),
+            status: 0,
+            body_bytes: 0,
+        });
+        st.requests.len() - 1
+    };
     let (status, bytes) = match req.method.as_str() {
         "GET" if req.path == "/" => {
             let page = state.lock().unwrap_or_else(|p| p.into_inner()).page.clone();
@@ -226,13 +237,10 @@ fn handle(stream: TcpStream, state: &Arc<Mutex<State>>) -> io::Result<()> {
         ),
     };
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-    st.requests.push(RequestLog {
-        method: req.method,
-        path: req.path,
-        range,
-        status,
-        body_bytes: bytes,
-    });
+    if let Some(entry) = st.requests.get_mut(index) {
+        entry.status = status;
+        entry.body_bytes = bytes;
+    }
     Ok(())
 }
 
@@ -519,4 +527,22 @@ fn receive_put(
         200,
         respond(out, 200, "text/plain", b"", &[("ETag", etag)])?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(parse_range("bytes=10-"), Some((10, None)));
+        assert_eq!(parse_range("bytes=0-99"), Some((0, Some(99))));
+        assert_eq!(parse_range("items=1-2"), None);
+    }
+
+    #[test]
+    fn names_are_percent_encoded() {
+        assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(percent_encode("fw-1.0_x~"), "fw-1.0_x~");
+    }
 }
