@@ -11,18 +11,14 @@ const T: Duration = Duration::from_secs(60);
 #[test]
 fn a_64_mib_download_ends_done_with_an_identical_file() {
     let mut rig = Rig::new();
-    let src = rig.make_file("big.bin", 64 << 20, 1);
-    let task = rig.platform.task_for("big.bin", &src);
+    let (_src, task) = rig.task("big.bin", 64 << 20, 1);
     rig.platform.offer(&device(), task.clone());
     let agent = rig.start_agent();
     let fin = rig.final_report(&agent, "big.bin", T);
     assert_eq!(state_of(&fin), ("done", 0), "{fin}");
     assert_eq!(fin["progress"]["percent"], 100);
     assert_eq!(fin["progress"]["result_msg"], "success");
-    assert_eq!(
-        md5_hex(&rig.resource("big.bin")),
-        task["md5sum"].as_str().unwrap()
-    );
+    rig.assert_installed("big.bin", &task);
     let states: Vec<String> = rig
         .platform
         .reports_for(&device(), "big.bin")
@@ -77,8 +73,7 @@ fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn an_md5_mismatch_fails_minus_4_and_keeps_the_installed_file() {
     let mut rig = Rig::new();
-    let v1 = rig.make_file("fw-v1", 100_000, 2);
-    let t1 = rig.platform.task_for("fw.bin", &v1);
+    let (_v1, t1) = rig.task("fw.bin", 100_000, 2);
     rig.platform.offer(&device(), t1.clone());
     let agent = rig.start_agent();
     assert_eq!(
@@ -113,18 +108,17 @@ fn an_md5_mismatch_fails_minus_4_and_keeps_the_installed_file() {
 #[test]
 fn http_404_and_403_give_minus_2_and_minus_3() {
     let mut rig = Rig::new();
-    let f = rig.make_file("x", 1000, 4);
-    let missing = rig.platform.task_for("missing.bin", &f);
-    rig.platform.set_fault(
-        &resagent_platform::Platform::path_of(&missing),
+    let (f, missing) = rig.task("missing.bin", 1000, 4);
+    rig.fault(
+        &missing,
         resagent_platform::HttpFault {
             status: Some(404),
             ..Default::default()
         },
     );
     let forbidden = rig.platform.task_for("forbidden.bin", &f);
-    rig.platform.set_fault(
-        &resagent_platform::Platform::path_of(&forbidden),
+    rig.fault(
+        &forbidden,
         resagent_platform::HttpFault {
             status: Some(403),
             ..Default::default()
@@ -150,8 +144,7 @@ fn http_404_and_403_give_minus_2_and_minus_3() {
 #[test]
 fn unsafe_names_are_refused_without_a_request_or_a_file_outside() {
     let mut rig = Rig::new();
-    let f = rig.make_file("x", 1000, 5);
-    let good = rig.platform.task_for("x", &f);
+    let (_f, good) = rig.task("x", 1000, 5);
     let agent = rig.start_agent();
     let long = "n".repeat(256);
     let names = [
@@ -209,10 +202,9 @@ fn unsafe_names_are_refused_without_a_request_or_a_file_outside() {
 #[test]
 fn a_server_that_over_sends_is_cut_off() {
     let mut rig = Rig::new();
-    let f = rig.make_file("over", 1 << 20, 6);
-    let task = rig.platform.task_for("over.bin", &f);
-    rig.platform.set_fault(
-        &resagent_platform::Platform::path_of(&task),
+    let (_f, task) = rig.task("over.bin", 1 << 20, 6);
+    rig.fault(
+        &task,
         resagent_platform::HttpFault {
             no_content_length: true,
             extra_bytes: 512 << 20,
@@ -243,8 +235,7 @@ fn a_server_that_over_sends_is_cut_off() {
 fn sigkill_mid_download_then_restart_resumes_with_range() {
     let mut rig = Rig::new();
     let size = 24u64 << 20;
-    let f = rig.make_file("resume", size, 7);
-    let task = rig.platform.task_for("resume.bin", &f);
+    let (_f, task) = rig.task("resume.bin", size, 7);
     let path = resagent_platform::Platform::path_of(&task);
     rig.platform.set_fault(
         &path,
@@ -266,10 +257,7 @@ fn sigkill_mid_download_then_restart_resumes_with_range() {
     let agent = rig.spawn_agent();
     let r = rig.final_report(&agent, "resume.bin", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}");
-    assert_eq!(
-        md5_hex(&rig.resource("resume.bin")),
-        task["md5sum"].as_str().unwrap()
-    );
+    rig.assert_installed("resume.bin", &task);
     let reqs: Vec<_> = rig
         .platform
         .requests()
@@ -287,8 +275,7 @@ fn sigkill_mid_download_then_restart_resumes_with_range() {
 #[test]
 fn a_pushed_download_task_is_installed() {
     let mut rig = Rig::new();
-    let f = rig.make_file("pushed", 300_000, 8);
-    let task = rig.platform.task_for("pushed.bin", &f);
+    let (f, task) = rig.task("pushed.bin", 300_000, 8);
     let agent = rig.start_agent();
     rig.platform.push(&device(), &task).unwrap();
     assert_eq!(
@@ -312,15 +299,8 @@ fn a_pushed_download_task_is_installed() {
 fn the_broker_restarting_mid_transfer_does_not_stop_it() {
     let mut rig = Rig::new();
     let size = 6u64 << 20;
-    let f = rig.make_file("slow", size, 9);
-    let task = rig.platform.task_for("slow.bin", &f);
-    rig.platform.set_fault(
-        &resagent_platform::Platform::path_of(&task),
-        resagent_platform::HttpFault {
-            rate: Some(2 << 20),
-            ..Default::default()
-        },
-    );
+    let (_f, task) = rig.task("slow.bin", size, 9);
+    rig.throttle(&task, 2 << 20);
     rig.platform.offer(&device(), task.clone());
     let agent = rig.start_agent();
     wait_staged(&rig, "slow.bin", 1 << 20);
@@ -329,10 +309,7 @@ fn the_broker_restarting_mid_transfer_does_not_stop_it() {
     rig.broker.restart();
     let r = rig.final_report(&agent, "slow.bin", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}");
-    assert_eq!(
-        md5_hex(&rig.resource("slow.bin")),
-        task["md5sum"].as_str().unwrap()
-    );
+    rig.assert_installed("slow.bin", &task);
     let log = agent.log_text();
     assert!(log.contains("lost the connection"), "{log}");
     assert!(log.matches("connected to tcp://").count() >= 2, "{log}");
@@ -341,8 +318,7 @@ fn the_broker_restarting_mid_transfer_does_not_stop_it() {
 #[test]
 fn a_repeated_task_is_done_without_a_get() {
     let mut rig = Rig::new();
-    let f = rig.make_file("rep", 50_000, 10);
-    let task = rig.platform.task_for("rep.bin", &f);
+    let (_f, task) = rig.task("rep.bin", 50_000, 10);
     let path = resagent_platform::Platform::path_of(&task);
     let agent = rig.start_agent();
     rig.platform.push(&device(), &task).unwrap();
@@ -390,24 +366,14 @@ fn two_tasks_back_to_back_run_one_after_the_other() {
         .unwrap();
     let b_first = all.iter().position(|m| m["name"] == "b.bin").unwrap();
     assert!(a_done < b_first, "b started before a ended");
-    assert_eq!(
-        md5_hex(&rig.resource("b.bin")),
-        tb["md5sum"].as_str().unwrap()
-    );
+    rig.assert_installed("b.bin", &tb);
 }
 
 #[test]
 fn sigterm_mid_transfer_exits_0_within_5_s_and_removes_the_pid_file() {
     let mut rig = Rig::new();
-    let f = rig.make_file("term", 8 << 20, 13);
-    let task = rig.platform.task_for("term.bin", &f);
-    rig.platform.set_fault(
-        &resagent_platform::Platform::path_of(&task),
-        resagent_platform::HttpFault {
-            rate: Some(1 << 20),
-            ..Default::default()
-        },
-    );
+    let (_f, task) = rig.task("term.bin", 8 << 20, 13);
+    rig.throttle(&task, 1 << 20);
     rig.platform.offer(&device(), task);
     let mut agent = rig.start_agent();
     let pid_file = rig.path().join("run/resagent.pid");
@@ -436,8 +402,7 @@ fn sigterm_mid_transfer_exits_0_within_5_s_and_removes_the_pid_file() {
 #[test]
 fn a_storm_of_malformed_messages_leaves_the_agent_working() {
     let mut rig = Rig::new();
-    let f = rig.make_file("calm", 200_000, 14);
-    let task = rig.platform.task_for("calm.bin", &f);
+    let (_f, task) = rig.task("calm.bin", 200_000, 14);
     let mut agent = rig.start_agent();
     let junk: Vec<Vec<u8>> = vec![
         b"".to_vec(),
@@ -467,24 +432,14 @@ fn a_storm_of_malformed_messages_leaves_the_agent_working() {
         ("done", 0)
     );
     assert!(agent.is_alive());
-    assert_eq!(
-        md5_hex(&rig.resource("calm.bin")),
-        task["md5sum"].as_str().unwrap()
-    );
+    rig.assert_installed("calm.bin", &task);
 }
 
 #[test]
 fn a_non_zero_progress_rsp_cancels_the_transfer() {
     let mut rig = Rig::new();
-    let f = rig.make_file("cancel", 8 << 20, 15);
-    let task = rig.platform.task_for("cancel.bin", &f);
-    rig.platform.set_fault(
-        &resagent_platform::Platform::path_of(&task),
-        resagent_platform::HttpFault {
-            rate: Some(1 << 20),
-            ..Default::default()
-        },
-    );
+    let (_f, task) = rig.task("cancel.bin", 8 << 20, 15);
+    rig.throttle(&task, 1 << 20);
     let agent = rig.start_agent();
     rig.platform.set_download_rsp_code(-1);
     rig.platform.push(&device(), &task).unwrap();
@@ -513,15 +468,8 @@ fn a_non_zero_progress_rsp_cancels_the_transfer() {
 #[test]
 fn status_and_check_talk_to_the_running_daemon() {
     let mut rig = Rig::new();
-    let f = rig.make_file("st", 8 << 20, 16);
-    let task = rig.platform.task_for("st.bin", &f);
-    rig.platform.set_fault(
-        &resagent_platform::Platform::path_of(&task),
-        resagent_platform::HttpFault {
-            rate: Some(2 << 20),
-            ..Default::default()
-        },
-    );
+    let (_f, task) = rig.task("st.bin", 8 << 20, 16);
+    rig.throttle(&task, 2 << 20);
     let (code, _, err) = rig.cli(&["check"]);
     assert_eq!(code, 1, "no daemon yet: {err}");
     assert!(err.contains("no resagent daemon runs"), "{err}");
@@ -562,10 +510,9 @@ fn status_and_check_talk_to_the_running_daemon() {
 fn a_server_that_stalls_ends_minus_1_after_one_resumed_retry() {
     let mut rig = Rig::new();
     rig.config["transfer_timeout_s"] = json!(1);
-    let f = rig.make_file("stall", 1 << 20, 17);
-    let task = rig.platform.task_for("stall.bin", &f);
-    rig.platform.set_fault(
-        &resagent_platform::Platform::path_of(&task),
+    let (_f, task) = rig.task("stall.bin", 1 << 20, 17);
+    rig.fault(
+        &task,
         resagent_platform::HttpFault {
             stall_after: Some(0),
             stall_for: Duration::from_secs(30),
@@ -621,8 +568,7 @@ fn poll_interval_and_reload_take_effect() {
     rig.config_path();
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    let f = rig.make_file("h", 1000, 18);
-    let task = rig.platform.task_for("h.bin", &f);
+    let (_f, task) = rig.task("h.bin", 1000, 18);
     rig.platform.push(&device(), &task).unwrap();
     let r = rig.final_report(&agent, "h.bin", T);
     assert_eq!(state_of(&r), ("fail", -10), "{r}");
@@ -635,10 +581,8 @@ fn poll_interval_and_reload_take_effect() {
 fn a_prewritten_journal_is_resumed() {
     let mut rig = Rig::new();
     let size = 4u64 << 20;
-    let f = rig.make_file("pre", size, 19);
-    let task = rig.platform.task_for("pre.bin", &f);
-    let g = rig.make_file("next", 10_000, 20);
-    let waiting = rig.platform.task_for("next.bin", &g);
+    let (f, task) = rig.task("pre.bin", size, 19);
+    let (_g, waiting) = rig.task("next.bin", 10_000, 20);
     let staging = rig.path().join("resources/.resagent-staging");
     std::fs::create_dir_all(&staging).unwrap();
     let bytes = std::fs::read(&f).unwrap();

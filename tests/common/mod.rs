@@ -298,6 +298,39 @@ impl Rig {
         p
     }
 
+    /// A served file of `size` bytes and the task a device would get for it.
+    pub fn task(&self, name: &str, size: u64, seed: u64) -> (PathBuf, Value) {
+        let file = self.make_file(name, size, seed);
+        let task = self.platform.task_for(name, &file);
+        (file, task)
+    }
+
+    /// Makes the storage misbehave for the URL of `task`.
+    pub fn fault(&self, task: &Value, fault: resagent_platform::HttpFault) {
+        self.platform.set_fault(&Platform::path_of(task), fault);
+    }
+
+    /// Serves the URL of `task` at `bytes_per_s`, so a transfer lasts long enough to
+    /// interfere with.
+    pub fn throttle(&self, task: &Value, bytes_per_s: u64) {
+        self.fault(
+            task,
+            resagent_platform::HttpFault {
+                rate: Some(bytes_per_s),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Asserts `resource_dir/NAME` holds exactly the content of `task`.
+    pub fn assert_installed(&self, name: &str, task: &Value) {
+        assert_eq!(
+            md5_hex(&self.resource(name)),
+            task["md5sum"].as_str().unwrap(),
+            "{name} installed with the task's content"
+        );
+    }
+
     /// Final download report of `name` (panics with the agent log if none comes).
     pub fn final_report(&self, agent: &Agent, name: &str, timeout: Duration) -> Value {
         match self.platform.wait_final(&device(), name, timeout) {
