@@ -13,6 +13,7 @@ use crate::report::Reporter;
 use crate::shutdown::Shutdown;
 use crate::signals::{self, Request};
 use crate::tasks::{self, Offer};
+use crate::upload::{UploadSignal, Uploader};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
@@ -23,6 +24,9 @@ use thiserror::Error;
 /// Capacity of the event channel: the MQTT thread waits when the coordinator lags
 /// (Paho keeps queueing meanwhile), so a storm of messages cannot grow this queue.
 const EVENT_QUEUE: usize = 256;
+/// Capacity of the channel to the upload thread; when it is full (the thread is busy
+/// and a storm of answers arrives) the coordinator drops rather than waits.
+const UPLOAD_QUEUE: usize = 64;
 /// How long a stop waits for the download thread to reach a chunk boundary; the journal
 /// is consistent at every instant, so the process may exit without it.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -86,6 +90,27 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         }
     })?;
     spawn_threads(session, &events, &shutdown)?;
+    let config = Arc::new(config);
+    let connected = Arc::new(AtomicBool::new(false));
+    let upload_cancel = Arc::new(AtomicBool::new(false));
+    let (uploads, upload_inbox) = mpsc::sync_channel(UPLOAD_QUEUE);
+    let uploader = Uploader {
+        config: config.clone(),
+        journal: journal.clone(),
+        reporter: reporter.clone(),
+        publisher: publisher.clone(),
+        shutdown: shutdown.clone(),
+        connected: connected.clone(),
+        cancel: upload_cancel.clone(),
+        inbox: upload_inbox,
+    };
+    std::thread::Builder::new()
+        .name("upload".into())
+        .spawn(move || uploader.run())
+        .map_err(|source| DaemonError::Thread {
+            name: "upload",
+            source,
+        })?;
     log::info!(
         "resagent {} started for {} (broker {})",
         env!("CARGO_PKG_VERSION"),
@@ -93,14 +118,16 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         config.broker.uri()
     );
     let mut coordinator = Coordinator {
-        config: Arc::new(config),
+        config,
         journal,
         reporter,
         publisher,
         shutdown,
         events,
         in_flight: None,
-        connected: false,
+        connected,
+        uploads,
+        upload_cancel,
     };
     coordinator.run(inbox);
     Ok(())
@@ -138,7 +165,10 @@ struct Coordinator {
     shutdown: Shutdown,
     events: SyncSender<Event>,
     in_flight: Option<Running>,
-    connected: bool,
+    /// Shared with the upload thread, which uploads only while connected.
+    connected: Arc<AtomicBool>,
+    uploads: SyncSender<UploadSignal>,
+    upload_cancel: Arc<AtomicBool>,
 }
 
 impl Coordinator {
@@ -157,7 +187,7 @@ impl Coordinator {
                     next_poll = Instant::now() + self.config.poll_interval;
                 }
                 Ok(Event::Link(LinkEvent::Disconnected)) => {
-                    self.connected = false;
+                    self.connected.store(false, Ordering::SeqCst);
                     self.record_connection(ConnState::Disconnected);
                 }
                 Ok(Event::Link(LinkEvent::Message(bytes))) => self.on_message(&bytes),
@@ -204,10 +234,19 @@ impl Coordinator {
     }
 
     fn on_connected(&mut self) {
-        self.connected = true;
+        self.connected.store(true, Ordering::SeqCst);
         self.record_connection(ConnState::Connected);
         self.reporter.resend_unacked();
         self.ask_for_task("connect");
+        self.to_uploader(UploadSignal::Wake {
+            reset_backoff: false,
+        });
+    }
+
+    fn to_uploader(&self, signal: UploadSignal) {
+        if let Err(e) = self.uploads.try_send(signal) {
+            log::debug!("upload thread busy; dropped {e:?}");
+        }
     }
 
     fn on_signal(&mut self, request: Request) {
@@ -215,9 +254,9 @@ impl Coordinator {
             Request::Stop => {}
             Request::Reload => self.reload(),
             Request::CheckTasks => self.ask_for_task("SIGUSR1"),
-            Request::ScanOutbox => {
-                log::info!("SIGUSR2: the outbox is empty (uploads are not enabled in this build)")
-            }
+            Request::ScanOutbox => self.to_uploader(UploadSignal::Wake {
+                reset_backoff: true,
+            }),
         }
     }
 
@@ -236,13 +275,14 @@ impl Coordinator {
                 }
                 log::info!("SIGHUP: configuration {} re-read", new.path.display());
                 self.config = Arc::new(new);
+                self.to_uploader(UploadSignal::Config(self.config.clone()));
             }
             Err(e) => log::error!("SIGHUP: keeping the current configuration: {e}"),
         }
     }
 
     fn ask_for_task(&self, why: &str) {
-        if !self.connected {
+        if !self.connected.load(Ordering::SeqCst) {
             log::info!("not connected; asking for a download task after the next connect ({why})");
             return;
         }
@@ -263,7 +303,22 @@ impl Coordinator {
                 result_code,
                 result_msg,
             }) => self.on_download_rsp(result_code, &result_msg),
-            Ok(other) => log::debug!("ignoring {other:?}"),
+            Ok(DownMessage::UploadTaskRsp(rsp)) => self.to_uploader(UploadSignal::TaskRsp(rsp)),
+            Ok(DownMessage::UploadProgressRsp {
+                result_code,
+                result_msg,
+            }) => {
+                if result_code != 0 {
+                    log::warn!(
+                        "the platform answered an upload report with {result_code}: {result_msg}"
+                    );
+                    self.upload_cancel.store(true, Ordering::SeqCst);
+                }
+                self.to_uploader(UploadSignal::ProgressRsp(result_code));
+            }
+            Ok(DownMessage::UploadResult { result_code }) => {
+                self.to_uploader(UploadSignal::UploadResult(result_code))
+            }
             Err(bad) => {
                 log::warn!("refused a message from the platform: {}", bad.reason);
                 if let (Some(name), Some(Direction::Download)) = (&bad.name, bad.direction) {

@@ -4,7 +4,7 @@
 //! mode 0600 (it holds presigned URLs), replaced atomically at every state change.
 
 use crate::fsutil::{self, FsError};
-use crate::protocol::{Report, Task};
+use crate::protocol::{ProgressState, Report, Task};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -100,6 +100,25 @@ pub struct Installed {
     pub plugin: Option<String>,
 }
 
+/// The upload in flight, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadInFlight {
+    pub name: String,
+    pub md5sum: String,
+    pub size: u64,
+    pub state: ProgressState,
+    pub percent: u8,
+}
+
+/// An outbox file waiting to be tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRetry {
+    pub attempts: u32,
+    /// Unix seconds of the next try.
+    pub next_at: u64,
+    pub reason: String,
+}
+
 /// The whole journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Journal {
@@ -115,6 +134,13 @@ pub struct Journal {
     /// Final reports published but not yet acknowledged by the broker.
     #[serde(default)]
     pub unacked_reports: Vec<Report>,
+    /// The upload in flight (the file itself stays in the outbox until it is confirmed,
+    /// so after a kill it is simply announced again).
+    #[serde(default)]
+    pub upload: Option<UploadInFlight>,
+    /// Outbox files whose last attempt failed, by name.
+    #[serde(default)]
+    pub upload_retries: BTreeMap<String, UploadRetry>,
 }
 
 impl Journal {

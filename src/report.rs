@@ -39,7 +39,8 @@ impl Reporter {
     }
 
     /// A final report: recorded in the journal first, removed once acknowledged.
-    pub fn final_report(&self, report: Report) {
+    /// Returns whether the broker acknowledged it now.
+    pub fn final_report(&self, report: Report) -> bool {
         let _guard = self.finals.lock().unwrap_or_else(|p| p.into_inner());
         log::info!(
             "{} {}: {}{}",
@@ -61,7 +62,7 @@ impl Reporter {
         if let Err(e) = kept {
             log::error!("final report for {} not journaled: {e}", report.name);
         }
-        self.send_final(&report);
+        self.send_final(&report)
     }
 
     /// Sends every final report still waiting for its acknowledgement (after a connect).

@@ -14,6 +14,8 @@ use std::fmt::Write;
 #[derive(Debug, Clone)]
 pub struct StatusView {
     pub daemon_pid: Option<i32>,
+    /// Files in the outbox (name, size), oldest first.
+    pub outbox: Vec<(String, u64)>,
     pub journal: Journal,
     /// Bytes in the staging file of the download in flight.
     pub staged_bytes: u64,
@@ -30,8 +32,14 @@ pub fn gather(config: &Config) -> Result<StatusView, JournalError> {
             std::fs::metadata(p.staging).ok().map(|m| m.len())
         })
         .unwrap_or(0);
+    let outbox = crate::outbox::scan(&config.outbox_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.size))
+        .collect();
     Ok(StatusView {
         daemon_pid: pidfile::running(&config.pid_file).ok(),
+        outbox,
         journal,
         staged_bytes,
         now_ms: journal::unix_now_ms(),
@@ -83,8 +91,29 @@ pub fn render_json(v: &StatusView) -> Value {
         "download": download,
         "waiting": j.waiting.iter().map(|t| json!({"name": t.name, "size": t.size, "md5sum": t.md5sum})).collect::<Vec<_>>(),
         "installed": j.installed,
+        "outbox": v.outbox.iter().map(|(name, size)| json!({
+            "name": name, "size": size, "state": outbox_state(v, name),
+        })).collect::<Vec<_>>(),
         "unacknowledged_reports": j.unacked_reports.len(),
     })
+}
+
+/// `uploading 45%`, `retry in 30s (reason)` or `queued`.
+fn outbox_state(v: &StatusView, name: &str) -> String {
+    let j = &v.journal;
+    if let Some(u) = j.upload.as_ref().filter(|u| u.name == name) {
+        return format!("uploading {}%", u.percent);
+    }
+    if let Some(r) = j.upload_retries.get(name) {
+        let wait = r.next_at.saturating_sub(v.now_ms / 1000);
+        return format!(
+            "retry in {} (attempt {} failed: {})",
+            human_duration(wait),
+            r.attempts,
+            r.reason
+        );
+    }
+    "queued".to_string()
 }
 
 pub fn render_text(v: &StatusView) -> String {
@@ -169,6 +198,19 @@ pub fn render_text(v: &StatusView) -> String {
             );
         }
     }
+    if v.outbox.is_empty() {
+        let _ = writeln!(out, "Outbox:      empty");
+    } else {
+        let _ = writeln!(out, "Outbox:      {}", v.outbox.len());
+        for (name, size) in &v.outbox {
+            let _ = writeln!(
+                out,
+                "             {name}  {}  {}",
+                human_bytes(*size),
+                outbox_state(v, name)
+            );
+        }
+    }
     if !j.unacked_reports.is_empty() {
         let _ = writeln!(
             out,
@@ -216,11 +258,14 @@ mod tests {
                                   "url": "https://cos/fw.bin?sign=SECRET"},
                          "phase": "downloading", "attempt_started_ms": 1_000_000, "attempt_start_bytes": 0},
             "waiting": [{"name": "m", "md5sum": "2".repeat(32), "size": 5, "url": "https://cos/m?sign=SECRET"}],
-            "installed": {"old": {"md5sum": "3".repeat(32), "size": 2048, "installed_at": 900}}
+            "installed": {"old": {"md5sum": "3".repeat(32), "size": 2048, "installed_at": 900}},
+            "upload": {"name": "log.tgz", "md5sum": "4".repeat(32), "size": 10, "state": "uploading", "percent": 40},
+            "upload_retries": {"snap.jpg": {"attempts": 2, "next_at": 1030, "reason": "HTTP 500"}}
         }))
         .unwrap();
         StatusView {
             daemon_pid: Some(42),
+            outbox: vec![("log.tgz".into(), 10), ("snap.jpg".into(), 20)],
             journal,
             staged_bytes: 250,
             now_ms: 1_005_000,
@@ -236,6 +281,11 @@ mod tests {
         assert!(t.contains("50 B/s, about 15s left"), "{t}");
         assert!(t.contains("old  2.0 KiB"), "{t}");
         assert!(!t.contains("SECRET"), "{t}");
+        assert!(t.contains("log.tgz  10 B  uploading 40%"), "{t}");
+        assert!(
+            t.contains("snap.jpg  20 B  retry in 25s (attempt 2 failed: HTTP 500)"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub enum TransferError {
     /// A success status that makes no sense for the request (204, 206 unasked, …).
     #[error("{url}: unexpected answer: {reason}")]
     Unexpected { url: String, reason: String },
+    /// The storage server refused an upload (a non-2xx answer to the PUT).
+    #[error("PUT {url}: HTTP {code}{detail}")]
+    PutRefused {
+        url: String,
+        code: u16,
+        detail: String,
+    },
     /// The TLS configuration could not be built.
     #[error("TLS setup: {0}")]
     Tls(String),
@@ -195,6 +202,47 @@ impl HttpClient {
         })
     }
 
+    /// PUTs `size` bytes from `body` to a presigned `url` with `Content-Length` and
+    /// `Content-MD5` (base64 of the 16 raw digest bytes). Any 2xx is success.
+    pub fn put(
+        &self,
+        url: &str,
+        body: impl Read,
+        size: u64,
+        md5_hex: &str,
+    ) -> Result<(), TransferError> {
+        let shown = redact_url(url);
+        let parsed = Url::parse(url).map_err(|e| TransferError::Unexpected {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let content_md5 = content_md5(md5_hex).ok_or_else(|| TransferError::Unexpected {
+            url: shown.clone(),
+            reason: format!("md5sum `{md5_hex}` is not 32 hex characters"),
+        })?;
+        let result = self
+            .agent_for(&parsed)
+            .put(parsed.as_str())
+            .set("Content-Length", &size.to_string())
+            .set("Content-MD5", &content_md5)
+            .set("Content-Type", "application/octet-stream")
+            .send(body);
+        match result {
+            Ok(resp) if (200..300).contains(&resp.status()) => Ok(()),
+            Ok(resp) => Err(TransferError::PutRefused {
+                url: shown,
+                code: resp.status(),
+                detail: String::new(),
+            }),
+            Err(ureq::Error::Status(code, resp)) => Err(TransferError::PutRefused {
+                url: shown,
+                code,
+                detail: error_detail(resp),
+            }),
+            Err(ureq::Error::Transport(t)) => Err(self.classify(&shown, t)),
+        }
+    }
+
     /// The target of a redirect, if its scheme is allowed.
     fn follow(&self, from: &Url, location: Option<&str>) -> Result<Url, TransferError> {
         let shown = redact_url(from.as_str());
@@ -231,6 +279,23 @@ impl HttpClient {
                 reason: format!("{}{cause}", t.kind()),
             }
         }
+    }
+}
+
+/// `Content-MD5`: base64 of the raw digest bytes, not of the hex string.
+pub fn content_md5(md5_hex: &str) -> Option<String> {
+    use base64::Engine;
+    let raw = hex::decode(md5_hex).ok().filter(|r| r.len() == 16)?;
+    Some(base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+/// The `<Code>` of an S3/COS XML error body (e.g. ` (BadDigest)`), read at most 4 KiB.
+fn error_detail(resp: ureq::Response) -> String {
+    let mut body = String::new();
+    let _ = resp.into_reader().take(4096).read_to_string(&mut body);
+    match (body.find("<Code>"), body.find("</Code>")) {
+        (Some(a), Some(b)) if b > a + 6 => format!(" ({})", &body[a + 6..b]),
+        _ => String::new(),
     }
 }
 
@@ -420,6 +485,16 @@ mod tests {
             scheme: "ftp".into(),
         };
         assert_eq!(r.result_code(), ResultCode::InvalidTask);
+    }
+
+    #[test]
+    fn content_md5_is_base64_of_raw_bytes() {
+        // md5("hello"), and `printf hello | openssl md5 -binary | base64`.
+        assert_eq!(
+            content_md5("5d41402abc4b2a76b9719d911017c592").as_deref(),
+            Some("XUFAKrxLKna5cZ2REBfFkg==")
+        );
+        assert_eq!(content_md5("xyz"), None);
     }
 
     #[test]

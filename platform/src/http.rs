@@ -35,8 +35,10 @@ pub struct Fault {
     /// responses only.
     pub close_after: Option<u64>,
     pub close_times: u32,
-    /// Send at most this many bytes per second.
+    /// Send (GET) or read (PUT) at most this many bytes per second.
     pub rate: Option<u64>,
+    /// Answer PUTs with 400 `BadDigest` whatever their `Content-MD5`.
+    pub bad_digest: bool,
 }
 
 /// One request as the server saw it.
@@ -488,7 +490,7 @@ fn receive_put(
     use base64::Engine;
     let expected = base64::engine::general_purpose::STANDARD.encode(digest.0);
     let checked = match req.headers.get("content-md5") {
-        Some(v) if *v == expected => true,
+        Some(v) if *v == expected && !fault.bad_digest => true,
         Some(_) => {
             let _ = std::fs::remove_file(&tmp);
             let body = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>BadDigest</Code><Message>The Content-MD5 you specified did not match what we received.</Message></Error>\n";

@@ -55,6 +55,15 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The URL path of the upload URL handed to `device` for `name` (for faults and logs).
+pub fn upload_path(device: &str, name: &str) -> String {
+    format!(
+        "/uploads/{}/{}",
+        http::percent_encode(device),
+        http::percent_encode(name)
+    )
+}
+
 /// `$resource/down/service/PRODUCT/DEVICE` for `PRODUCT/DEVICE`.
 pub fn down_topic(device: &str) -> String {
     format!("$resource/down/service/{device}")
@@ -219,6 +228,15 @@ impl Platform {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// Waits for the final (`done` or `fail`) upload report of `name`.
+    pub fn wait_upload_final(&self, device: &str, name: &str, timeout: Duration) -> Option<Value> {
+        self.wait_for(device, timeout, |m| {
+            m["type"] == "report_upload_progress"
+                && m["name"] == name
+                && matches!(m["progress"]["state"].as_str(), Some("done" | "fail"))
+        })
     }
 
     /// Waits for the final (`done` or `fail`) download report of `name`.

@@ -1,0 +1,356 @@
+//! The outbox: files waiting to be uploaded. `resagent upload` puts a file there
+//! atomically (a copy under a dot-name, fsync, rename — or, with `--move`, one rename),
+//! hashing it during that same pass and leaving the MD5 beside it so the daemon does not
+//! read the file a third time. Dot-names are work in progress and are never uploaded.
+
+use crate::fsutil::{self, FsError};
+use crate::protocol::validate_name;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Errors queueing a file, each naming the file.
+#[derive(Debug, Error)]
+pub enum OutboxError {
+    /// The upload name breaks protocol.md's rules for names.
+    #[error("invalid upload name: {0}")]
+    InvalidName(String),
+    /// The source cannot be read (missing, no permission).
+    #[error("cannot read {}: {source}", path.display())]
+    Source { path: PathBuf, source: io::Error },
+    /// The source is a directory, a FIFO, a device or a socket.
+    #[error("{} is {kind}, not a regular file", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    /// A file of that name already waits in the outbox.
+    #[error("`{name}` is already queued in {}", outbox.display())]
+    AlreadyQueued { name: String, outbox: PathBuf },
+    /// `--move` across file systems: a rename cannot hand the file over.
+    #[error("--move: {} is on another file system than the outbox {}; copy it instead (without --move)", src.display(), outbox.display())]
+    CrossDevice { src: PathBuf, outbox: PathBuf },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+/// How a file enters the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// Copy: the user's file is never touched.
+    Copy,
+    /// Rename: the file belongs to resagent now and is removed once uploaded.
+    Move,
+}
+
+/// A file in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// The MD5 left beside an outbox file, valid while the file's size and change time match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Digest {
+    md5sum: String,
+    size: u64,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+fn digest_path(outbox: &Path, name: &str) -> PathBuf {
+    outbox.join(format!(".{name}.md5"))
+}
+
+fn ctime_ns(m: &std::fs::Metadata) -> i128 {
+    i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
+}
+
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Queues `src` under `name` (default: its file name); returns the entry and its MD5.
+pub fn enqueue(
+    outbox: &Path,
+    src: &Path,
+    name: Option<&str>,
+    how: Handover,
+) -> Result<(Entry, String), OutboxError> {
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    validate_name(&name).map_err(OutboxError::InvalidName)?;
+    if name.starts_with('.') {
+        return Err(OutboxError::InvalidName(format!(
+            "`{name}` starts with `.`, which the outbox keeps for work in progress"
+        )));
+    }
+    let source = |e| OutboxError::Source {
+        path: src.to_path_buf(),
+        source: e,
+    };
+    let meta = std::fs::metadata(src).map_err(source)?;
+    if !meta.file_type().is_file() {
+        return Err(OutboxError::NotRegular {
+            path: src.to_path_buf(),
+            kind: kind_of(meta.file_type()),
+        });
+    }
+    fsutil::ensure_dir(outbox, 0o750)?;
+    let dest = outbox.join(&name);
+    if std::fs::symlink_metadata(&dest).is_ok() {
+        return Err(OutboxError::AlreadyQueued {
+            name,
+            outbox: outbox.to_path_buf(),
+        });
+    }
+    let md5sum = match how {
+        Handover::Copy => copy_hashing(src, outbox, &name, &dest)?,
+        Handover::Move => move_in(src, outbox, &dest)?,
+    };
+    let meta = std::fs::metadata(&dest).map_err(|e| FsError::new("stat", &dest, e))?;
+    write_digest(outbox, &name, &md5sum, &meta);
+    Ok((
+        Entry {
+            name,
+            path: dest,
+            size: meta.len(),
+        },
+        md5sum,
+    ))
+}
+
+/// Copies under a dot-name while hashing, fsyncs, renames into place.
+fn copy_hashing(src: &Path, outbox: &Path, name: &str, dest: &Path) -> Result<String, OutboxError> {
+    let mut input = File::open(src).map_err(|e| OutboxError::Source {
+        path: src.to_path_buf(),
+        source: e,
+    })?;
+    let tmp = outbox.join(format!(".{name}.incoming"));
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| FsError::new("create", &tmp, e))?;
+        let mut ctx = md5::Context::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(OutboxError::Source {
+                        path: src.to_path_buf(),
+                        source: e,
+                    })
+                }
+            };
+            ctx.consume(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|e| FsError::new("write", &tmp, e))?;
+        }
+        drop(out);
+        fsutil::atomic_replace(&tmp, dest)?;
+        Ok(format!("{:x}", ctx.compute()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Renames the file into the outbox (same file system only) and hashes it there.
+fn move_in(src: &Path, outbox: &Path, dest: &Path) -> Result<String, OutboxError> {
+    match std::fs::rename(src, dest) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+            return Err(OutboxError::CrossDevice {
+                src: src.to_path_buf(),
+                outbox: outbox.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(FsError::new("rename into the outbox", src, e).into()),
+    }
+    fsutil::fsync_dir(outbox)?;
+    if let Some(dir) = src.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = fsutil::fsync_dir(dir);
+    }
+    md5_of(dest).map_err(|e| FsError::new("read", dest, e).into())
+}
+
+fn md5_of(path: &Path) -> io::Result<String> {
+    crate::install::md5_file(path)
+}
+
+fn write_digest(outbox: &Path, name: &str, md5sum: &str, meta: &std::fs::Metadata) {
+    let d = Digest {
+        md5sum: md5sum.to_string(),
+        size: meta.len(),
+        ctime_ns: ctime_ns(meta),
+        ino: meta.ino(),
+    };
+    let bytes = serde_json::to_vec(&d).expect("digest serialises");
+    if let Err(e) = fsutil::atomically_write_file_sync(&digest_path(outbox, name), &bytes, 0o640) {
+        log::debug!("MD5 of {name} not saved beside it: {e}");
+    }
+}
+
+/// The MD5 of an outbox file: the saved one while it still fits the file, else computed
+/// (streamed) and saved.
+pub fn md5_of_entry(outbox: &Path, entry: &Entry) -> io::Result<String> {
+    let meta = std::fs::metadata(&entry.path)?;
+    if let Ok(bytes) = std::fs::read(digest_path(outbox, &entry.name)) {
+        if let Ok(d) = serde_json::from_slice::<Digest>(&bytes) {
+            if d.size == meta.len() && d.ctime_ns == ctime_ns(&meta) && d.ino == meta.ino() {
+                return Ok(d.md5sum);
+            }
+        }
+    }
+    let md5sum = md5_of(&entry.path)?;
+    write_digest(outbox, &entry.name, &md5sum, &meta);
+    Ok(md5sum)
+}
+
+/// Removes an uploaded file and its saved MD5.
+pub fn remove(outbox: &Path, entry: &Entry) -> Result<(), FsError> {
+    std::fs::remove_file(&entry.path).map_err(|e| FsError::new("remove", &entry.path, e))?;
+    let _ = std::fs::remove_file(digest_path(outbox, &entry.name));
+    fsutil::fsync_dir(outbox)
+}
+
+/// The files waiting, oldest arrival first (change time: a rename into the outbox sets it).
+pub fn scan(outbox: &Path) -> io::Result<Vec<Entry>> {
+    let mut found = Vec::new();
+    let rd = match std::fs::read_dir(outbox) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    for e in rd {
+        let e = e?;
+        let name = match e.file_name().into_string() {
+            Ok(n) if !n.starts_with('.') && validate_name(&n).is_ok() => n,
+            _ => continue,
+        };
+        let meta = match std::fs::symlink_metadata(e.path()) {
+            Ok(m) if m.file_type().is_file() => m,
+            _ => continue,
+        };
+        found.push((ctime_ns(&meta), name, e.path(), meta.len()));
+    }
+    found.sort();
+    Ok(found
+        .into_iter()
+        .map(|(_, name, path, size)| Entry { name, path, size })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_hashes_in_one_pass_and_leaves_the_source() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("log.txt");
+        std::fs::write(&src, b"hello").unwrap();
+        let outbox = d.path().join("outbox");
+        let (e, md5) = enqueue(&outbox, &src, None, Handover::Copy).unwrap();
+        assert_eq!(md5, "5d41402abc4b2a76b9719d911017c592");
+        assert_eq!(e.name, "log.txt");
+        assert_eq!(std::fs::read(&src).unwrap(), b"hello");
+        assert_eq!(std::fs::read(&e.path).unwrap(), b"hello");
+        assert_eq!(md5_of_entry(&outbox, &e).unwrap(), md5);
+        assert_eq!(scan(&outbox).unwrap(), vec![e.clone()]);
+        assert!(matches!(
+            enqueue(&outbox, &src, None, Handover::Copy),
+            Err(OutboxError::AlreadyQueued { .. })
+        ));
+        remove(&outbox, &e).unwrap();
+        assert!(scan(&outbox).unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(&outbox).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn move_renames_and_a_stale_digest_is_recomputed() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("rec.bin");
+        std::fs::write(&src, b"abc").unwrap();
+        let outbox = d.path().join("outbox");
+        let (e, md5) = enqueue(&outbox, &src, Some("clip"), Handover::Move).unwrap();
+        assert!(!src.exists());
+        assert_eq!(md5, "900150983cd24fb0d6963f7d28e17f72");
+        std::fs::write(&e.path, b"abcd").unwrap();
+        assert_eq!(
+            md5_of_entry(&outbox, &e).unwrap(),
+            "e2fc714c4727ee9395f324cd2e7f331f"
+        );
+    }
+
+    #[test]
+    fn special_files_and_bad_names_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let outbox = d.path().join("outbox");
+        assert!(matches!(
+            enqueue(&outbox, d.path(), Some("x"), Handover::Copy),
+            Err(OutboxError::NotRegular {
+                kind: "a directory",
+                ..
+            })
+        ));
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(matches!(
+            enqueue(&outbox, &fifo, None, Handover::Copy),
+            Err(OutboxError::NotRegular { kind: "a FIFO", .. })
+        ));
+        assert!(matches!(
+            enqueue(&outbox, &d.path().join("missing"), None, Handover::Copy),
+            Err(OutboxError::Source { .. })
+        ));
+        let f = d.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        for bad in ["a/b", "..", ".hidden", ""] {
+            assert!(matches!(
+                enqueue(&outbox, &f, Some(bad), Handover::Copy),
+                Err(OutboxError::InvalidName(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn scan_skips_dot_names_and_folders() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(".incoming"), b"x").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("a"), b"x").unwrap();
+        let names: Vec<_> = scan(d.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["a"]);
+    }
+}

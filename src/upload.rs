@@ -1,0 +1,389 @@
+//! The `upload` thread: takes files from the outbox one at a time in order of arrival,
+//! announces each (`create_upload_task`), PUTs it to the presigned URL with
+//! `Content-MD5`, reports `uploading` → `done`/`fail`, and removes it only once the
+//! `done` was acknowledged and the platform did not reject it. Anything else keeps the
+//! file and retries it later with backoff — never in a hot loop.
+
+use crate::config::Config;
+use crate::journal::{unix_now, JournalStore, UploadInFlight, UploadRetry};
+use crate::mqtt::{Backoff, Publisher};
+use crate::outbox::{self, Entry};
+use crate::protocol::{percent, Direction, ProgressState, Report, ResultCode, UploadTaskRsp};
+use crate::random;
+use crate::report::{Reporter, Throttle};
+use crate::shutdown::Shutdown;
+use crate::transfer::HttpClient;
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the platform has to answer `create_upload_task`.
+const TASK_RSP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after `done` a rejection (`_rsp` or `upload_result`) still counts (protocol.md).
+const REJECTION_WINDOW: Duration = Duration::from_secs(5);
+/// The outbox is scanned at least this often, in case a file arrived without SIGUSR2.
+const SCAN_INTERVAL: Duration = Duration::from_secs(60);
+/// Granularity of waits, so a stop is noticed quickly.
+const TICK: Duration = Duration::from_millis(200);
+
+/// What the coordinator hands the upload thread.
+#[derive(Debug)]
+pub enum UploadSignal {
+    /// `create_upload_task_rsp`.
+    TaskRsp(UploadTaskRsp),
+    /// `report_upload_progress_rsp` with its `result_code`.
+    ProgressRsp(i64),
+    /// `upload_result` with its `result_code`.
+    UploadResult(i64),
+    /// Scan the outbox now; `reset_backoff` (SIGUSR2) retries waiting files at once.
+    Wake { reset_backoff: bool },
+    /// A configuration re-read on SIGHUP.
+    Config(Arc<Config>),
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Uploaded,
+    Retry(String),
+    Stopped,
+}
+
+pub struct Uploader {
+    pub config: Arc<Config>,
+    pub journal: Arc<JournalStore>,
+    pub reporter: Arc<Reporter>,
+    pub publisher: Publisher,
+    pub shutdown: Shutdown,
+    pub connected: Arc<AtomicBool>,
+    /// Set by the coordinator when the platform answers a progress report with a
+    /// non-zero code while a PUT runs.
+    pub cancel: Arc<AtomicBool>,
+    pub inbox: Receiver<UploadSignal>,
+}
+
+/// Per-file retry state.
+struct Waiting {
+    next: Instant,
+    backoff: Backoff,
+    attempts: u32,
+}
+
+impl Uploader {
+    pub fn run(mut self) {
+        let mut waiting: HashMap<String, Waiting> = HashMap::new();
+        while !self.shutdown.is_set() {
+            let entries = match outbox::scan(&self.config.outbox_dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    log::error!(
+                        "cannot scan the outbox {}: {e}",
+                        self.config.outbox_dir.display()
+                    );
+                    Vec::new()
+                }
+            };
+            waiting.retain(|name, _| entries.iter().any(|e| &e.name == name));
+            self.sync_retries(&waiting);
+            let now = Instant::now();
+            let due = entries
+                .iter()
+                .find(|e| waiting.get(&e.name).map_or(true, |w| w.next <= now));
+            match due {
+                Some(entry) if self.connected.load(Ordering::SeqCst) => {
+                    match self.attempt(entry) {
+                        Attempt::Uploaded => {
+                            waiting.remove(&entry.name);
+                        }
+                        Attempt::Retry(reason) => {
+                            let w = waiting.entry(entry.name.clone()).or_insert(Waiting {
+                                next: now,
+                                backoff: Backoff::default(),
+                                attempts: 0,
+                            });
+                            w.attempts += 1;
+                            let delay = w
+                                .backoff
+                                .next_delay(random::random_u64())
+                                .max(Duration::from_secs(2));
+                            w.next = Instant::now() + delay;
+                            log::warn!(
+                                "upload of {} failed ({reason}); retrying in {:.0} s",
+                                entry.name,
+                                delay.as_secs_f64()
+                            );
+                            self.note_retry(&entry.name, w, &reason);
+                        }
+                        Attempt::Stopped => return,
+                    }
+                    self.clear_in_flight();
+                }
+                _ => {
+                    let next = waiting.values().map(|w| w.next).min();
+                    let until = next.map_or(now + SCAN_INTERVAL, |n| n.min(now + SCAN_INTERVAL));
+                    if self.idle_until(until, &mut waiting) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a wake-up or `until`; returns true when stopping.
+    fn idle_until(&mut self, until: Instant, waiting: &mut HashMap<String, Waiting>) -> bool {
+        loop {
+            if self.shutdown.is_set() {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.inbox.recv_timeout(left.min(TICK)) {
+                Ok(UploadSignal::Wake { reset_backoff }) => {
+                    if reset_backoff {
+                        waiting.clear();
+                    }
+                    return false;
+                }
+                Ok(UploadSignal::Config(c)) => self.config = c,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return true,
+            }
+        }
+    }
+
+    fn attempt(&mut self, entry: &Entry) -> Attempt {
+        let md5sum = match outbox::md5_of_entry(&self.config.outbox_dir, entry) {
+            Ok(m) => m,
+            Err(e) => return Attempt::Retry(format!("read {}: {e}", entry.path.display())),
+        };
+        let size = std::fs::metadata(&entry.path)
+            .map(|m| m.len())
+            .unwrap_or(entry.size);
+        self.set_in_flight(&entry.name, &md5sum, size, ProgressState::Uploading, 0);
+        let url = match self.announce(&entry.name, &md5sum, size) {
+            Ok(url) => url,
+            Err(a) => return a,
+        };
+        match self.put(entry, &url, size, &md5sum) {
+            Ok(()) => {}
+            Err(a) => return a,
+        }
+        self.drain();
+        if !self
+            .reporter
+            .final_report(Report::done(Direction::Upload, &entry.name))
+        {
+            return Attempt::Retry("the done report was not acknowledged".into());
+        }
+        if let Some(code) = self.rejection() {
+            return Attempt::Retry(format!(
+                "the platform rejected the upload (result_code {code})"
+            ));
+        }
+        if let Err(e) = outbox::remove(&self.config.outbox_dir, entry) {
+            log::error!("uploaded {}, but {e}", entry.name);
+        }
+        log::info!("uploaded {} ({size} bytes, md5 {md5sum})", entry.name);
+        Attempt::Uploaded
+    }
+
+    /// `create_upload_task`, then the matching `create_upload_task_rsp`'s URL.
+    fn announce(&mut self, name: &str, md5sum: &str, size: u64) -> Result<String, Attempt> {
+        self.drain();
+        let msg =
+            json!({"type": "create_upload_task", "size": size, "name": name, "md5sum": md5sum});
+        if let Err(e) = self.publisher.publish(&msg, 1) {
+            return Err(Attempt::Retry(format!("create_upload_task not sent: {e}")));
+        }
+        let deadline = Instant::now() + TASK_RSP_TIMEOUT;
+        loop {
+            if self.shutdown.is_set() {
+                return Err(Attempt::Stopped);
+            }
+            if Instant::now() >= deadline {
+                return Err(Attempt::Retry(format!(
+                    "no create_upload_task_rsp within {} s",
+                    TASK_RSP_TIMEOUT.as_secs()
+                )));
+            }
+            match self.inbox.recv_timeout(TICK) {
+                Ok(UploadSignal::TaskRsp(rsp)) if rsp.name == name && rsp.md5sum == md5sum => {
+                    return rsp.url.map_err(Attempt::Retry);
+                }
+                Ok(UploadSignal::TaskRsp(rsp)) => {
+                    log::debug!(
+                        "ignoring create_upload_task_rsp for {} ({})",
+                        rsp.name,
+                        rsp.md5sum
+                    )
+                }
+                Ok(UploadSignal::Config(c)) => self.config = c,
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(Attempt::Stopped),
+            }
+        }
+    }
+
+    fn put(&mut self, entry: &Entry, url: &str, size: u64, md5sum: &str) -> Result<(), Attempt> {
+        let file = std::fs::File::open(&entry.path)
+            .map_err(|e| Attempt::Retry(format!("open {}: {e}", entry.path.display())))?;
+        let http = HttpClient::new(&self.config).map_err(|e| Attempt::Retry(e.to_string()))?;
+        self.cancel.store(false, Ordering::SeqCst);
+        let body = ProgressBody {
+            inner: file.take(size),
+            sent: 0,
+            size,
+            name: &entry.name,
+            uploader: self,
+            throttle: Throttle::new(self.config.progress_interval),
+            pace: crate::download::Pace::new(self.config.max_bytes_per_s),
+        };
+        let result = http.put(url, body, size, md5sum);
+        if self.shutdown.is_set() {
+            return Err(Attempt::Stopped);
+        }
+        if self.cancel.load(Ordering::SeqCst) {
+            log::warn!(
+                "the platform withdrew the upload of {}; the file stays queued",
+                entry.name
+            );
+            return Err(Attempt::Retry("withdrawn by the platform".into()));
+        }
+        result.map_err(|e| {
+            let msg = format!("{}: {e}", entry.name);
+            self.reporter.final_report(Report::fail(
+                Direction::Upload,
+                &entry.name,
+                0,
+                ResultCode::UploadFailed,
+                &msg,
+            ));
+            Attempt::Retry(msg)
+        })
+    }
+
+    /// A rejection within [`REJECTION_WINDOW`] after `done`: its code.
+    fn rejection(&mut self) -> Option<i64> {
+        let deadline = Instant::now() + REJECTION_WINDOW;
+        while Instant::now() < deadline && !self.shutdown.is_set() {
+            match self.inbox.recv_timeout(TICK) {
+                Ok(UploadSignal::ProgressRsp(code)) if code != 0 => return Some(code),
+                Ok(UploadSignal::UploadResult(code)) => return (code != 0).then_some(code),
+                Ok(UploadSignal::Config(c)) => self.config = c,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Drops answers that belong to earlier messages.
+    fn drain(&mut self) {
+        while let Ok(s) = self.inbox.try_recv() {
+            if let UploadSignal::Config(c) = s {
+                self.config = c;
+            }
+        }
+    }
+
+    fn set_in_flight(
+        &self,
+        name: &str,
+        md5sum: &str,
+        size: u64,
+        state: ProgressState,
+        percent: u8,
+    ) {
+        let upload = UploadInFlight {
+            name: name.to_string(),
+            md5sum: md5sum.to_string(),
+            size,
+            state,
+            percent,
+        };
+        if let Err(e) = self.journal.update(|j| j.upload = Some(upload)) {
+            log::error!("{e}");
+        }
+    }
+
+    fn clear_in_flight(&self) {
+        if let Err(e) = self.journal.update(|j| j.upload = None) {
+            log::error!("{e}");
+        }
+    }
+
+    fn note_retry(&self, name: &str, w: &Waiting, reason: &str) {
+        let next_at = unix_now() + w.next.saturating_duration_since(Instant::now()).as_secs();
+        let retry = UploadRetry {
+            attempts: w.attempts,
+            next_at,
+            reason: reason.to_string(),
+        };
+        if let Err(e) = self.journal.update(|j| {
+            j.upload_retries.insert(name.to_string(), retry);
+        }) {
+            log::error!("{e}");
+        }
+    }
+
+    /// Forgets, in the journal, retries of files no longer waiting.
+    fn sync_retries(&self, waiting: &HashMap<String, Waiting>) {
+        let _ = self.journal.update(|j| {
+            j.upload_retries
+                .retain(|name, _| waiting.contains_key(name))
+        });
+    }
+
+    fn progress(&self, name: &str, sent: u64, size: u64, throttle: &mut Throttle) {
+        let p = percent(sent, size);
+        if throttle.due(ProgressState::Uploading, p, Instant::now()) {
+            self.reporter.progress(&Report::progress(
+                Direction::Upload,
+                name,
+                ProgressState::Uploading,
+                p,
+            ));
+            let _ = self.journal.update(|j| {
+                if let Some(u) = j.upload.as_mut() {
+                    u.percent = p;
+                }
+            });
+        }
+    }
+}
+
+/// The PUT body: the file, counted for progress, paced under `max_bytes_per_s`, and cut
+/// short (an error) when the agent stops or the platform withdraws the upload.
+struct ProgressBody<'a, R> {
+    inner: R,
+    sent: u64,
+    size: u64,
+    name: &'a str,
+    uploader: &'a Uploader,
+    throttle: Throttle,
+    pace: crate::download::Pace,
+}
+
+impl<R: Read> Read for ProgressBody<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.uploader.shutdown.is_set() || self.uploader.cancel.load(Ordering::SeqCst) {
+            // Not `Interrupted`: readers retry those.
+            return Err(io::Error::other("upload stopped"));
+        }
+        if self.sent == 0 {
+            self.uploader
+                .progress(self.name, 0, self.size, &mut self.throttle);
+        }
+        let n = self.inner.read(buf)?;
+        self.sent += n as u64;
+        self.uploader
+            .progress(self.name, self.sent, self.size, &mut self.throttle);
+        self.pace.after(n as u64, &self.uploader.shutdown);
+        Ok(n)
+    }
+}

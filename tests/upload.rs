@@ -1,0 +1,317 @@
+//! Uploads end to end: `resagent upload` into the outbox, the daemon's
+//! create_upload_task, the PUT with Content-MD5 to the local platform's storage, and the
+//! reports — with a real mosquitto and the real binary.
+
+mod common;
+
+use common::*;
+use resagent_platform::{upload_path, HttpFault};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+fn outbox(rig: &Rig) -> std::path::PathBuf {
+    rig.path().join("outbox")
+}
+
+/// Regular, non-dot files waiting in the outbox.
+fn waiting(rig: &Rig) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(outbox(rig))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn upload_done(rig: &Rig, agent: &Agent, name: &str) -> serde_json::Value {
+    let r = rig
+        .platform
+        .wait_for(&device(), T, |m| {
+            m["type"] == "report_upload_progress"
+                && m["name"] == name
+                && m["progress"]["state"] == "done"
+        })
+        .unwrap_or_else(|| panic!("no done for {name}; log:\n{}", agent.log_text()));
+    r
+}
+
+fn stored(rig: &Rig, name: &str) -> resagent_platform::http::StoredUpload {
+    let path = upload_path(&device(), name);
+    rig.platform
+        .uploads()
+        .into_iter()
+        .find(|u| u.path == path)
+        .unwrap_or_else(|| panic!("{name} not stored"))
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn vm_hwm_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_32_mib_file_uploaded_through_the_cli_ends_done_and_identical() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let src = rig.make_file("camera.rec", 32 << 20, 31);
+    let before = std::fs::metadata(&src).unwrap();
+    let (code, out, err) = rig.cli(&["upload", src.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("told resagent"), "{out}");
+    let done = upload_done(&rig, &agent, "camera.rec");
+    assert_eq!(done["progress"]["percent"], 100);
+    let s = stored(&rig, "camera.rec");
+    assert!(s.content_md5_checked, "the server checked Content-MD5");
+    assert_eq!(s.md5_hex, md5_hex(&src));
+    assert_eq!(
+        std::fs::read(&s.file).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    wait_until("outbox empty", || {
+        std::fs::read_dir(outbox(&rig)).unwrap().count() == 0
+    });
+    let after = std::fs::metadata(&src).unwrap();
+    assert_eq!(
+        (before.len(), before.modified().unwrap()),
+        (after.len(), after.modified().unwrap()),
+        "the user's file is untouched"
+    );
+    let announce = rig
+        .platform
+        .received(&device())
+        .into_iter()
+        .find(|m| m["type"] == "create_upload_task")
+        .unwrap();
+    assert_eq!(announce["size"], 32 << 20);
+    assert_eq!(announce["md5sum"], md5_hex(&src));
+    let reports = rig.platform.reports_for(&device(), "camera.rec");
+    assert_eq!(reports[0]["progress"]["state"], "uploading");
+    let log = agent.log_text();
+    assert!(
+        !log.contains("PRESIGNED-SECRET"),
+        "the URL's signature is never logged"
+    );
+    let (_, status, _) = rig.cli(&["status"]);
+    assert!(status.contains("Outbox:      empty"), "{status}");
+}
+
+#[test]
+fn a_file_queued_without_a_daemon_is_sent_when_it_starts() {
+    let mut rig = Rig::new();
+    let src = rig.make_file("boot.log", 10_000, 32);
+    let (code, out, _) = rig.cli(&["upload", src.to_str().unwrap(), "--name", "first-boot.log"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no resagent daemon runs"), "{out}");
+    assert_eq!(waiting(&rig), ["first-boot.log"]);
+    let (_, status, _) = rig.cli(&["status"]);
+    assert!(
+        status.contains("first-boot.log") && status.contains("queued"),
+        "{status}"
+    );
+    let agent = rig.start_agent();
+    upload_done(&rig, &agent, "first-boot.log");
+    assert_eq!(stored(&rig, "first-boot.log").md5_hex, md5_hex(&src));
+    wait_until("outbox empty", || waiting(&rig).is_empty());
+}
+
+#[test]
+fn a_refused_task_keeps_the_file_and_a_later_retry_succeeds() {
+    let mut rig = Rig::new();
+    rig.platform.refuse_uploads(1);
+    let agent = rig.start_agent();
+    let src = rig.make_file("diag.tgz", 50_000, 33);
+    rig.cli(&["upload", src.to_str().unwrap()]);
+    wait_until("a retry is scheduled", || {
+        agent.log_text().contains("upload of diag.tgz failed")
+    });
+    assert_eq!(waiting(&rig), ["diag.tgz"]);
+    assert!(
+        rig.platform.reports_for(&device(), "diag.tgz").is_empty(),
+        "no report is owed for a task the platform did not create"
+    );
+    upload_done(&rig, &agent, "diag.tgz");
+    let asks = rig
+        .platform
+        .received(&device())
+        .iter()
+        .filter(|m| m["type"] == "create_upload_task")
+        .count();
+    assert_eq!(asks, 2);
+    wait_until("outbox empty", || waiting(&rig).is_empty());
+}
+
+#[test]
+fn bad_digest_is_reported_and_retried_with_backoff_not_in_a_hot_loop() {
+    let mut rig = Rig::new();
+    let _agent = rig.start_agent();
+    rig.platform.set_fault(
+        &upload_path(&device(), "snap.jpg"),
+        HttpFault {
+            bad_digest: true,
+            ..Default::default()
+        },
+    );
+    let src = rig.make_file("snap.jpg", 20_000, 34);
+    rig.cli(&["upload", src.to_str().unwrap()]);
+    let fail = rig
+        .platform
+        .wait_upload_final(&device(), "snap.jpg", T)
+        .unwrap();
+    assert_eq!(state_of(&fail), ("fail", -8), "{fail}");
+    assert!(
+        fail["progress"]["result_msg"]
+            .as_str()
+            .unwrap()
+            .contains("BadDigest"),
+        "{fail}"
+    );
+    assert!(!fail["progress"]["result_msg"]
+        .as_str()
+        .unwrap()
+        .contains("PRESIGNED-SECRET"));
+    std::thread::sleep(Duration::from_secs(6));
+    let puts = rig
+        .platform
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .count();
+    assert!(
+        (2..=4).contains(&puts),
+        "{puts} PUTs in ~6 s: retried, but with backoff"
+    );
+    assert_eq!(waiting(&rig), ["snap.jpg"], "the file stays for a retry");
+    let (_, status, _) = rig.cli(&["status"]);
+    assert!(status.contains("retry in"), "{status}");
+}
+
+#[test]
+fn a_kill_mid_put_uploads_the_file_after_restart() {
+    let mut rig = Rig::new();
+    let mut agent = rig.start_agent();
+    let path = upload_path(&device(), "video.mp4");
+    rig.platform.set_fault(
+        &path,
+        HttpFault {
+            rate: Some(2 << 20),
+            ..Default::default()
+        },
+    );
+    let src = rig.make_file("video.mp4", 8 << 20, 35);
+    rig.cli(&["upload", src.to_str().unwrap()]);
+    wait_until("the PUT started", || {
+        rig.platform.requests().iter().any(|r| r.method == "PUT")
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    agent.kill9();
+    assert_eq!(waiting(&rig), ["video.mp4"]);
+    assert!(
+        rig.platform.uploads().is_empty(),
+        "nothing was stored by the cut PUT"
+    );
+    rig.platform.set_fault(&path, HttpFault::default());
+    let agent = rig.spawn_agent();
+    upload_done(&rig, &agent, "video.mp4");
+    assert_eq!(stored(&rig, "video.mp4").md5_hex, md5_hex(&src));
+    wait_until("outbox empty", || waiting(&rig).is_empty());
+}
+
+#[test]
+fn a_rejection_after_done_keeps_the_file_for_a_retry() {
+    let mut rig = Rig::new();
+    rig.platform.set_upload_result(Some(-1));
+    let agent = rig.start_agent();
+    let src = rig.make_file("report.csv", 5_000, 36);
+    rig.cli(&["upload", src.to_str().unwrap()]);
+    upload_done(&rig, &agent, "report.csv");
+    wait_until("the rejection is seen", || {
+        agent.log_text().contains("rejected the upload")
+    });
+    assert_eq!(waiting(&rig), ["report.csv"]);
+    rig.platform.set_upload_result(Some(0));
+    wait_until("accepted on retry", || waiting(&rig).is_empty());
+    assert_eq!(rig.platform.uploads().len(), 2);
+}
+
+#[test]
+fn move_hands_the_file_over_and_special_files_are_refused() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let src = rig.make_file("big.rec", 1 << 20, 37);
+    let md5 = md5_hex(&src);
+    let (code, out, err) = rig.cli(&["upload", "--move", src.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!src.exists(), "moved, not copied");
+    upload_done(&rig, &agent, "big.rec");
+    assert_eq!(stored(&rig, "big.rec").md5_hex, md5);
+    wait_until("outbox empty", || waiting(&rig).is_empty());
+
+    let (code, _, err) = rig.cli(&["upload", rig.path().to_str().unwrap(), "--name", "d"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("a directory"), "{err}");
+    let fifo = rig.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, _, err) = rig.cli(&["upload", fifo.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("a FIFO"), "{err}");
+    let (code, _, err) = rig.cli(&["upload", "/nonexistent/file"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/file"), "{err}");
+    let f = rig.make_file("ok", 10, 38);
+    let (code, _, err) = rig.cli(&["upload", f.to_str().unwrap(), "--name", "../escape"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn move_across_file_systems_is_refused_with_the_reason() {
+    let rig = Rig::new();
+    let shm = Path::new("/dev/shm");
+    use std::os::unix::fs::MetadataExt;
+    let other_fs = std::fs::metadata(shm).map(|m| m.dev()).ok();
+    let ours = std::fs::metadata(rig.path()).unwrap().dev();
+    if other_fs.is_none() || other_fs == Some(ours) {
+        eprintln!("skipped: /dev/shm is not a separate file system here");
+        return;
+    }
+    let src = shm.join(format!("resagent-test-{}", std::process::id()));
+    std::fs::write(&src, b"data").unwrap();
+    let (code, _, err) = rig.cli(&["upload", "--move", src.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("another file system"), "{err}");
+    assert!(src.exists(), "nothing lost");
+    std::fs::remove_file(&src).unwrap();
+}
+
+#[test]
+fn peak_memory_does_not_grow_with_the_file_size() {
+    let mut hwm = Vec::new();
+    for (size, seed) in [(1u64 << 20, 39), (64 << 20, 40)] {
+        let mut rig = Rig::new();
+        let agent = rig.start_agent();
+        let src = rig.make_file("mem.bin", size, seed);
+        rig.cli(&["upload", src.to_str().unwrap()]);
+        upload_done(&rig, &agent, "mem.bin");
+        hwm.push(vm_hwm_kib(agent.pid()));
+    }
+    assert!(
+        hwm[1] < hwm[0] + 4096,
+        "peak RSS {} KiB after 1 MiB, {} KiB after 64 MiB",
+        hwm[0],
+        hwm[1]
+    );
+}
