@@ -308,13 +308,15 @@ impl Coordinator {
                 result_code,
                 result_msg,
             }) => {
+                // Only a refusal matters to the upload thread; the many zeros that answer
+                // progress reports would crowd its queue.
                 if result_code != 0 {
                     log::warn!(
                         "the platform answered an upload report with {result_code}: {result_msg}"
                     );
                     self.upload_cancel.store(true, Ordering::SeqCst);
+                    self.to_uploader(UploadSignal::ProgressRsp(result_code));
                 }
-                self.to_uploader(UploadSignal::ProgressRsp(result_code));
             }
             Ok(DownMessage::UploadResult { result_code }) => {
                 self.to_uploader(UploadSignal::UploadResult(result_code))

@@ -315,3 +315,103 @@ fn peak_memory_does_not_grow_with_the_file_size() {
         hwm[1]
     );
 }
+
+/// A third-party S3 server (nanio, from PyPI) on loopback, enforcing SigV4 presigned
+/// URLs and Content-MD5 like COS does.
+struct Nanio {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Nanio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nanio(dir: &Path) -> Nanio {
+    let port = free_port();
+    let data = dir.join("nanio-data");
+    std::fs::create_dir_all(data.join("devices")).unwrap();
+    // scripts/setup.sh installs it into target/tools-venv; NANIO overrides.
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools-venv/bin/nanio");
+    let bin = std::env::var_os("NANIO")
+        .map(std::path::PathBuf::from)
+        .unwrap_or(venv);
+    let child = std::process::Command::new(&bin)
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("NANIO_ACCESS_KEY", "resagent-test")
+        .env("NANIO_SECRET_KEY", "resagent-test-secret")
+        .stdout(std::fs::File::create(dir.join("nanio.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("nanio.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup.sh installs nanio)", bin.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nanio did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Nanio { child, port }
+}
+
+#[test]
+fn uploads_work_against_a_third_party_s3_server_that_checks_content_md5() {
+    let mut rig = Rig::new();
+    let s3 = start_nanio(rig.path());
+    let target = resagent_platform::s3::S3Target {
+        endpoint: format!("http://127.0.0.1:{}", s3.port),
+        bucket: "devices".into(),
+        region: "us-east-1".into(),
+        access_key: "resagent-test".into(),
+        secret_key: "resagent-test-secret".into(),
+    };
+    // The server really enforces Content-MD5: a wrong digest is refused.
+    let date = resagent_platform::s3::amz_date(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    let probe = target.presign("PUT", "probe", &date, 300);
+    let wrong = ureq::put(&probe)
+        .set("Content-MD5", "AAAAAAAAAAAAAAAAAAAAAA==")
+        .send_bytes(b"hello");
+    match wrong {
+        Err(ureq::Error::Status(400, resp)) => {
+            assert!(resp.into_string().unwrap().contains("BadDigest"))
+        }
+        other => panic!(
+            "nanio accepted a wrong Content-MD5: {:?}",
+            other.map(|r| r.status())
+        ),
+    }
+    rig.platform.use_s3(target.clone());
+    let agent = rig.start_agent();
+    let src = rig.make_file("field.rec", 3 << 20, 41);
+    rig.cli(&["upload", src.to_str().unwrap()]);
+    upload_done(&rig, &agent, "field.rec");
+    let get = target.presign("GET", &format!("{PRODUCT}/{DEVICE}/field.rec"), &date, 300);
+    let mut stored = Vec::new();
+    let resp = ureq::get(&get).call().unwrap_or_else(|e| {
+        panic!(
+            "GET from S3: {e}; agent log:\n{}\nnanio log:\n{}",
+            agent.log_text(),
+            std::fs::read_to_string(rig.path().join("nanio.log")).unwrap_or_default()
+                + &std::fs::read_to_string(rig.path().join("nanio.out")).unwrap_or_default()
+        )
+    });
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut stored).unwrap();
+    assert_eq!(
+        stored,
+        std::fs::read(&src).unwrap(),
+        "the S3 server holds the same bytes"
+    );
+    wait_until("outbox empty", || waiting(&rig).is_empty());
+    assert!(
+        !agent.log_text().contains("X-Amz-Signature"),
+        "signature never logged"
+    );
+}

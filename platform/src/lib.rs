@@ -8,6 +8,7 @@
 //! the tests check resagent against a second reading of protocol.md, not against itself.
 
 pub mod http;
+pub mod s3;
 
 use http::{Fault, RequestLog, Storage, StoredUpload};
 use serde_json::{json, Value};
@@ -37,6 +38,8 @@ struct Shared {
     refuse_uploads: u32,
     /// `result_code` of the `upload_result` sent after an upload's `done` (None: none sent).
     upload_result_code: Option<i64>,
+    /// When set, upload URLs are presigned for this S3 server instead of our storage.
+    s3: Option<s3::S3Target>,
     connected: bool,
 }
 
@@ -149,6 +152,11 @@ impl Platform {
 
     pub fn refuse_uploads(&self, times: u32) {
         self.lock().refuse_uploads = times;
+    }
+
+    /// Hands out upload URLs presigned for a real S3-compatible server from now on.
+    pub fn use_s3(&self, target: s3::S3Target) {
+        self.lock().s3 = Some(target);
     }
 
     pub fn set_upload_result(&self, code: Option<i64>) {
@@ -351,16 +359,19 @@ impl Platform {
                     rsp["result_msg"] = json!("refused by the test platform");
                 } else {
                     let name = m["name"].as_str().unwrap_or("upload");
-                    let path = format!(
-                        "/uploads/{}/{}",
-                        http::percent_encode(device),
-                        http::percent_encode(name)
-                    );
-                    rsp["url"] = json!(format!(
-                        "{}{path}?sign=PRESIGNED-SECRET-{}",
-                        self.storage.base_url(),
-                        unix_ms()
-                    ));
+                    let url = match &g.s3 {
+                        Some(target) => {
+                            let date = s3::amz_date(unix_ms() / 1000);
+                            target.presign("PUT", &format!("{device}/{name}"), &date, 900)
+                        }
+                        None => format!(
+                            "{}{}?sign=PRESIGNED-SECRET-{}",
+                            self.storage.base_url(),
+                            upload_path(device, name),
+                            unix_ms()
+                        ),
+                    };
+                    rsp["url"] = json!(url);
                 }
                 vec![rsp]
             }
