@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The Rust example plugin (a cdylib) is loaded by the tests as a vendor would ship it.
+cargo build --workspace --locked
 cargo test --workspace --locked "$@"

@@ -8,6 +8,7 @@ use crate::fsutil::{self, FsError};
 use crate::journal::{self, ConnState, JournalError, JournalStore};
 use crate::mqtt::{LinkEvent, MqttError, Publisher, Session};
 use crate::pidfile::{PidError, PidFile};
+use crate::plugin::{self, PluginSet};
 use crate::protocol::{self, Direction, DownMessage, Report, ResultCode, Task};
 use crate::report::Reporter;
 use crate::shutdown::Shutdown;
@@ -15,6 +16,7 @@ use crate::signals::{self, Request};
 use crate::tasks::{self, Offer};
 use crate::upload::{UploadSignal, Uploader};
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -29,7 +31,9 @@ const EVENT_QUEUE: usize = 256;
 const UPLOAD_QUEUE: usize = 64;
 /// How long a stop waits for the download thread to reach a chunk boundary; the journal
 /// is consistent at every instant, so the process may exit without it.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+/// A plugin call gets SIGTERM and, 3 s later, SIGKILL: this covers that and stays within
+/// the 5 s that a stop may take.
+const STOP_GRACE: Duration = Duration::from_millis(3500);
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, Error)]
@@ -47,6 +51,9 @@ pub enum DaemonError {
     Fs(#[from] FsError),
     #[error(transparent)]
     Mqtt(#[from] MqttError),
+    /// The path of resagent's own executable (re-run for plugin calls) is unknown.
+    #[error("cannot find resagent's own executable: {0}")]
+    OwnExe(std::io::Error),
     /// A thread could not be started.
     #[error("cannot start the {name} thread: {source}")]
     Thread {
@@ -76,6 +83,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     fsutil::ensure_dir(&config.resource_dir, 0o755)?;
     let _pid = PidFile::claim(&config.pid_file)?;
     let journal = Arc::new(JournalStore::open(&config.journal_path())?);
+    let exe = std::env::current_exe().map_err(DaemonError::OwnExe)?;
     let session = Session::new(&config)?;
     let publisher = session.publisher();
     let reporter = Arc::new(Reporter::new(publisher.clone(), journal.clone()));
@@ -128,7 +136,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         connected,
         uploads,
         upload_cancel,
+        plugins: Arc::new(PluginSet::default()),
+        exe,
     };
+    coordinator.rescan_plugins();
     coordinator.run(inbox);
     Ok(())
 }
@@ -169,6 +180,9 @@ struct Coordinator {
     connected: Arc<AtomicBool>,
     uploads: SyncSender<UploadSignal>,
     upload_cancel: Arc<AtomicBool>,
+    plugins: Arc<PluginSet>,
+    /// resagent's own executable, re-run for each plugin call.
+    exe: PathBuf,
 }
 
 impl Coordinator {
@@ -276,9 +290,20 @@ impl Coordinator {
                 log::info!("SIGHUP: configuration {} re-read", new.path.display());
                 self.config = Arc::new(new);
                 self.to_uploader(UploadSignal::Config(self.config.clone()));
+                self.rescan_plugins();
             }
             Err(e) => log::error!("SIGHUP: keeping the current configuration: {e}"),
         }
+    }
+
+    /// Scans `plugin_dir` (each plugin is probed in a child); used from the next task on.
+    fn rescan_plugins(&mut self) {
+        self.plugins = Arc::new(plugin::scan(
+            &self.exe,
+            &self.config.plugin_dir,
+            self.config.plugin_sha256.as_ref(),
+            self.config.plugin_timeout,
+        ));
     }
 
     fn ask_for_task(&self, why: &str) {
@@ -411,6 +436,8 @@ impl Coordinator {
             reporter: self.reporter.clone(),
             shutdown: self.shutdown.clone(),
             cancel: cancel.clone(),
+            plugins: self.plugins.clone(),
+            exe: self.exe.clone(),
         };
         let tx = self.events.clone();
         let job = task.clone();

@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::install::{self, Paths};
 use crate::journal::{self, JournalStore, Phase};
+use crate::plugin::{self, CallOutcome, Op, Plugin, PluginSet, ResourceArgs};
 use crate::protocol::{percent, redact_url, Direction, ProgressState, Report, ResultCode, Task};
 use crate::report::{Reporter, Throttle};
 use crate::shutdown::Shutdown;
@@ -12,6 +13,7 @@ use crate::tasks;
 use crate::transfer::{is_timeout, HttpClient, TransferError};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +54,10 @@ pub struct Downloader {
     pub reporter: Arc<Reporter>,
     pub shutdown: Shutdown,
     pub cancel: Arc<AtomicBool>,
+    /// The plugins as last scanned (start, SIGHUP).
+    pub plugins: Arc<PluginSet>,
+    /// resagent's own executable, re-run as the plugins' child process.
+    pub exe: PathBuf,
 }
 
 impl Downloader {
@@ -67,7 +73,7 @@ impl Downloader {
             .unwrap_or_default();
         let verified = phase == Phase::Verified && self.staged_file_complete(&paths, task);
         if phase == Phase::Verified && !verified && self.installed_before_kill(&paths, task) {
-            return self.finish_installed(task);
+            return self.finish_installed(task, None);
         }
         if !verified {
             match self.fetch(task, &paths) {
@@ -104,18 +110,55 @@ impl Downloader {
         }
     }
 
+    /// The validate chain, then the first install plugin that does not decline, else the
+    /// default installer (plugins.md, "How the agent calls them").
     fn install(&self, task: &Task, paths: &Paths) -> Outcome {
         if self.shutdown.is_set() {
             return Outcome::Interrupted;
         }
-        self.reporter.progress(&Report::progress(
-            Direction::Download,
-            &task.name,
-            ProgressState::Burning,
-            0,
-        ));
+        let mut throttle = Throttle::new(self.config.progress_interval);
+        self.report_burning(task, 0, &mut throttle);
+        let resource = ResourceArgs {
+            name: task.name.clone(),
+            path: paths.staging.clone(),
+            dest: paths.dest.clone(),
+            md5sum: task.md5sum.clone(),
+            size: task.size,
+            installed_md5sum: self
+                .journal
+                .snapshot()
+                .installed
+                .get(&task.name)
+                .map(|i| i.md5sum.clone()),
+        };
+        for p in self.plugins.validators() {
+            match self.call_plugin(p, Op::Validate, &resource, task, &mut throttle) {
+                CallOutcome::Ok | CallOutcome::Declined => {}
+                CallOutcome::Interrupted => return Outcome::Interrupted,
+                CallOutcome::Failed(reason) => {
+                    return self.stopped(
+                        task,
+                        paths,
+                        Stop::Fail(ResultCode::ValidateRejected, reason),
+                    )
+                }
+            }
+        }
+        for p in self.plugins.installers() {
+            match self.call_plugin(p, Op::Install, &resource, task, &mut throttle) {
+                CallOutcome::Declined => {}
+                CallOutcome::Ok => {
+                    install::discard_staging(&paths.staging);
+                    return self.finish_installed(task, Some(p.name.clone()));
+                }
+                CallOutcome::Interrupted => return Outcome::Interrupted,
+                CallOutcome::Failed(reason) => {
+                    return self.stopped(task, paths, Stop::Fail(ResultCode::InstallFailed, reason))
+                }
+            }
+        }
         match install::install_default(paths) {
-            Ok(()) => self.finish_installed(task),
+            Ok(()) => self.finish_installed(task, None),
             Err(e) => {
                 install::discard_staging(&paths.staging);
                 self.stopped(
@@ -130,18 +173,59 @@ impl Downloader {
         }
     }
 
-    fn finish_installed(&self, task: &Task) -> Outcome {
+    fn call_plugin(
+        &self,
+        plugin: &Plugin,
+        op: Op,
+        resource: &ResourceArgs,
+        task: &Task,
+        throttle: &mut Throttle,
+    ) -> CallOutcome {
+        log::info!("{}: plugin {} {}", task.name, plugin.name, op.as_str());
+        let outcome = plugin::call(
+            &self.exe,
+            plugin,
+            op,
+            resource,
+            self.config.plugin_timeout,
+            &self.shutdown,
+            |p| self.report_burning(task, p.min(100) as u8, throttle),
+        );
+        log::info!(
+            "{}: plugin {} {}: {outcome:?}",
+            task.name,
+            plugin.name,
+            op.as_str()
+        );
+        outcome
+    }
+
+    fn report_burning(&self, task: &Task, percent: u8, throttle: &mut Throttle) {
+        if throttle.due(ProgressState::Burning, percent, Instant::now()) {
+            self.reporter.progress(&Report::progress(
+                Direction::Download,
+                &task.name,
+                ProgressState::Burning,
+                percent,
+            ));
+        }
+    }
+
+    fn finish_installed(&self, task: &Task, plugin: Option<String>) -> Outcome {
         let now = journal::unix_now();
+        let by = match &plugin {
+            Some(p) => format!("by plugin {p}"),
+            None => format!("at {}", self.config.resource_dir.join(&task.name).display()),
+        };
         if let Err(e) = self
             .journal
-            .update(|j| tasks::installed(j, task, None, now))
+            .update(|j| tasks::installed(j, task, plugin, now))
         {
             log::error!("{}: installed, but {e}", task.name);
         }
         log::info!(
-            "{} installed at {} ({} bytes, md5 {})",
+            "{} installed {by} ({} bytes, md5 {})",
             task.name,
-            self.config.resource_dir.join(&task.name).display(),
             task.size,
             task.md5sum
         );

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod mqtt;
 pub mod outbox;
 pub mod pidfile;
+pub mod plugin;
 pub mod protocol;
 pub mod random;
 pub mod report;

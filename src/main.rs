@@ -3,7 +3,7 @@
 
 use resagent::config::{self, ConfigError};
 use resagent::outbox::{self, Handover, OutboxError};
-use resagent::{daemon, pidfile, status};
+use resagent::{daemon, pidfile, plugin, status};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,6 +16,9 @@ Usage:
                                          queue FILE for upload (a copy; --move hands it over)
   resagent check  [-c CONFIG]            ask the running daemon for a download task now
   resagent status [-c CONFIG] [--json]   show connection, transfers and installed resources
+  resagent plugin check PLUGIN.so [-c CONFIG]
+                                         load a plugin as the daemon would; print its verdict
+                                         and the SHA-256 to pin
   resagent --version | --help
 
 CONFIG defaults to $RESAGENT_CONFIG, else /etc/resagent/config.json.
@@ -40,6 +43,15 @@ enum Command {
     Status {
         config: Option<PathBuf>,
         json: bool,
+    },
+    PluginCheck {
+        config: Option<PathBuf>,
+        file: PathBuf,
+    },
+    /// Internal: one plugin call in a child process (see `plugin::child`).
+    PluginChild {
+        mode: String,
+        file: PathBuf,
     },
     Help,
     Version,
@@ -69,6 +81,8 @@ fn parse_args() -> Result<Command, Usage> {
     let mut file = None;
     let mut name = None;
     let mut how = Handover::Copy;
+    let mut positional: Vec<String> = Vec::new();
+    let is_plugin = sub == "plugin" || sub == plugin::CHILD_COMMAND;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('c') | Long("config") => config = Some(PathBuf::from(parser.value()?)),
@@ -76,6 +90,8 @@ fn parse_args() -> Result<Command, Usage> {
             Long("name") if sub == "upload" => name = Some(parser.value()?.string()?),
             Long("move") if sub == "upload" => how = Handover::Move,
             Value(v) if sub == "upload" && file.is_none() => file = Some(PathBuf::from(v)),
+            Value(v) if is_plugin && positional.is_empty() => positional.push(v.string()?),
+            Value(v) if is_plugin && file.is_none() => file = Some(PathBuf::from(v)),
             Long("help") | Short('h') => return Ok(Command::Help),
             other => return Err(other.unexpected().into()),
         }
@@ -84,6 +100,17 @@ fn parse_args() -> Result<Command, Usage> {
         "run" => Ok(Command::Run { config }),
         "check" => Ok(Command::Check { config }),
         "status" => Ok(Command::Status { config, json }),
+        "plugin" if positional.first().map(String::as_str) == Some("check") => {
+            Ok(Command::PluginCheck {
+                config,
+                file: file.ok_or_else(|| Usage("plugin check needs a PLUGIN.so".into()))?,
+            })
+        }
+        "plugin" => Err(Usage("usage: resagent plugin check PLUGIN.so".into())),
+        c if c == plugin::CHILD_COMMAND => match (positional.pop(), file) {
+            (Some(mode), Some(file)) => Ok(Command::PluginChild { mode, file }),
+            _ => Err(Usage("internal command".into())),
+        },
         "upload" => Ok(Command::Upload {
             config,
             file: file.ok_or_else(|| Usage("upload needs a FILE".into()))?,
@@ -132,6 +159,8 @@ fn main() -> ExitCode {
             name,
             how,
         } => upload(config, &file, name.as_deref(), how),
+        Command::PluginCheck { config, file } => plugin_check(config, &file),
+        Command::PluginChild { mode, file } => plugin::child::main(&mode, &file),
         Command::Status { config, json } => with_config(config, |c| {
             let view = status::gather(c).map_err(|e| e.to_string())?;
             if json {
@@ -177,6 +206,48 @@ fn upload(
         Err(e) => println!("{e}; it is uploaded when the daemon starts"),
     }
     ExitCode::SUCCESS
+}
+
+/// `resagent plugin check`: the daemon's checks and a load in a child; exit 0 when the
+/// daemon would use the plugin, 1 when it would refuse it.
+fn plugin_check(config: Option<PathBuf>, file: &std::path::Path) -> ExitCode {
+    let explicit = config.is_some();
+    let (pins, timeout) = match config::load(&config::config_path(config)) {
+        Ok(c) => (c.plugin_sha256, c.plugin_timeout),
+        Err(e) if explicit => return config_error(&e),
+        Err(e) => {
+            println!("note:     no configuration read ({e}); plugin_sha256 not checked");
+            (None, std::time::Duration::from_secs(300))
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("resagent: cannot find my own executable: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("plugin:   {}", file.display());
+    match plugin::inspect(&exe, file, pins.as_ref(), timeout) {
+        Ok((p, sha)) => {
+            let exports: Vec<&str> = [("validate", p.validate), ("install", p.install)]
+                .iter()
+                .filter(|(_, has)| *has)
+                .map(|(n, _)| *n)
+                .collect();
+            println!("name:     {}", p.name);
+            println!("exports:  {}", exports.join(", "));
+            println!("sha256:   {sha}");
+            let file_name = file.file_name().unwrap_or_default().to_string_lossy();
+            println!("pin:      \"plugin_sha256\": {{\"{file_name}\": \"{sha}\"}}");
+            println!("verdict:  loads (ABI {})", plugin::ABI_VERSION);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("verdict:  refused: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Loads the configuration (exit 2 when it is wrong) and runs `f` (exit 1 on failure).

@@ -74,6 +74,8 @@ struct Waiting {
 
 impl Uploader {
     pub fn run(mut self) {
+        // An upload in flight when the agent was killed is simply announced again.
+        self.clear_in_flight();
         let mut waiting: HashMap<String, Waiting> = HashMap::new();
         while !self.shutdown.is_set() {
             let entries = match outbox::scan(&self.config.outbox_dir) {
