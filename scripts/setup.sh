@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing resagent needs on Debian: a C toolchain and cmake
 # (Paho C is built from the paho-mqtt crate), OpenSSL headers, mosquitto (the broker of
-# the demo and the tests), openssl (test certificates), python3-venv (for nanio
-# below). Idempotent: installs only what is missing, so it is cheap to run before every
+# the demo and the tests), openssl (test certificates), systemd (systemd-analyze
+# verify of the layer's unit), python3-venv (for the Python tools below). Idempotent: installs only what is missing, so it is cheap to run before every
 # demo or test run.
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config libssl-dev mosquitto mosquitto-clients openssl python3 python3-venv)
+packages=(build-essential cmake pkg-config libssl-dev mosquitto mosquitto-clients openssl python3 python3-venv systemd tar)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,13 +18,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# nanio: a third-party S3 server (PyPI) that enforces Content-MD5, for the upload tests;
-# in a virtualenv of the project's own (target/tools-venv), so no system Python is touched.
+# Python tools, in a virtualenv of the project's own (target/tools-venv), so no system
+# Python is touched: nanio, a third-party S3 server that enforces Content-MD5 (upload
+# tests), and oelint-adv, the linter of the meta layer.
 venv="$(cd "$(dirname "$0")/.." && pwd)/target/tools-venv"
-if [ ! -x "$venv/bin/nanio" ]; then
-  echo "setup: installing nanio into $venv"
+if [ ! -x "$venv/bin/nanio" ] || [ ! -x "$venv/bin/oelint-adv" ]; then
+  echo "setup: installing nanio and oelint-adv into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check nanio==0.1.7
+  "$venv/bin/pip" install -q --disable-pip-version-check nanio==0.1.7 oelint-adv==9.11.2
 fi
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found; install Rust (rustup) first" >&2

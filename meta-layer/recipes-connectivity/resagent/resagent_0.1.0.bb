@@ -1,0 +1,2 @@
+require resagent-source.inc
+require resagent.inc
