@@ -6,7 +6,7 @@
 # demo or test run.
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config libssl-dev mosquitto mosquitto-clients openssl python3 python3-venv systemd tar)
+packages=(build-essential cmake pkg-config libssl-dev mosquitto mosquitto-clients openssl python3 python3-venv systemd tar curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,6 +3,7 @@
 //! part on disk first), size and MD5 checks, the install, and exactly one final report.
 
 use crate::config::Config;
+use crate::digest::Md5;
 use crate::install::{self, Paths};
 use crate::journal::{self, JournalStore, Phase};
 use crate::plugin::{self, CallOutcome, Op, Plugin, PluginSet, ResourceArgs};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Size of one read from the network and one write to the staging file.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 128 * 1024;
 /// Failed attempts in a row, without a byte of progress, before a transient error
 /// (connection refused, 5xx, a broken connection) becomes final.
 const MAX_FAILURES_WITHOUT_PROGRESS: u32 = 4;
@@ -217,12 +218,6 @@ impl Downloader {
             Some(p) => format!("by plugin {p}"),
             None => format!("at {}", self.config.resource_dir.join(&task.name).display()),
         };
-        if let Err(e) = self
-            .journal
-            .update(|j| tasks::installed(j, task, plugin, now))
-        {
-            log::error!("{}: installed, but {e}", task.name);
-        }
         log::info!(
             "{} installed {by} ({} bytes, md5 {})",
             task.name,
@@ -230,7 +225,9 @@ impl Downloader {
             task.md5sum
         );
         self.reporter
-            .final_report(Report::done(Direction::Download, &task.name));
+            .final_report_with(Report::done(Direction::Download, &task.name), |j| {
+                tasks::installed(j, task, plugin, now)
+            });
         Outcome::Installed
     }
 
@@ -260,16 +257,15 @@ impl Downloader {
             .map(|m| m.len())
             .unwrap_or(0);
         install::discard_staging(&paths.staging);
-        if let Err(e) = self.journal.update(|j| tasks::clear_in_flight(j, task)) {
-            log::error!("{}: {e}", task.name);
-        }
-        self.reporter.final_report(Report::fail(
+        let report = Report::fail(
             Direction::Download,
             &task.name,
             percent(done, task.size),
             code,
             &msg,
-        ));
+        );
+        self.reporter
+            .final_report_with(report, |j| tasks::clear_in_flight(j, task));
         Outcome::Failed
     }
 
@@ -295,7 +291,7 @@ impl Downloader {
         };
         install::prepare_staging_dir(&self.config.resource_dir).map_err(write_fail)?;
         let (mut file, mut have) = install::open_staging(&paths.staging).map_err(write_fail)?;
-        let mut md5 = md5::Context::new();
+        let mut md5 = Md5::new();
         if have > task.size {
             have = 0;
         }
@@ -311,7 +307,7 @@ impl Downloader {
         loop {
             self.check_stop()?;
             if have == task.size {
-                let got = format!("{:x}", md5.clone().compute());
+                let got = md5.hex();
                 if got == task.md5sum {
                     return Ok(());
                 }
@@ -334,7 +330,6 @@ impl Downloader {
                 ));
             }
             let attempt_start = have;
-            self.note_attempt(task, have);
             let result = self.attempt(
                 task,
                 &http,
@@ -398,7 +393,7 @@ impl Downloader {
         &self,
         file: &mut File,
         have: &mut u64,
-        md5: &mut md5::Context,
+        md5: &mut Md5,
         paths: &Paths,
     ) -> Result<u64, Stop> {
         let io_fail = |op: &str, e: io::Error| {
@@ -425,12 +420,12 @@ impl Downloader {
         &self,
         file: &mut File,
         have: &mut u64,
-        md5: &mut md5::Context,
+        md5: &mut Md5,
         etag: &mut Option<String>,
         paths: &Paths,
     ) -> Result<(), Stop> {
         *have = 0;
-        *md5 = md5::Context::new();
+        *md5 = Md5::new();
         *etag = None;
         self.rehash(file, have, md5, paths).map(|_| ())
     }
@@ -455,15 +450,20 @@ impl Downloader {
         }
     }
 
-    /// Records when this attempt started, for `status`'s rate and ETA.
-    fn note_attempt(&self, task: &Task, have: u64) {
+    /// Records, in one journal write, the response's ETag (a resume goes on only with
+    /// the same content) and when this attempt started (`status`'s rate and ETA).
+    fn note_attempt(&self, task: &Task, have: u64, etag: Option<String>) {
         let now = journal::unix_now_ms();
-        let _ = self.journal.update(|j| {
+        let noted = self.journal.update(|j| {
             if let Some(d) = j.download.as_mut().filter(|d| d.task.same_content(task)) {
                 d.attempt_started_ms = now;
                 d.attempt_start_bytes = have;
+                d.etag = etag;
             }
         });
+        if let Err(e) = noted {
+            log::error!("{}: {e}", task.name);
+        }
     }
 
     /// One GET and the streaming of its body into the staging file.
@@ -474,7 +474,7 @@ impl Downloader {
         http: &HttpClient,
         file: &mut File,
         have: &mut u64,
-        md5: &mut md5::Context,
+        md5: &mut Md5,
         etag: &mut Option<String>,
         throttle: &mut Throttle,
         paths: &Paths,
@@ -494,15 +494,8 @@ impl Downloader {
             );
             self.restart(file, have, md5, etag, paths)?;
         }
-        if body.etag != *etag {
-            *etag = body.etag.clone();
-            let new = body.etag.clone();
-            let _ = self.journal.update(|j| {
-                if let Some(d) = j.download.as_mut().filter(|d| d.task.same_content(task)) {
-                    d.etag = new;
-                }
-            });
-        }
+        *etag = body.etag.clone();
+        self.note_attempt(task, *have, body.etag);
         self.report_downloading(task, *have, throttle);
         self.stream(task, body.reader, file, have, md5, throttle, paths)
     }
@@ -520,6 +513,8 @@ impl Downloader {
     }
 
     /// Copies the body into the staging file, hashing as it goes, cut off at `size` + 1.
+    /// Reading, writing and hashing run on three threads (see [`Pipeline`]); `md5` always
+    /// ends up covering exactly the bytes written, whatever stops the copy.
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
@@ -527,28 +522,58 @@ impl Downloader {
         reader: Box<dyn Read + Send + Sync>,
         file: &mut File,
         have: &mut u64,
-        md5: &mut md5::Context,
+        md5: &mut Md5,
+        throttle: &mut Throttle,
+        paths: &Paths,
+    ) -> Result<(), AttemptError> {
+        let hashed = std::mem::replace(md5, Md5::new());
+        let pipe = match Pipeline::start(reader.take(task.size - *have + 1), hashed) {
+            Ok(p) => p,
+            Err((hashed, e)) => {
+                *md5 = hashed;
+                return Err(Stop::Fail(
+                    ResultCode::Other,
+                    format!("cannot start the MD5 thread: {e}"),
+                )
+                .into());
+            }
+        };
+        let copied = self.copy_chunks(task, &pipe, file, have, throttle, paths);
+        *md5 = pipe.finish();
+        copied?;
+        file.sync_all().map_err(|e| {
+            AttemptError::Stop(Stop::Fail(
+                ResultCode::InstallFailed,
+                format!("fsync {}: {e}", paths.staging.display()),
+            ))
+        })
+    }
+
+    fn copy_chunks(
+        &self,
+        task: &Task,
+        pipe: &Pipeline,
+        file: &mut File,
+        have: &mut u64,
         throttle: &mut Throttle,
         paths: &Paths,
     ) -> Result<(), AttemptError> {
         let shown = redact_url(&task.url);
-        let mut reader = reader.take(task.size - *have + 1);
-        let mut buf = vec![0u8; CHUNK];
         let mut pace = Pace::new(self.config.max_bytes_per_s);
+        let mut flusher = crate::fsutil::Flusher::new(file);
         loop {
             self.check_stop()?;
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_timeout(&e) => {
+            let (buf, n) = match pipe.next() {
+                Chunk::Data(buf, n) => (buf, n),
+                Chunk::End => break,
+                Chunk::Failed(e) if is_timeout(&e) => {
                     return Err(TransferError::Timeout {
                         url: shown,
                         secs: self.config.transfer_timeout.as_secs(),
                     }
                     .into())
                 }
-                Err(e) => {
+                Chunk::Failed(e) => {
                     return Err(TransferError::Interrupted {
                         url: shown,
                         reason: e.to_string(),
@@ -574,7 +599,8 @@ impl Downloader {
                 };
                 Stop::Fail(code, format!("write {}: {e}", paths.staging.display()))
             })?;
-            md5.consume(&buf[..n]);
+            pipe.hash(buf, n);
+            flusher.wrote(n as u64);
             *have += n as u64;
             self.report_downloading(task, *have, throttle);
             pace.after(n as u64, &self.shutdown);
@@ -586,12 +612,104 @@ impl Downloader {
             }
             .into());
         }
-        file.sync_all().map_err(|e| {
-            AttemptError::Stop(Stop::Fail(
-                ResultCode::InstallFailed,
-                format!("fsync {}: {e}", paths.staging.display()),
-            ))
+        Ok(())
+    }
+}
+
+/// Buffers in flight between the pipeline's threads (their memory is all it holds).
+const PIPELINE_BUFFERS: usize = 4;
+
+/// What the reading thread hands over.
+enum Chunk {
+    Data(Vec<u8>, usize),
+    End,
+    Failed(io::Error),
+}
+
+/// Reads the body on one thread and hashes on another while the caller writes, so the
+/// network, MD5 and the disk work at once: a download takes as long as the slowest of
+/// them, not their sum. A fixed set of buffers circulates reader → writer → hasher →
+/// reader, so memory does not depend on the resource's size.
+struct Pipeline {
+    chunks: std::sync::mpsc::Receiver<Chunk>,
+    to_hash: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
+    hasher: Option<std::thread::JoinHandle<Option<Md5>>>,
+}
+
+impl Pipeline {
+    /// Starts the threads; if the hasher cannot start, the MD5 state comes back.
+    fn start(mut body: impl Read + Send + 'static, md5: Md5) -> Result<Pipeline, (Md5, io::Error)> {
+        use std::sync::mpsc::sync_channel;
+        let (to_hash, hash_rx) = sync_channel::<(Vec<u8>, usize)>(PIPELINE_BUFFERS);
+        let (start_tx, start_rx) = sync_channel::<Md5>(1);
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
+        for _ in 0..PIPELINE_BUFFERS {
+            let _ = free_tx.send(vec![0u8; CHUNK]);
+        }
+        let (chunk_tx, chunks) = sync_channel::<Chunk>(PIPELINE_BUFFERS);
+        // The reader may stay blocked on a silent socket until its read timeout; it is
+        // not joined, and ends on its own once the socket errs or nobody listens.
+        let _ = std::thread::Builder::new()
+            .name("download-read".into())
+            .spawn(move || loop {
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let read = loop {
+                    match body.read(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                let (chunk, last) = match read {
+                    Ok(0) => (Chunk::End, true),
+                    Ok(n) => (Chunk::Data(buf, n), false),
+                    Err(e) => (Chunk::Failed(e), true),
+                };
+                if chunk_tx.send(chunk).is_err() || last {
+                    return;
+                }
+            });
+        let hasher = std::thread::Builder::new()
+            .name("download-md5".into())
+            .spawn(move || {
+                let mut md5 = start_rx.recv().ok()?;
+                while let Ok((buf, n)) = hash_rx.recv() {
+                    md5.consume(&buf[..n]);
+                    let _ = free_tx.send(buf);
+                }
+                Some(md5)
+            });
+        let hasher = match hasher {
+            Ok(h) => h,
+            Err(e) => return Err((md5, e)),
+        };
+        let _ = start_tx.send(md5);
+        Ok(Pipeline {
+            chunks,
+            to_hash: Some(to_hash),
+            hasher: Some(hasher),
         })
+    }
+
+    fn next(&self) -> Chunk {
+        self.chunks.recv().unwrap_or_else(|_| {
+            Chunk::Failed(io::Error::other("the reading thread ended unexpectedly"))
+        })
+    }
+
+    /// Hands a written chunk to the hasher (which then recycles the buffer).
+    fn hash(&self, buf: Vec<u8>, n: usize) {
+        if let Some(tx) = &self.to_hash {
+            let _ = tx.send((buf, n));
+        }
+    }
+
+    /// Waits for the hasher to take in every chunk handed to it; its MD5 state.
+    fn finish(mut self) -> Md5 {
+        self.to_hash = None;
+        self.hasher
+            .take()
+            .and_then(|h| h.join().ok().flatten())
+            .expect("the MD5 thread returns its state (it cannot panic)")
     }
 }
 

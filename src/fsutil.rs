@@ -109,6 +109,60 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), FsError> {
     }
 }
 
+/// Bytes written between two background flushes (see [`Flusher`]).
+pub const FLUSH_EVERY: u64 = 8 << 20;
+
+/// Starts the write-back of a file that is still being written, on a thread of its own
+/// (`fdatasync` of a duplicate handle), so the disk works while the network does and the
+/// final fsync has little left. A request made while a flush runs is skipped, never
+/// queued: the writer never waits for the disk here.
+pub struct Flusher {
+    kick: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    unflushed: u64,
+}
+
+impl Flusher {
+    pub fn new(file: &File) -> Flusher {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = file.try_clone().ok().and_then(|f| {
+            std::thread::Builder::new()
+                .name("flush".into())
+                .spawn(move || {
+                    while rx.recv().is_ok() {
+                        let _ = f.sync_data();
+                    }
+                })
+                .ok()
+        });
+        Flusher {
+            kick: thread.as_ref().map(|_| tx),
+            thread,
+            unflushed: 0,
+        }
+    }
+
+    /// Notes `n` more bytes written; every [`FLUSH_EVERY`] bytes asks for a flush.
+    pub fn wrote(&mut self, n: u64) {
+        self.unflushed += n;
+        if self.unflushed >= FLUSH_EVERY {
+            self.unflushed = 0;
+            if let Some(k) = &self.kick {
+                let _ = k.try_send(());
+            }
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.kick = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Free bytes for an unprivileged writer on the file system holding `dir`.
 pub fn free_space(dir: &Path) -> Result<u64, FsError> {
     let st = nix::sys::statvfs::statvfs(dir)

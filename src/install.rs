@@ -3,6 +3,7 @@
 //! is one rename), opened without following symlinks, and the atomic replacement of
 //! `resource_dir/NAME`.
 
+use crate::digest::Md5;
 use crate::fsutil::{self, FsError};
 use crate::protocol::STAGING_DIR_NAME;
 use std::fs::{File, OpenOptions};
@@ -111,13 +112,13 @@ pub fn is_no_space(e: &io::Error) -> bool {
 /// MD5 of a whole file, read in chunks (for a file installed before a kill).
 pub fn md5_file(path: &Path) -> io::Result<String> {
     let mut f = File::open(path)?;
-    let mut ctx = md5::Context::new();
+    let mut ctx = Md5::new();
     hash_prefix(&mut f, u64::MAX, &mut ctx)?;
-    Ok(format!("{:x}", ctx.compute()))
+    Ok(ctx.hex())
 }
 
 /// Feeds up to `len` bytes of `r` into `ctx`; returns how many there were.
-pub fn hash_prefix(r: &mut impl io::Read, len: u64, ctx: &mut md5::Context) -> io::Result<u64> {
+pub fn hash_prefix(r: &mut impl io::Read, len: u64, ctx: &mut Md5) -> io::Result<u64> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut done = 0u64;
     while done < len {

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod digest;
 pub mod download;
 pub mod fsutil;
 pub mod install;

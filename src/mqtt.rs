@@ -20,8 +20,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often the connection thread looks at the shutdown flag while idle.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+/// How often an idle connection thread wakes to double-check the link (Paho reports a
+/// loss itself; this is a fallback). Kept long: an idle agent should not wake the CPU.
+/// A stop does not wait for this thread: the coordinator disconnects and the process ends.
+const LINK_CHECK: Duration = Duration::from_secs(30);
 
 /// Errors of the MQTT session, naming the operation.
 #[derive(Debug, Error)]
@@ -322,7 +324,7 @@ impl Session {
         deliver: &mut impl FnMut(LinkEvent) -> bool,
     ) -> bool {
         loop {
-            match rx.recv_timeout(SHUTDOWN_POLL) {
+            match rx.recv_timeout(LINK_CHECK) {
                 Ok(Some(msg)) => {
                     if !deliver(LinkEvent::Message(msg.payload().to_vec())) {
                         return false;

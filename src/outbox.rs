@@ -153,7 +153,8 @@ fn copy_hashing(src: &Path, outbox: &Path, name: &str, dest: &Path) -> Result<St
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(|e| FsError::new("create", &tmp, e))?;
-        let mut ctx = md5::Context::new();
+        let mut ctx = crate::digest::Md5::new();
+        let mut flusher = fsutil::Flusher::new(&out);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = match input.read(&mut buf) {
@@ -170,10 +171,12 @@ fn copy_hashing(src: &Path, outbox: &Path, name: &str, dest: &Path) -> Result<St
             ctx.consume(&buf[..n]);
             out.write_all(&buf[..n])
                 .map_err(|e| FsError::new("write", &tmp, e))?;
+            flusher.wrote(n as u64);
         }
+        drop(flusher);
         drop(out);
         fsutil::atomic_replace(&tmp, dest)?;
-        Ok(format!("{:x}", ctx.compute()))
+        Ok(ctx.hex())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

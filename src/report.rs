@@ -3,7 +3,7 @@
 //! `fail` survives a lost connection, a kill or a reboot and is sent again after the next
 //! connect.
 
-use crate::journal::JournalStore;
+use crate::journal::{Journal, JournalStore};
 use crate::mqtt::Publisher;
 use crate::protocol::{ProgressState, Report};
 use std::sync::{Arc, Mutex};
@@ -41,6 +41,13 @@ impl Reporter {
     /// A final report: recorded in the journal first, removed once acknowledged.
     /// Returns whether the broker acknowledged it now.
     pub fn final_report(&self, report: Report) -> bool {
+        self.final_report_with(report, |_| {})
+    }
+
+    /// A final report journaled in the same write as `change`, the state change it
+    /// reports (an install, a task cleared): a crash cannot separate the two, and they
+    /// cost one fsync instead of two. Returns whether the broker acknowledged it now.
+    pub fn final_report_with(&self, report: Report, change: impl FnOnce(&mut Journal)) -> bool {
         let _guard = self.finals.lock().unwrap_or_else(|p| p.into_inner());
         log::info!(
             "{} {}: {}{}",
@@ -55,12 +62,13 @@ impl Reporter {
         );
         let pending = report.clone();
         let kept = self.journal.update(|j| {
+            change(j);
             j.unacked_reports.push(pending);
             let excess = j.unacked_reports.len().saturating_sub(MAX_UNACKED);
             j.unacked_reports.drain(..excess);
         });
         if let Err(e) = kept {
-            log::error!("final report for {} not journaled: {e}", report.name);
+            log::error!("{} {}: not journaled: {e}", report.name, report.state);
         }
         self.send_final(&report)
     }

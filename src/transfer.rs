@@ -113,7 +113,10 @@ pub struct Body {
 /// Blocking HTTP client for resources and uploads.
 #[derive(Clone)]
 pub struct HttpClient {
-    tls: Arc<native_tls::TlsConnector>,
+    /// Built on the first `https` request: loading trust stores costs time and memory
+    /// that plain-`http` storage on a LAN never needs.
+    tls: Arc<std::sync::OnceLock<Result<Arc<native_tls::TlsConnector>, String>>>,
+    ca_file: std::path::PathBuf,
     timeout: Duration,
     allow_http: bool,
 }
@@ -122,37 +125,48 @@ impl HttpClient {
     /// A client with the system's trust store plus the certificates in `ca_file` (a
     /// private storage server's CA), every socket timing out after `transfer_timeout`.
     pub fn new(config: &Config) -> Result<HttpClient, TransferError> {
-        let mut b = native_tls::TlsConnector::builder();
-        if let Ok(pem) = std::fs::read(&config.ca_file) {
-            for cert in split_pem(&pem) {
-                if let Ok(c) = native_tls::Certificate::from_pem(cert) {
-                    b.add_root_certificate(c);
-                }
-            }
-        }
-        let tls = b.build().map_err(|e| TransferError::Tls(e.to_string()))?;
         Ok(HttpClient {
-            tls: Arc::new(tls),
+            tls: Arc::new(std::sync::OnceLock::new()),
+            ca_file: config.ca_file.clone(),
             timeout: config.transfer_timeout,
             allow_http: config.allow_http,
         })
     }
 
-    fn agent_for(&self, url: &Url) -> ureq::Agent {
+    fn tls(&self) -> Result<Arc<native_tls::TlsConnector>, TransferError> {
+        self.tls
+            .get_or_init(|| {
+                let mut b = native_tls::TlsConnector::builder();
+                if let Ok(pem) = std::fs::read(&self.ca_file) {
+                    for cert in split_pem(&pem) {
+                        if let Ok(c) = native_tls::Certificate::from_pem(cert) {
+                            b.add_root_certificate(c);
+                        }
+                    }
+                }
+                b.build().map(Arc::new).map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(TransferError::Tls)
+    }
+
+    fn agent_for(&self, url: &Url) -> Result<ureq::Agent, TransferError> {
         let mut b = ureq::AgentBuilder::new()
             .timeout_connect(self.timeout)
             .timeout_read(self.timeout)
             .timeout_write(self.timeout)
             .redirects(0)
-            .user_agent(concat!("resagent/", env!("CARGO_PKG_VERSION")))
-            .tls_connector(self.tls.clone());
+            .user_agent(concat!("resagent/", env!("CARGO_PKG_VERSION")));
+        if url.scheme() == "https" {
+            b = b.tls_connector(self.tls()?);
+        }
         if let Some(proxy) = proxy_for(url, &|k| std::env::var(k).ok()) {
             match ureq::Proxy::new(&proxy) {
                 Ok(p) => b = b.proxy(p),
                 Err(e) => log::warn!("ignoring proxy `{}`: {e}", redact_url(&proxy)),
             }
         }
-        b.build()
+        Ok(b.build())
     }
 
     /// GETs `url` from byte `offset` (a `Range` request when non-zero, conditional on
@@ -169,7 +183,7 @@ impl HttpClient {
             reason: e.to_string(),
         })?;
         for _ in 0..=MAX_REDIRECTS {
-            let agent = self.agent_for(&current);
+            let agent = self.agent_for(&current)?;
             let mut req = agent.get(current.as_str());
             if offset > 0 {
                 req = req.set("Range", &format!("bytes={offset}-"));
@@ -221,7 +235,7 @@ impl HttpClient {
             reason: format!("md5sum `{md5_hex}` is not 32 hex characters"),
         })?;
         let result = self
-            .agent_for(&parsed)
+            .agent_for(&parsed)?
             .put(parsed.as_str())
             .set("Content-Length", &size.to_string())
             .set("Content-MD5", &content_md5)

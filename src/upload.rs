@@ -144,7 +144,9 @@ impl Uploader {
             if left.is_zero() {
                 return false;
             }
-            match self.inbox.recv_timeout(left.min(TICK)) {
+            // One long wait: an idle agent should not wake the CPU. A stop does not wait
+            // for this thread (the process ends), so no short polling is needed here.
+            match self.inbox.recv_timeout(left) {
                 Ok(UploadSignal::Wake { reset_backoff }) => {
                     if reset_backoff {
                         waiting.clear();
@@ -246,6 +248,9 @@ impl Uploader {
             throttle: Throttle::new(self.config.progress_interval),
             pace: crate::download::Pace::new(self.config.max_bytes_per_s),
         };
+        // ureq copies the body with a small stack buffer; a large buffer in front means
+        // fewer, larger reads of the file (and of the progress and stop checks).
+        let body = std::io::BufReader::with_capacity(128 * 1024, body);
         let result = http.put(url, body, size, md5sum);
         if self.shutdown.is_set() {
             return Err(Attempt::Stopped);

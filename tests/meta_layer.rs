@@ -43,7 +43,7 @@ fn lock_packages(lock: &str) -> BTreeSet<(String, String, String)> {
 fn inc_packages(inc: &str) -> Result<BTreeSet<(String, String, String)>, String> {
     let mut out = BTreeSet::new();
     for line in inc.lines() {
-        let Some(rest) = line.trim().strip_prefix("crate://crates.io/") else {
+        let Some((_, rest)) = line.split_once("crate://crates.io/") else {
             continue;
         };
         let rest = rest.trim_end_matches('\\').trim();
@@ -88,8 +88,9 @@ fn crates_inc_agrees_with_cargo_lock_and_the_check_catches_any_change() {
         .find(|l| l.contains("crate://crates.io/"))
         .unwrap();
     let (name, version) = first
-        .trim()
-        .trim_start_matches("crate://crates.io/")
+        .split_once("crate://crates.io/")
+        .unwrap()
+        .1
         .trim_end_matches(" \\")
         .split_once('/')
         .unwrap();

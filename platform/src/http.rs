@@ -463,6 +463,14 @@ fn receive_put(
             ))
         }
     };
+    if req
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+    {
+        // curl asks before sending a large body; without this it waits a second.
+        out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
     let name = req.path.trim_start_matches('/').replace('/', "_");
     let tmp = dir.join(format!(".{name}.part"));
     let mut file = File::create(&tmp)?;

@@ -8,6 +8,7 @@
 //! the tests check resagent against a second reading of protocol.md, not against itself.
 
 pub mod http;
+pub mod rig;
 pub mod s3;
 
 use http::{Fault, RequestLog, Storage, StoredUpload};
@@ -196,6 +197,16 @@ impl Platform {
             .iter()
             .filter(|r| r.device == device)
             .map(|r| r.message.clone())
+            .collect()
+    }
+
+    /// Everything `device` published so far, with the Unix milliseconds it arrived at.
+    pub fn received_at(&self, device: &str) -> Vec<(u64, Value)> {
+        self.lock()
+            .received
+            .iter()
+            .filter(|r| r.device == device)
+            .map(|r| (r.at_ms, r.message.clone()))
             .collect()
     }
 

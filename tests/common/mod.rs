@@ -4,10 +4,10 @@
 
 #![allow(dead_code)]
 
+#[allow(unused_imports)]
+pub use resagent_platform::rig::{free_port, write_random, Mosquitto};
 use resagent_platform::Platform;
 use serde_json::{json, Value};
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,107 +18,6 @@ pub const SECRET_B64: &str = "dGVzdC1kZXZpY2Utc2VjcmV0";
 /// `PRODUCT/DEVICE`, as the platform names the device.
 pub fn device() -> String {
     format!("{PRODUCT}/{DEVICE}")
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// A mosquitto process on loopback.
-pub struct Mosquitto {
-    pub port: u16,
-    conf: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mosquitto {
-    /// Plain MQTT on a free port, plus `extra` configuration (more listeners).
-    pub fn start(dir: &Path, extra: &str) -> Mosquitto {
-        let port = free_port();
-        let conf = dir.join(format!("mosquitto-{port}.conf"));
-        std::fs::write(
-            &conf,
-            // `user root`: when the tests run as root (CI), mosquitto would otherwise drop to
-            // its own user and could not read the test certificates in our 0700 temp folder.
-            format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"),
-        )
-        .unwrap();
-        Self::with_conf(port, conf)
-    }
-
-    /// Starts mosquitto with a configuration written by the caller (TLS tests).
-    pub fn with_conf(port: u16, conf: PathBuf) -> Mosquitto {
-        let mut m = Mosquitto {
-            port,
-            conf,
-            child: None,
-        };
-        m.launch();
-        m
-    }
-
-    fn launch(&mut self) {
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto runs (apt-get install mosquitto)");
-        self.child = Some(child);
-        assert!(
-            wait_port(self.port, Duration::from_secs(10)),
-            "mosquitto did not listen on {}",
-            self.port
-        );
-    }
-
-    pub fn uri(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Same port, new process (a broker restart).
-    pub fn restart(&mut self) {
-        self.stop();
-        self.launch();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn mosquitto_bin() -> PathBuf {
-    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    PathBuf::from("mosquitto")
 }
 
 /// A running `resagent run`.
@@ -341,27 +240,6 @@ impl Rig {
             ),
         }
     }
-}
-
-/// Deterministic pseudo-random content (xorshift), written in chunks.
-pub fn write_random(path: &Path, size: u64, seed: u64) {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut left = size;
-    let mut buf = vec![0u8; 1 << 16];
-    while left > 0 {
-        for chunk in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let bytes = x.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n]).unwrap();
-        left -= n as u64;
-    }
-    f.flush().unwrap();
 }
 
 pub fn md5_hex(path: &Path) -> String {
