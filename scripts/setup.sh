@@ -2,11 +2,12 @@
 # Installs what building and testing resagent needs on Debian: a C toolchain and cmake
 # (Paho C is built from the paho-mqtt crate), OpenSSL headers, mosquitto (the broker of
 # the demo and the tests), openssl (test certificates), systemd (systemd-analyze
-# verify of the layer's unit), python3-venv (for the Python tools below). Idempotent: installs only what is missing, so it is cheap to run before every
+# verify of the layer's unit), curl (benchmark baseline), strace (write-order test),
+# python3-venv (for the Python tools below). Idempotent: installs only what is missing, so it is cheap to run before every
 # demo or test run.
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config libssl-dev mosquitto mosquitto-clients openssl python3 python3-venv systemd tar curl)
+packages=(build-essential cmake pkg-config libssl-dev mosquitto mosquitto-clients openssl python3 python3-venv systemd tar curl strace)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

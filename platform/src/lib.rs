@@ -112,7 +112,13 @@ impl Platform {
 
     /// Serves `file` and returns the task a device would get for it (`allow_http` needed).
     pub fn task_for(&self, name: &str, file: &Path) -> Value {
-        let path = self.storage.serve(name, file.to_path_buf());
+        self.task_served_as(name, file, name)
+    }
+
+    /// Like [`task_for`](Self::task_for), served under `served_as` (two versions of one
+    /// resource need two URLs).
+    pub fn task_served_as(&self, name: &str, file: &Path, served_as: &str) -> Value {
+        let path = self.storage.serve(served_as, file.to_path_buf());
         let (size, md5) = file_md5(file);
         json!({
             "name": name,

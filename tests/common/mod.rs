@@ -158,13 +158,26 @@ impl Rig {
 
     /// Starts `resagent run` without waiting.
     pub fn spawn_agent(&mut self) -> Agent {
+        self.spawn_agent_under(&[], "debug")
+    }
+
+    /// Starts `resagent run` under `wrapper` (e.g. strace and its options) with RUST_LOG.
+    pub fn spawn_agent_under(&mut self, wrapper: &[&str], rust_log: &str) -> Agent {
         self.runs += 1;
         let cfg = self.config_path();
         let log = self.path().join(format!("agent-{}.log", self.runs));
-        let child = Command::new(env!("CARGO_BIN_EXE_resagent"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_resagent"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_resagent")),
+        };
+        let child = command
             .args(["run", "-c"])
             .arg(&cfg)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

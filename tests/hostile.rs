@@ -1,0 +1,543 @@
+//! Hostile conditions, with real parts: write ordering under strace, full disks on a
+//! tmpfs mounted by the test, servers that lie, awkward names and files, a resource over
+//! 4 GiB, secrets at RUST_LOG=trace, and a kill loop. (docs/reliability.md maps each
+//! promise to its test.)
+
+mod common;
+
+use common::*;
+use resagent_platform::{HttpFault, Platform};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+fn staged(rig: &Rig, name: &str) -> u64 {
+    std::fs::metadata(rig.path().join("resources/.resagent-staging").join(name))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+fn wait_staged(rig: &Rig, name: &str, at_least: u64) {
+    let deadline = Instant::now() + T;
+    while staged(rig, name) < at_least {
+        assert!(Instant::now() < deadline, "{name} did not progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A tmpfs of `size` mounted at `dir` for the test's life (the tests run as root in CI).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs (the hostile tests need root)");
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn remount_ro(&self) {
+        let st = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn path(task: &serde_json::Value) -> String {
+    Platform::path_of(task)
+}
+
+#[test]
+fn installs_and_journal_writes_are_ordered_fsync_rename_fsync() {
+    let mut rig = Rig::new();
+    let (_, task) = rig.task("ordered.bin", 3 << 20, 1);
+    rig.platform.offer(&device(), task);
+    let trace = rig.path().join("strace.out");
+    let t = trace.to_str().unwrap().to_string();
+    let agent = rig.spawn_agent_under(
+        &[
+            "strace",
+            "-f",
+            "-y",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2",
+            "-o",
+            &t,
+        ],
+        "info",
+    );
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "ordered.bin", T)),
+        ("done", 0)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let resources = rig.path().join("resources");
+    let staging = resources.join(".resagent-staging/ordered.bin");
+    let dest = resources.join("ordered.bin");
+    let is_sync_of = |l: &str, p: &Path| {
+        (l.contains("fsync(") || l.contains("fdatasync("))
+            && l.contains(&format!("<{}>", p.display()))
+    };
+    let rename_at = lines
+        .iter()
+        .position(|l| {
+            l.contains("rename")
+                && l.contains(&format!("\"{}\"", staging.display()))
+                && l.contains(&format!("\"{}\"", dest.display()))
+        })
+        .unwrap_or_else(|| panic!("no rename of the staging file:\n{text}"));
+    assert!(
+        lines[..rename_at].iter().any(|l| is_sync_of(l, &staging)),
+        "data fsync before the rename:\n{text}"
+    );
+    assert!(
+        lines[rename_at..].iter().any(|l| is_sync_of(l, &resources)),
+        "folder fsync after the rename:\n{text}"
+    );
+
+    let state = rig.path().join("state");
+    let journal_tmp = state.join(".journal.json.tmp");
+    let renames: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.contains("rename") && l.contains(&format!("\"{}\"", journal_tmp.display()))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        renames.len() >= 3,
+        "the journal is replaced at every state change:\n{text}"
+    );
+    let mut prev = 0;
+    for r in renames {
+        assert!(
+            lines[prev..r].iter().any(|l| is_sync_of(l, &journal_tmp)),
+            "journal data fsync before its rename (line {r})"
+        );
+        let next_sync_dir = lines[r..].iter().position(|l| is_sync_of(l, &state));
+        assert!(
+            next_sync_dir.is_some(),
+            "state folder fsync after the journal rename (line {r})"
+        );
+        prev = r + 1;
+    }
+}
+
+#[test]
+fn a_task_larger_than_the_free_space_fails_minus_6_before_any_byte() {
+    let mut rig = Rig::new();
+    let _fs = Tmpfs::mount(&rig.path().join("resources"), "8m");
+    let (_, task) = rig.task("huge.bin", 16 << 20, 2);
+    let agent = rig.start_agent();
+    rig.platform.push(&device(), &task).unwrap();
+    let r = rig.final_report(&agent, "huge.bin", T);
+    assert_eq!(state_of(&r), ("fail", -6), "{r}");
+    assert_eq!(rig.platform.gets(&path(&task)).0, 0, "nothing was fetched");
+}
+
+#[test]
+fn space_vanishing_mid_download_fails_minus_6_keeps_the_old_file_and_the_agent_works() {
+    let mut rig = Rig::new();
+    let fs = Tmpfs::mount(&rig.path().join("resources"), "24m");
+    let agent = rig.start_agent();
+    let (old_src, v1) = rig.task("app.bin", 1 << 20, 3);
+    rig.platform.push(&device(), &v1).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "app.bin", T)),
+        ("done", 0)
+    );
+    let old = std::fs::read(&old_src).unwrap();
+
+    let big = rig.make_file("app-v2", 12 << 20, 4);
+    let v2 = rig.platform.task_for("app.bin", &big);
+    rig.throttle(&v2, 4 << 20);
+    rig.platform.push(&device(), &v2).unwrap();
+    wait_staged(&rig, "app.bin", 2 << 20);
+    // Another writer fills the file system.
+    let filler = fs.0.join("filler");
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .args(["bs=1M", "count=64"])
+        .status();
+    let r = rig
+        .platform
+        .wait_for(&device(), T, |m| {
+            m["name"] == "app.bin" && m["progress"]["state"] == "fail"
+        })
+        .unwrap_or_else(|| panic!("no fail; log:\n{}", agent.log_text()));
+    assert_eq!(state_of(&r), ("fail", -6), "{r}");
+    assert_eq!(
+        std::fs::read(rig.resource("app.bin")).unwrap(),
+        old,
+        "the old file is intact"
+    );
+    assert_eq!(staged(&rig, "app.bin"), 0, "the temp file is removed");
+    std::fs::remove_file(&filler).unwrap();
+    let (_, small) = rig.task("after.bin", 1000, 5);
+    rig.platform.push(&device(), &small).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "after.bin", T)),
+        ("done", 0),
+        "still working"
+    );
+}
+
+#[test]
+fn a_server_ignoring_range_on_resume_restarts_cleanly_from_zero() {
+    let mut rig = Rig::new();
+    let size = 12u64 << 20;
+    let (_, task) = rig.task("norange.bin", size, 6);
+    rig.throttle(&task, 6 << 20);
+    rig.platform.offer(&device(), task.clone());
+    let mut agent = rig.start_agent();
+    wait_staged(&rig, "norange.bin", size / 3);
+    agent.kill9();
+    rig.fault(
+        &task,
+        HttpFault {
+            ignore_range: true,
+            ..Default::default()
+        },
+    );
+    let agent = rig.spawn_agent();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "norange.bin", T)),
+        ("done", 0)
+    );
+    rig.assert_installed("norange.bin", &task);
+    let reqs: Vec<_> = rig
+        .platform
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == path(&task))
+        .collect();
+    assert!(
+        reqs.iter().any(|r| r.range.is_some() && r.status == 200),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn a_206_with_a_wrong_content_range_is_not_trusted() {
+    let mut rig = Rig::new();
+    let size = 12u64 << 20;
+    let (_, task) = rig.task("badrange.bin", size, 7);
+    rig.throttle(&task, 6 << 20);
+    rig.platform.offer(&device(), task.clone());
+    let mut agent = rig.start_agent();
+    wait_staged(&rig, "badrange.bin", size / 3);
+    agent.kill9();
+    rig.fault(
+        &task,
+        HttpFault {
+            wrong_content_range: true,
+            ..Default::default()
+        },
+    );
+    let agent = rig.spawn_agent();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "badrange.bin", T)),
+        ("done", 0)
+    );
+    rig.assert_installed("badrange.bin", &task);
+    assert!(
+        agent.log_text().contains("resume not trusted")
+            || agent.log_text().contains("starting over"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn lying_headers_and_bad_redirects_end_with_the_right_codes() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let (_, long) = rig.task("length.bin", 10_000, 8);
+    rig.fault(
+        &long,
+        HttpFault {
+            content_length: Some(20_000),
+            ..Default::default()
+        },
+    );
+    let (_, looped) = rig.task("loop.bin", 100, 9);
+    let loop_url = format!("{}{}", rig.platform.storage().base_url(), path(&looped));
+    rig.fault(
+        &looped,
+        HttpFault {
+            redirect: Some(loop_url),
+            ..Default::default()
+        },
+    );
+    let (_, ftp) = rig.task("ftp.bin", 100, 10);
+    rig.fault(
+        &ftp,
+        HttpFault {
+            redirect: Some("ftp://127.0.0.1/x".into()),
+            ..Default::default()
+        },
+    );
+    for (name, task, code) in [
+        ("length.bin", &long, -4),
+        ("loop.bin", &looped, -11),
+        ("ftp.bin", &ftp, -10),
+    ] {
+        rig.platform.push(&device(), task).unwrap();
+        let r = rig.final_report(&agent, name, T);
+        assert_eq!(state_of(&r), ("fail", code), "{name}: {r}");
+    }
+    assert_eq!(
+        rig.platform.gets(&path(&looped)).0,
+        6,
+        "five redirects followed, the sixth refused"
+    );
+}
+
+#[test]
+fn awkward_names_symlinks_directories_and_read_only_folders() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let long = "n".repeat(255);
+    for (i, name) in ["固件-версия-ü.bin", long.as_str()].into_iter().enumerate() {
+        let (src, task) = rig.task(name, 5000, 11 + i as u64);
+        rig.platform.push(&device(), &task).unwrap();
+        assert_eq!(
+            state_of(&rig.final_report(&agent, name, T)),
+            ("done", 0),
+            "{name}"
+        );
+        assert_eq!(
+            std::fs::read(rig.resource(name)).unwrap(),
+            std::fs::read(src).unwrap()
+        );
+    }
+    // A symlink planted at the destination is replaced, never followed.
+    let outside = rig.path().join("outside.txt");
+    std::fs::write(&outside, b"precious").unwrap();
+    std::os::unix::fs::symlink(&outside, rig.resource("link.bin")).unwrap();
+    // ... and one at the staging path is not followed either.
+    std::os::unix::fs::symlink(
+        &outside,
+        rig.path().join("resources/.resagent-staging/staged.bin"),
+    )
+    .unwrap();
+    for name in ["link.bin", "staged.bin"] {
+        let (_, task) = rig.task(name, 3000, 13);
+        rig.platform.push(&device(), &task).unwrap();
+        assert_eq!(
+            state_of(&rig.final_report(&agent, name, T)),
+            ("done", 0),
+            "{name}"
+        );
+        assert!(!std::fs::symlink_metadata(rig.resource(name))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+    assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+    // A directory in the way: -5 with the path.
+    std::fs::create_dir_all(rig.resource("dir.bin/inside")).unwrap();
+    let (_, task) = rig.task("dir.bin", 100, 14);
+    rig.platform.push(&device(), &task).unwrap();
+    let r = rig.final_report(&agent, "dir.bin", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(
+        r["progress"]["result_msg"]
+            .as_str()
+            .unwrap()
+            .contains("dir.bin"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_read_only_resource_dir_is_a_clear_fail() {
+    let mut rig = Rig::new();
+    let fs = Tmpfs::mount(&rig.path().join("resources"), "8m");
+    let mut agent = rig.start_agent();
+    fs.remount_ro();
+    let (_, task) = rig.task("ro.bin", 1000, 15);
+    rig.platform.push(&device(), &task).unwrap();
+    let r = rig.final_report(&agent, "ro.bin", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(
+        r["progress"]["result_msg"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("read-only"),
+        "{r}"
+    );
+    assert!(agent.is_alive());
+}
+
+#[test]
+fn a_resource_over_4_gib_downloads_with_64_bit_sizes_and_percent() {
+    let mut rig = Rig::new();
+    let size = (4u64 << 30) + (64 << 20);
+    let src = rig.path().join("served/sparse.bin");
+    std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(size).unwrap();
+    drop(f);
+    let task = rig.platform.task_for("sparse.bin", &src);
+    assert_eq!(task["size"], size);
+    let agent = rig.start_agent();
+    rig.platform.push(&device(), &task).unwrap();
+    let r = rig.final_report(&agent, "sparse.bin", Duration::from_secs(600));
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    assert_eq!(
+        std::fs::metadata(rig.resource("sparse.bin")).unwrap().len(),
+        size
+    );
+    let percents: Vec<u64> = rig
+        .platform
+        .reports_for(&device(), "sparse.bin")
+        .iter()
+        .filter(|m| m["progress"]["state"] == "downloading")
+        .map(|m| m["progress"]["percent"].as_u64().unwrap())
+        .collect();
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]) && percents.iter().all(|p| *p <= 100),
+        "{percents:?}"
+    );
+    let _ = std::fs::remove_file(rig.resource("sparse.bin"));
+}
+
+#[test]
+fn no_secret_in_logs_reports_or_status_at_trace_level() {
+    let mut rig = Rig::new();
+    let (_, task) = rig.task("secret.bin", 1 << 20, 16);
+    rig.platform.offer(&device(), task);
+    let agent = rig.spawn_agent_under(&[], "trace");
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "secret.bin", T)),
+        ("done", 0)
+    );
+    let src = rig.make_file("up.bin", 1000, 17);
+    rig.cli(&["upload", src.to_str().unwrap()]);
+    rig.platform
+        .wait_for(&device(), T, |m| {
+            m["type"] == "report_upload_progress" && m["progress"]["state"] == "done"
+        })
+        .unwrap();
+    let (_, status, _) = rig.cli(&["status", "--json"]);
+    let (_, status_text, _) = rig.cli(&["status"]);
+    let log = agent.log_text();
+    let reports = serde_json::to_string(&rig.platform.received(&device())).unwrap();
+    // The device secret, the MQTT password (its HMAC suffix) and URL signatures.
+    for (what, needle) in [
+        ("device secret", SECRET_B64),
+        ("MQTT password", ";hmacsha256"),
+        ("presigned signature", "PRESIGNED-SECRET"),
+    ] {
+        assert!(!log.contains(needle), "{what} in the log");
+        assert!(!reports.contains(needle), "{what} in a report");
+        assert!(
+            !status.contains(needle) && !status_text.contains(needle),
+            "{what} in status"
+        );
+    }
+    assert!(log.lines().count() > 20, "trace logging was on");
+}
+
+/// Kills the daemon at random instants during download, verification, install and
+/// journal writes, `RESAGENT_KILL_ROUNDS` times (50 by default), offering two versions in
+/// turn: after every round the destination is one version or the other, byte for byte,
+/// the journal parses and agrees with the disk, and in the end the task is done with no
+/// temp file left.
+#[test]
+fn kill_loop_leaves_old_or_new_and_ends_done() {
+    let rounds: u32 = std::env::var("RESAGENT_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let mut rig = Rig::new();
+    let size = 6u64 << 20;
+    let versions: Vec<(Vec<u8>, serde_json::Value)> = (0..2)
+        .map(|v| {
+            let src = rig.make_file(&format!("k-{v}"), size, 20 + v);
+            let task = rig
+                .platform
+                .task_served_as("k.bin", &src, &format!("k-v{v}.bin"));
+            rig.throttle(&task, 24 << 20);
+            (std::fs::read(&src).unwrap(), task)
+        })
+        .collect();
+    rig.platform.offer(&device(), versions[0].1.clone());
+    let agent = rig.start_agent();
+    assert_eq!(state_of(&rig.final_report(&agent, "k.bin", T)), ("done", 0));
+    drop(agent);
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    for round in 0..rounds {
+        rig.platform
+            .offer(&device(), versions[(round as usize + 1) % 2].1.clone());
+        let mut agent = rig.spawn_agent();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(60 + seed % 500));
+        agent.kill9();
+        let on_disk = std::fs::read(rig.resource("k.bin")).unwrap();
+        let which = versions.iter().position(|(bytes, _)| *bytes == on_disk);
+        let which = which.unwrap_or_else(|| panic!("round {round}: the destination is torn"));
+        let journal = rig.journal();
+        let disk_md5 = &versions[which].1["md5sum"];
+        let agrees = journal["installed"]["k.bin"]["md5sum"] == *disk_md5
+            || (journal["download"]["task"]["md5sum"] == *disk_md5
+                && journal["download"]["phase"] == "verified");
+        assert!(
+            agrees,
+            "round {round}: journal disagrees with the disk: {journal}"
+        );
+    }
+    let last = &versions[(rounds as usize) % 2];
+    rig.platform.offer(&device(), last.1.clone());
+    let agent = rig.spawn_agent();
+    let deadline = Instant::now() + T;
+    while rig.journal()["installed"]["k.bin"]["md5sum"] != last.1["md5sum"]
+        || !rig.journal()["download"].is_null()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not done after the kills:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(rig.resource("k.bin")).unwrap(), last.0);
+    let leftovers: Vec<_> = std::fs::read_dir(rig.path().join("resources/.resagent-staging"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(leftovers.is_empty(), "no temp file left: {leftovers:?}");
+    let served: u64 = versions
+        .iter()
+        .map(|(_, t)| rig.platform.gets(&path(t)).1)
+        .sum();
+    eprintln!("kill loop: {rounds} kills; {served} bytes served for {size}-byte versions");
+    assert!(
+        served < u64::from(rounds + 2) * size,
+        "resume keeps the bytes served low: {served}"
+    );
+}
