@@ -65,6 +65,14 @@ impl Downloader {
     /// Runs `task` (the journal's download in flight) to its end.
     pub fn run(&self, task: &Task) -> Outcome {
         let paths = install::paths(&self.config.resource_dir, &task.name);
+        if let Some(plugin) = self.already_installed(task, &paths) {
+            log::info!(
+                "{} with md5 {} is installed already",
+                task.name,
+                task.md5sum
+            );
+            return self.finish_installed(task, plugin);
+        }
         let phase = self
             .journal
             .snapshot()
@@ -91,6 +99,16 @@ impl Downloader {
             }
         }
         self.install(task, &paths)
+    }
+
+    /// A task that waited behind another version of its name may find itself installed
+    /// (and the file in place) by the time it runs: then there is nothing to transfer.
+    /// Returns the install plugin that took it (None: the default installer).
+    fn already_installed(&self, task: &Task, paths: &Paths) -> Option<Option<String>> {
+        let journal = self.journal.snapshot();
+        let i = journal.installed.get(&task.name)?;
+        let present = i.plugin.is_some() || std::fs::symlink_metadata(&paths.dest).is_ok();
+        (i.md5sum == task.md5sum && present).then(|| i.plugin.clone())
     }
 
     fn staged_file_complete(&self, paths: &Paths, task: &Task) -> bool {

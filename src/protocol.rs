@@ -756,6 +756,97 @@ mod tests {
         assert_eq!(redact_url("https://h/x"), "https://h/x");
     }
 
+    /// A deterministic generator for the property tests below (no extra dependency).
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+        fn bytes(&mut self, max: u64) -> Vec<u8> {
+            let n = self.below(max);
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+        fn value(&mut self, depth: u32) -> Value {
+            match self.below(if depth > 2 { 5 } else { 7 }) {
+                0 => Value::Null,
+                1 => json!(self.below(2) == 0),
+                2 => json!(self.next() as i64),
+                3 => json!(f64::from(self.next() as u32) / 7.0),
+                4 => json!(String::from_utf8_lossy(&self.bytes(40)).into_owned()),
+                5 => Value::Array((0..self.below(4)).map(|_| self.value(depth + 1)).collect()),
+                _ => {
+                    let mut m = serde_json::Map::new();
+                    for _ in 0..self.below(5) {
+                        let k = ["type", "name", "size", "md5sum", "url", "result_code", "x"]
+                            [self.below(7) as usize];
+                        m.insert(k.to_string(), self.value(depth + 1));
+                    }
+                    Value::Object(m)
+                }
+            }
+        }
+    }
+
+    /// Any bytes: never a panic, and a rejection always carries a reason.
+    #[test]
+    fn arbitrary_bytes_never_panic_and_rejections_are_typed() {
+        let mut g = Gen(0x9E3779B97F4A7C15);
+        for _ in 0..20_000 {
+            let bytes = g.bytes(300);
+            if let Err(e) = parse_down(&bytes, &LIMITS) {
+                assert!(!e.reason.is_empty());
+            }
+        }
+    }
+
+    /// Arbitrary JSON and near-valid tasks with one field mutated: never a panic; what is
+    /// accepted really passes every rule.
+    #[test]
+    fn arbitrary_and_near_valid_json_never_panics() {
+        let mut g = Gen(0xD1B54A32D192ED03);
+        let types = [
+            "download",
+            "get_download_task_rsp",
+            "report_download_progress_rsp",
+            "create_upload_task_rsp",
+            "upload_result",
+            "nonsense",
+        ];
+        for i in 0..20_000 {
+            let mut v = if i % 2 == 0 {
+                g.value(0)
+            } else {
+                task_json("fw.bin")
+            };
+            if let Some(obj) = v.as_object_mut() {
+                let field = ["type", "name", "size", "md5sum", "url"][g.below(5) as usize];
+                let replacement = if g.below(3) == 0 {
+                    json!(types[g.below(6) as usize])
+                } else {
+                    g.value(1)
+                };
+                obj.insert(field.to_string(), replacement);
+            }
+            match parse_down(v.to_string().as_bytes(), &LIMITS) {
+                Ok(DownMessage::DownloadTask(t)) => {
+                    assert!(validate_name(&t.name).is_ok());
+                    assert_eq!(t.md5sum.len(), 32);
+                    assert!(t.size <= LIMITS.max_resource_bytes);
+                    assert!(t.url.starts_with("https://"));
+                }
+                Ok(_) => {}
+                Err(e) => assert!(!e.reason.is_empty()),
+            }
+        }
+    }
+
     #[test]
     fn upload_rsp_refusals_are_errors_in_the_url() {
         let ok = json!({"type":"create_upload_task_rsp","name":"z","md5sum":"0123456789abcdef0123456789abcdef","size":3,"url":"https://u"});

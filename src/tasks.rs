@@ -33,11 +33,19 @@ pub fn offer(
             return Offer::DuplicateOfInFlight;
         }
     }
-    let installed = journal
-        .installed
-        .get(&task.name)
-        .filter(|i| i.md5sum == task.md5sum && still_present(&task.name, i))
-        .is_some();
+    // Another version of this name is in flight: what is installed now will not be when
+    // it lands, so this task waits its turn even if it equals the installed version (the
+    // last task for a name wins; the download thread skips the transfer if it still can).
+    let same_name_in_flight = journal
+        .download
+        .as_ref()
+        .is_some_and(|d| d.task.name == task.name);
+    let installed = !same_name_in_flight
+        && journal
+            .installed
+            .get(&task.name)
+            .filter(|i| i.md5sum == task.md5sum && still_present(&task.name, i))
+            .is_some();
     if installed {
         // A newer wish for this name supersedes an older one that was still waiting.
         journal.waiting.retain(|w| w.name != task.name);
@@ -159,6 +167,20 @@ mod tests {
         );
         assert!(j.download.is_none());
         assert_eq!(offer(&mut j, task("a", '2'), PRESENT), Offer::Start);
+    }
+
+    #[test]
+    fn the_installed_version_offered_while_another_is_in_flight_waits_its_turn() {
+        let mut j = journal(
+            json!({"installed": {"a": {"md5sum": "1".repeat(32), "size": 10, "installed_at": 1}}}),
+        );
+        assert_eq!(offer(&mut j, task("a", '2'), PRESENT), Offer::Start);
+        assert_eq!(
+            offer(&mut j, task("a", '1'), PRESENT),
+            Offer::Queued,
+            "the last wish for `a` must win"
+        );
+        assert_eq!(j.waiting, vec![task("a", '1')]);
     }
 
     #[test]

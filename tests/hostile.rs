@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use resagent_platform::{HttpFault, Platform};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -539,5 +540,316 @@ fn kill_loop_leaves_old_or_new_and_ends_done() {
     assert!(
         served < u64::from(rounds + 2) * size,
         "resume keeps the bytes served low: {served}"
+    );
+}
+
+#[test]
+fn a_trickling_server_is_not_cut_and_one_that_closes_mid_body_is_resumed() {
+    let mut rig = Rig::new();
+    rig.config["transfer_timeout_s"] = json!(2);
+    let agent = rig.start_agent();
+    let (_, slow) = rig.task("trickle.bin", 5, 30);
+    rig.throttle(&slow, 1);
+    rig.platform.push(&device(), &slow).unwrap();
+    let r = rig.final_report(&agent, "trickle.bin", T);
+    assert_eq!(
+        state_of(&r),
+        ("done", 0),
+        "1 byte a second is slow but alive: {r}"
+    );
+    assert_eq!(
+        rig.platform.gets(&path(&slow)).0,
+        1,
+        "never cut and retried"
+    );
+
+    let size = 4u64 << 20;
+    let (_, cut) = rig.task("cut.bin", size, 31);
+    rig.fault(
+        &cut,
+        HttpFault {
+            close_after: Some(size / 2),
+            close_times: 1,
+            ..Default::default()
+        },
+    );
+    rig.platform.push(&device(), &cut).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "cut.bin", T)),
+        ("done", 0)
+    );
+    rig.assert_installed("cut.bin", &cut);
+    let reqs: Vec<_> = rig
+        .platform
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == path(&cut))
+        .collect();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1].status, 206, "resumed with Range: {reqs:?}");
+    assert!(
+        reqs.iter().map(|r| r.body_bytes).sum::<u64>() <= size + (64 << 10),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn the_broker_restarted_ten_times_during_a_transfer() {
+    let mut rig = Rig::new();
+    let (_, task) = rig.task("ten.bin", 16 << 20, 32);
+    rig.throttle(&task, 1 << 20);
+    rig.platform.offer(&device(), task.clone());
+    let agent = rig.start_agent();
+    wait_staged(&rig, "ten.bin", 1 << 20);
+    for _ in 0..10 {
+        rig.broker.stop();
+        std::thread::sleep(Duration::from_millis(300));
+        rig.broker.restart();
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    let r = rig.final_report(&agent, "ten.bin", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    rig.assert_installed("ten.bin", &task);
+    assert_eq!(
+        rig.platform.gets(&path(&task)).0,
+        1,
+        "the transfer never restarted, nothing was taken as a new task"
+    );
+    // Backoff means the agent need not catch every one of the ten short windows.
+    let log = agent.log_text();
+    assert!(
+        log.contains("lost the connection") && log.matches("connected to tcp://").count() >= 2,
+        "{log}"
+    );
+}
+
+/// A TCP proxy the test controls: `cut()` turns every connection open at that moment
+/// half-open — bytes are swallowed, nothing is forwarded, no FIN is sent — while new
+/// connections are forwarded normally.
+struct Proxy {
+    port: u16,
+    cut_below: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut_below = Arc::new(AtomicU64::new(0));
+        let next_id = Arc::new(AtomicU64::new(1));
+        let (cut, ids) = (cut_below.clone(), next_id.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let id = ids.fetch_add(1, Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let cut = cut.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => {
+                                    if id >= cut.load(Ordering::SeqCst) {
+                                        let _ = to.shutdown(std::net::Shutdown::Write);
+                                    }
+                                    return;
+                                }
+                                Ok(n) => n,
+                            };
+                            if id < cut.load(Ordering::SeqCst) {
+                                continue; // half-open: swallow, never answer, never close
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Proxy {
+            port,
+            cut_below,
+            next_id,
+        }
+    }
+
+    fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.cut_below
+            .store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_half_open_broker_connection_is_noticed_and_the_final_report_resent() {
+    let mut rig = Rig::new();
+    let proxy = Proxy::start(rig.broker.port);
+    rig.config["broker"] = json!(format!("tcp://127.0.0.1:{}", proxy.port));
+    rig.config["keepalive_s"] = json!(2);
+    let size = 4u64 << 20;
+    let (_, task) = rig.task("halfopen.bin", size, 33);
+    rig.throttle(&task, 1 << 20);
+    rig.platform.offer(&device(), task.clone());
+    let agent = rig.start_agent();
+    wait_staged(&rig, "halfopen.bin", size * 3 / 4);
+    proxy.cut();
+    let r = rig.final_report(&agent, "halfopen.bin", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    let log = agent.log_text();
+    assert!(
+        log.contains("lost the connection"),
+        "the keep-alive noticed: {log}"
+    );
+    assert!(
+        log.contains("re-sending the unacknowledged done report for halfopen.bin"),
+        "{log}"
+    );
+    assert_eq!(
+        rig.platform.gets(&path(&task)).0,
+        1,
+        "nothing taken twice as a new task"
+    );
+}
+
+#[test]
+fn a_storm_of_ten_thousand_messages_during_a_task() {
+    let mut rig = Rig::new();
+    let (_, task) = rig.task("storm.bin", 8 << 20, 34);
+    rig.throttle(&task, 4 << 20);
+    let mut agent = rig.start_agent();
+    let hwm = |a: &Agent| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", a.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    rig.platform.push(&device(), &task).unwrap();
+    wait_staged(&rig, "storm.bin", 1 << 20);
+    let before = hwm(&agent);
+    let mut x = 0x9E3779B97F4A7C15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let good = task.to_string();
+    for i in 0..10_000u32 {
+        let payload: Vec<u8> = match i % 10 {
+            0 => {
+                // Near-valid: the running task with one field broken (and an unsafe name).
+                let mut t = task.clone();
+                t["name"] = json!(format!("../evil-{i}"));
+                t["type"] = json!("download");
+                t.to_string().into_bytes()
+            }
+            1 => good.replace("\"size\":", "\"size\":-").into_bytes(),
+            2 => format!("{{\"type\":\"download\",\"name\":{i},\"md5sum\":[],\"url\":null}}")
+                .into_bytes(),
+            _ => (0..(next() % 200)).map(|_| next() as u8).collect(),
+        };
+        rig.platform.send(&device(), &payload).unwrap();
+    }
+    let r = rig.final_report(&agent, "storm.bin", Duration::from_secs(120));
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    rig.assert_installed("storm.bin", &task);
+    assert!(agent.is_alive());
+    let after = hwm(&agent);
+    assert!(
+        after < before + 8 * 1024,
+        "memory stays flat: {before} KiB before, {after} KiB after"
+    );
+    for e in std::fs::read_dir(rig.path()).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with("evil"),
+            "nothing written outside resource_dir: {name}"
+        );
+    }
+    assert!(!rig.path().join("evil-0").exists());
+}
+
+/// The kill loop for uploads: SIGKILL at random instants while a file is announced and
+/// PUT; the file never leaves the outbox unconfirmed, and in the end it is uploaded whole.
+#[test]
+fn kill_loop_during_upload_ends_with_the_file_uploaded_once_whole() {
+    let rounds: u32 = std::env::var("RESAGENT_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let mut rig = Rig::new();
+    let name = "clip.rec";
+    let upload = resagent_platform::upload_path(&device(), name);
+    rig.platform.set_fault(
+        &upload,
+        HttpFault {
+            rate: Some(16 << 20),
+            ..Default::default()
+        },
+    );
+    rig.platform.set_upload_result(Some(0));
+    let src = rig.make_file(name, 4 << 20, 35);
+    let (code, _, err) = rig.cli(&["upload", src.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let queued = rig.path().join("outbox").join(name);
+    let mut seed = 0x853C49E6748FEA9Bu64;
+    for round in 0..rounds {
+        if !queued.exists() {
+            break;
+        }
+        let mut agent = rig.spawn_agent();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(60 + seed % 500));
+        agent.kill9();
+        let confirmed = rig.platform.uploads().iter().any(|u| u.path == upload);
+        assert!(
+            queued.exists() || confirmed,
+            "round {round}: the file left the outbox unconfirmed"
+        );
+    }
+    let agent = rig.spawn_agent();
+    let deadline = Instant::now() + T;
+    while queued.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "not uploaded after the kills:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stored: Vec<_> = rig
+        .platform
+        .uploads()
+        .into_iter()
+        .filter(|u| u.path == upload)
+        .collect();
+    assert!(!stored.is_empty());
+    assert!(
+        stored
+            .iter()
+            .all(|u| u.md5_hex == md5_hex(&src) && u.content_md5_checked),
+        "every stored copy is whole"
+    );
+    assert_eq!(
+        std::fs::read(&stored.last().unwrap().file).unwrap(),
+        std::fs::read(&src).unwrap()
     );
 }
