@@ -271,6 +271,9 @@ impl Session {
                     if !self.pump(&rx, shutdown, &mut deliver) {
                         break;
                     }
+                    if shutdown.is_set() {
+                        break; // our own disconnect at stop, not a loss
+                    }
                     log::warn!("lost the connection to {uri}");
                     if !deliver(LinkEvent::Disconnected) {
                         break;
