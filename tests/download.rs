@@ -37,23 +37,6 @@ fn a_64_mib_download_ends_done_with_an_identical_file() {
     assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
 }
 
-fn staged_bytes(rig: &Rig, name: &str) -> u64 {
-    std::fs::metadata(rig.path().join("resources/.resagent-staging").join(name))
-        .map(|m| m.len())
-        .unwrap_or(0)
-}
-
-fn wait_staged(rig: &Rig, name: &str, at_least: u64) {
-    let deadline = std::time::Instant::now() + T;
-    while staged_bytes(rig, name) < at_least {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "download of {name} did not progress"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Every file below `dir`, for "nothing written outside resource_dir".
 fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -101,7 +84,7 @@ fn an_md5_mismatch_fails_minus_4_and_keeps_the_installed_file() {
         "{fail}"
     );
     assert_eq!(std::fs::read(rig.resource("fw.bin")).unwrap(), before);
-    assert_eq!(staged_bytes(&rig, "fw.bin"), 0);
+    assert_eq!(rig.staged("fw.bin"), 0);
     assert_eq!(rig.journal()["installed"]["fw.bin"]["md5sum"], t1["md5sum"]);
 }
 
@@ -223,7 +206,7 @@ fn a_server_that_over_sends_is_cut_off() {
         "{r}"
     );
     assert!(!rig.resource("over.bin").exists());
-    assert_eq!(staged_bytes(&rig, "over.bin"), 0);
+    assert_eq!(rig.staged("over.bin"), 0);
     // The server could not push its 512 MiB of garbage: the agent stopped reading.
     let (_, sent) = rig
         .platform
@@ -246,7 +229,7 @@ fn sigkill_mid_download_then_restart_resumes_with_range() {
     );
     rig.platform.offer(&device(), task.clone());
     let mut agent = rig.start_agent();
-    wait_staged(&rig, "resume.bin", size / 2);
+    rig.wait_staged("resume.bin", size / 2);
     agent.kill9();
     assert!(
         !rig.journal()["download"].is_null(),
@@ -303,7 +286,7 @@ fn the_broker_restarting_mid_transfer_does_not_stop_it() {
     rig.throttle(&task, 2 << 20);
     rig.platform.offer(&device(), task.clone());
     let agent = rig.start_agent();
-    wait_staged(&rig, "slow.bin", 1 << 20);
+    rig.wait_staged("slow.bin", 1 << 20);
     rig.broker.stop();
     std::thread::sleep(Duration::from_millis(1500));
     rig.broker.restart();
@@ -381,7 +364,7 @@ fn sigterm_mid_transfer_exits_0_within_5_s_and_removes_the_pid_file() {
         std::fs::read_to_string(&pid_file).unwrap().trim(),
         agent.pid().to_string()
     );
-    wait_staged(&rig, "term.bin", 1 << 20);
+    rig.wait_staged("term.bin", 1 << 20);
     let start = std::time::Instant::now();
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     let code = agent.wait_exit(Duration::from_secs(10));
@@ -396,7 +379,7 @@ fn sigterm_mid_transfer_exits_0_within_5_s_and_removes_the_pid_file() {
         !rig.journal()["download"].is_null(),
         "the transfer stays resumable"
     );
-    assert!(staged_bytes(&rig, "term.bin") > 0);
+    assert!(rig.staged("term.bin") > 0);
 }
 
 #[test]
@@ -452,7 +435,7 @@ fn a_non_zero_progress_rsp_cancels_the_transfer() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(staged_bytes(&rig, "cancel.bin"), 0);
+    assert_eq!(rig.staged("cancel.bin"), 0);
     assert!(!rig.resource("cancel.bin").exists());
     assert!(rig.journal()["download"].is_null());
     std::thread::sleep(Duration::from_millis(300));
@@ -485,7 +468,7 @@ fn status_and_check_talk_to_the_running_daemon() {
     let before = asks();
     let (code, out, _) = rig.cli(&["check"]);
     assert_eq!(code, 0, "{out}");
-    wait_staged(&rig, "st.bin", 1 << 20);
+    rig.wait_staged("st.bin", 1 << 20);
     assert!(asks() > before, "SIGUSR1 asked for a task");
     let (code, out, _) = rig.cli(&["status"]);
     assert_eq!(code, 0);

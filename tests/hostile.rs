@@ -14,20 +14,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 
-fn staged(rig: &Rig, name: &str) -> u64 {
-    std::fs::metadata(rig.path().join("resources/.resagent-staging").join(name))
-        .map(|m| m.len())
-        .unwrap_or(0)
-}
-
-fn wait_staged(rig: &Rig, name: &str, at_least: u64) {
-    let deadline = Instant::now() + T;
-    while staged(rig, name) < at_least {
-        assert!(Instant::now() < deadline, "{name} did not progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A tmpfs of `size` mounted at `dir` for the test's life (the tests run as root in CI).
 struct Tmpfs(PathBuf);
 
@@ -172,7 +158,7 @@ fn space_vanishing_mid_download_fails_minus_6_keeps_the_old_file_and_the_agent_w
     let v2 = rig.platform.task_for("app.bin", &big);
     rig.throttle(&v2, 4 << 20);
     rig.platform.push(&device(), &v2).unwrap();
-    wait_staged(&rig, "app.bin", 2 << 20);
+    rig.wait_staged("app.bin", 2 << 20);
     // Another writer fills the file system.
     let filler = fs.0.join("filler");
     let _ = Command::new("dd")
@@ -192,7 +178,7 @@ fn space_vanishing_mid_download_fails_minus_6_keeps_the_old_file_and_the_agent_w
         old,
         "the old file is intact"
     );
-    assert_eq!(staged(&rig, "app.bin"), 0, "the temp file is removed");
+    assert_eq!(rig.staged("app.bin"), 0, "the temp file is removed");
     std::fs::remove_file(&filler).unwrap();
     let (_, small) = rig.task("after.bin", 1000, 5);
     rig.platform.push(&device(), &small).unwrap();
@@ -203,29 +189,31 @@ fn space_vanishing_mid_download_fails_minus_6_keeps_the_old_file_and_the_agent_w
     );
 }
 
-#[test]
-fn a_server_ignoring_range_on_resume_restarts_cleanly_from_zero() {
+/// Kills the agent a third into a download, makes the server lie with `fault`, restarts
+/// the agent and waits for the task to end `done` with the right bytes.
+fn resume_against(fault: HttpFault, name: &str, seed: u64) -> (Rig, Agent, serde_json::Value) {
     let mut rig = Rig::new();
     let size = 12u64 << 20;
-    let (_, task) = rig.task("norange.bin", size, 6);
+    let (_, task) = rig.task(name, size, seed);
     rig.throttle(&task, 6 << 20);
     rig.platform.offer(&device(), task.clone());
     let mut agent = rig.start_agent();
-    wait_staged(&rig, "norange.bin", size / 3);
+    rig.wait_staged(name, size / 3);
     agent.kill9();
-    rig.fault(
-        &task,
-        HttpFault {
-            ignore_range: true,
-            ..Default::default()
-        },
-    );
+    rig.fault(&task, fault);
     let agent = rig.spawn_agent();
-    assert_eq!(
-        state_of(&rig.final_report(&agent, "norange.bin", T)),
-        ("done", 0)
-    );
-    rig.assert_installed("norange.bin", &task);
+    assert_eq!(state_of(&rig.final_report(&agent, name, T)), ("done", 0));
+    rig.assert_installed(name, &task);
+    (rig, agent, task)
+}
+
+#[test]
+fn a_server_ignoring_range_on_resume_restarts_cleanly_from_zero() {
+    let fault = HttpFault {
+        ignore_range: true,
+        ..Default::default()
+    };
+    let (rig, _agent, task) = resume_against(fault, "norange.bin", 6);
     let reqs: Vec<_> = rig
         .platform
         .requests()
@@ -240,27 +228,11 @@ fn a_server_ignoring_range_on_resume_restarts_cleanly_from_zero() {
 
 #[test]
 fn a_206_with_a_wrong_content_range_is_not_trusted() {
-    let mut rig = Rig::new();
-    let size = 12u64 << 20;
-    let (_, task) = rig.task("badrange.bin", size, 7);
-    rig.throttle(&task, 6 << 20);
-    rig.platform.offer(&device(), task.clone());
-    let mut agent = rig.start_agent();
-    wait_staged(&rig, "badrange.bin", size / 3);
-    agent.kill9();
-    rig.fault(
-        &task,
-        HttpFault {
-            wrong_content_range: true,
-            ..Default::default()
-        },
-    );
-    let agent = rig.spawn_agent();
-    assert_eq!(
-        state_of(&rig.final_report(&agent, "badrange.bin", T)),
-        ("done", 0)
-    );
-    rig.assert_installed("badrange.bin", &task);
+    let fault = HttpFault {
+        wrong_content_range: true,
+        ..Default::default()
+    };
+    let (_rig, agent, _task) = resume_against(fault, "badrange.bin", 7);
     assert!(
         agent.log_text().contains("resume not trusted")
             || agent.log_text().contains("starting over"),
@@ -600,7 +572,7 @@ fn the_broker_restarted_ten_times_during_a_transfer() {
     rig.throttle(&task, 1 << 20);
     rig.platform.offer(&device(), task.clone());
     let agent = rig.start_agent();
-    wait_staged(&rig, "ten.bin", 1 << 20);
+    rig.wait_staged("ten.bin", 1 << 20);
     for _ in 0..10 {
         rig.broker.stop();
         std::thread::sleep(Duration::from_millis(300));
@@ -701,7 +673,7 @@ fn a_half_open_broker_connection_is_noticed_and_the_final_report_resent() {
     rig.throttle(&task, 1 << 20);
     rig.platform.offer(&device(), task.clone());
     let agent = rig.start_agent();
-    wait_staged(&rig, "halfopen.bin", size * 3 / 4);
+    rig.wait_staged("halfopen.bin", size * 3 / 4);
     proxy.cut();
     let r = rig.final_report(&agent, "halfopen.bin", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}");
@@ -740,7 +712,7 @@ fn a_storm_of_ten_thousand_messages_during_a_task() {
             .unwrap()
     };
     rig.platform.push(&device(), &task).unwrap();
-    wait_staged(&rig, "storm.bin", 1 << 20);
+    rig.wait_staged("storm.bin", 1 << 20);
     let before = hwm(&agent);
     let mut x = 0x9E3779B97F4A7C15u64;
     let mut next = || {

@@ -217,6 +217,25 @@ impl Rig {
         (file, task)
     }
 
+    /// Bytes of `name` in the staging folder (0 when there is no staging file).
+    pub fn staged(&self, name: &str) -> u64 {
+        std::fs::metadata(self.path().join("resources/.resagent-staging").join(name))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Waits until at least `at_least` bytes of `name` are staged.
+    pub fn wait_staged(&self, name: &str, at_least: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.staged(name) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "download of {name} did not progress"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Makes the storage misbehave for the URL of `task`.
     pub fn fault(&self, task: &Value, fault: resagent_platform::HttpFault) {
         self.platform.set_fault(&Platform::path_of(task), fault);
