@@ -5,6 +5,7 @@
 use crate::config::{self, Config, ConfigError};
 use crate::download::{Downloader, Outcome};
 use crate::fsutil::{self, FsError};
+use crate::install;
 use crate::journal::{self, ConnState, JournalError, JournalStore};
 use crate::mqtt::{LinkEvent, MqttError, Publisher, Session};
 use crate::pidfile::{PidError, PidFile};
@@ -365,7 +366,7 @@ impl Coordinator {
         let resource_dir = self.config.resource_dir.clone();
         let offered = task.clone();
         let still_present = move |name: &str, i: &journal::Installed| {
-            i.plugin.is_some() || std::fs::symlink_metadata(resource_dir.join(name)).is_ok()
+            install::still_present(&resource_dir, name, i)
         };
         match self
             .journal

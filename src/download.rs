@@ -65,7 +65,7 @@ impl Downloader {
     /// Runs `task` (the journal's download in flight) to its end.
     pub fn run(&self, task: &Task) -> Outcome {
         let paths = install::paths(&self.config.resource_dir, &task.name);
-        if let Some(plugin) = self.already_installed(task, &paths) {
+        if let Some(plugin) = self.already_installed(task) {
             log::info!(
                 "{} with md5 {} is installed already",
                 task.name,
@@ -104,10 +104,10 @@ impl Downloader {
     /// A task that waited behind another version of its name may find itself installed
     /// (and the file in place) by the time it runs: then there is nothing to transfer.
     /// Returns the install plugin that took it (None: the default installer).
-    fn already_installed(&self, task: &Task, paths: &Paths) -> Option<Option<String>> {
+    fn already_installed(&self, task: &Task) -> Option<Option<String>> {
         let journal = self.journal.snapshot();
         let i = journal.installed.get(&task.name)?;
-        let present = i.plugin.is_some() || std::fs::symlink_metadata(&paths.dest).is_ok();
+        let present = install::still_present(&self.config.resource_dir, &task.name, i);
         (i.md5sum == task.md5sum && present).then(|| i.plugin.clone())
     }
 
@@ -315,8 +315,7 @@ impl Downloader {
         }
         let resumed_from = self.rehash(&mut file, &mut have, &mut md5, paths)?;
         self.check_free_space(task, have)?;
-        let http = HttpClient::new(&self.config)
-            .map_err(|e| Stop::Fail(e.result_code(), e.to_string()))?;
+        let http = HttpClient::new(&self.config);
         let mut etag = self.journal.snapshot().download.and_then(|d| d.etag);
         let mut throttle = Throttle::new(self.config.progress_interval);
         let mut failures = 0u32;

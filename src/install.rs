@@ -81,6 +81,17 @@ pub fn open_staging(path: &Path) -> Result<(File, u64), FsError> {
     Ok((file, len))
 }
 
+/// Whether an installed resource is still where it was installed: an install plugin's
+/// placement is its own business; the default installer's file must still exist (one
+/// removed by hand is fetched again).
+pub fn still_present(
+    resource_dir: &Path,
+    name: &str,
+    installed: &crate::journal::Installed,
+) -> bool {
+    installed.plugin.is_some() || std::fs::symlink_metadata(resource_dir.join(name)).is_ok()
+}
+
 /// Removes a staging file; a missing one is fine.
 pub fn discard_staging(path: &Path) {
     match std::fs::remove_file(path) {

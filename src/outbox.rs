@@ -200,11 +200,7 @@ fn move_in(src: &Path, outbox: &Path, dest: &Path) -> Result<String, OutboxError
     if let Some(dir) = src.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = fsutil::fsync_dir(dir);
     }
-    md5_of(dest).map_err(|e| FsError::new("read", dest, e).into())
-}
-
-fn md5_of(path: &Path) -> io::Result<String> {
-    crate::install::md5_file(path)
+    crate::install::md5_file(dest).map_err(|e| FsError::new("read", dest, e).into())
 }
 
 fn write_digest(outbox: &Path, name: &str, md5sum: &str, meta: &std::fs::Metadata) {
@@ -231,7 +227,7 @@ pub fn md5_of_entry(outbox: &Path, entry: &Entry) -> io::Result<String> {
             }
         }
     }
-    let md5sum = md5_of(&entry.path)?;
+    let md5sum = crate::install::md5_file(&entry.path)?;
     write_digest(outbox, &entry.name, &md5sum, &meta);
     Ok(md5sum)
 }

@@ -124,13 +124,13 @@ pub struct HttpClient {
 impl HttpClient {
     /// A client with the system's trust store plus the certificates in `ca_file` (a
     /// private storage server's CA), every socket timing out after `transfer_timeout`.
-    pub fn new(config: &Config) -> Result<HttpClient, TransferError> {
-        Ok(HttpClient {
+    pub fn new(config: &Config) -> HttpClient {
+        HttpClient {
             tls: Arc::new(std::sync::OnceLock::new()),
             ca_file: config.ca_file.clone(),
             timeout: config.transfer_timeout,
             allow_http: config.allow_http,
-        })
+        }
     }
 
     fn tls(&self) -> Result<Arc<native_tls::TlsConnector>, TransferError> {

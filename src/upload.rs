@@ -169,7 +169,7 @@ impl Uploader {
         let size = std::fs::metadata(&entry.path)
             .map(|m| m.len())
             .unwrap_or(entry.size);
-        self.set_in_flight(&entry.name, &md5sum, size, ProgressState::Uploading, 0);
+        self.set_in_flight(&entry.name, &md5sum, size);
         let url = match self.announce(&entry.name, &md5sum, size) {
             Ok(url) => url,
             Err(a) => return a,
@@ -237,7 +237,7 @@ impl Uploader {
     fn put(&mut self, entry: &Entry, url: &str, size: u64, md5sum: &str) -> Result<(), Attempt> {
         let file = std::fs::File::open(&entry.path)
             .map_err(|e| Attempt::Retry(format!("open {}: {e}", entry.path.display())))?;
-        let http = HttpClient::new(&self.config).map_err(|e| Attempt::Retry(e.to_string()))?;
+        let http = HttpClient::new(&self.config);
         self.cancel.store(false, Ordering::SeqCst);
         let body = ProgressBody {
             inner: file.take(size),
@@ -298,20 +298,14 @@ impl Uploader {
         }
     }
 
-    fn set_in_flight(
-        &self,
-        name: &str,
-        md5sum: &str,
-        size: u64,
-        state: ProgressState,
-        percent: u8,
-    ) {
+    /// Records the upload starting (0 %), for `status`.
+    fn set_in_flight(&self, name: &str, md5sum: &str, size: u64) {
         let upload = UploadInFlight {
             name: name.to_string(),
             md5sum: md5sum.to_string(),
             size,
-            state,
-            percent,
+            state: ProgressState::Uploading,
+            percent: 0,
         };
         if let Err(e) = self.journal.update(|j| j.upload = Some(upload)) {
             log::error!("{e}");
