@@ -153,13 +153,7 @@ fn unsafe_names_are_refused_without_a_request_or_a_file_outside() {
             .unwrap_or_else(|| panic!("no fail for {name:?}; log:\n{}", agent.log_text()));
         assert_eq!(state_of(&r), ("fail", -10), "{name:?}: {r}");
     }
-    assert_eq!(
-        rig.platform
-            .gets(&resagent_platform::Platform::path_of(&good))
-            .0,
-        0,
-        "no HTTP request"
-    );
+    assert_eq!(rig.gets(&good).0, 0, "no HTTP request");
     let mut files = files_below(rig.path());
     files.retain(|p| !p.starts_with(rig.path().join("resources")));
     for p in &files {
@@ -208,9 +202,7 @@ fn a_server_that_over_sends_is_cut_off() {
     assert!(!rig.resource("over.bin").exists());
     assert_eq!(rig.staged("over.bin"), 0);
     // The server could not push its 512 MiB of garbage: the agent stopped reading.
-    let (_, sent) = rig
-        .platform
-        .gets(&resagent_platform::Platform::path_of(&task));
+    let (_, sent) = rig.gets(&task);
     assert!(sent < (1 << 20) + (64 << 20), "server sent {sent} bytes");
 }
 
@@ -219,14 +211,7 @@ fn sigkill_mid_download_then_restart_resumes_with_range() {
     let mut rig = Rig::new();
     let size = 24u64 << 20;
     let (_f, task) = rig.task("resume.bin", size, 7);
-    let path = resagent_platform::Platform::path_of(&task);
-    rig.platform.set_fault(
-        &path,
-        resagent_platform::HttpFault {
-            rate: Some(8 << 20),
-            ..Default::default()
-        },
-    );
+    rig.throttle(&task, 8 << 20);
     rig.platform.offer(&device(), task.clone());
     let mut agent = rig.start_agent();
     rig.wait_staged("resume.bin", size / 2);
@@ -235,18 +220,12 @@ fn sigkill_mid_download_then_restart_resumes_with_range() {
         !rig.journal()["download"].is_null(),
         "task in flight is journaled"
     );
-    rig.platform
-        .set_fault(&path, resagent_platform::HttpFault::default());
+    rig.fault(&task, resagent_platform::HttpFault::default());
     let agent = rig.spawn_agent();
     let r = rig.final_report(&agent, "resume.bin", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}");
     rig.assert_installed("resume.bin", &task);
-    let reqs: Vec<_> = rig
-        .platform
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == path)
-        .collect();
+    let reqs = rig.requests_for(&task);
     assert!(
         reqs.iter().any(|r| r.range.is_some() && r.status == 206),
         "{reqs:?}"
@@ -302,14 +281,13 @@ fn the_broker_restarting_mid_transfer_does_not_stop_it() {
 fn a_repeated_task_is_done_without_a_get() {
     let mut rig = Rig::new();
     let (_f, task) = rig.task("rep.bin", 50_000, 10);
-    let path = resagent_platform::Platform::path_of(&task);
     let agent = rig.start_agent();
     rig.platform.push(&device(), &task).unwrap();
     assert_eq!(
         state_of(&rig.final_report(&agent, "rep.bin", T)),
         ("done", 0)
     );
-    assert_eq!(rig.platform.gets(&path).0, 1);
+    assert_eq!(rig.gets(&task).0, 1);
     rig.platform.push(&device(), &task).unwrap();
     let deadline = std::time::Instant::now() + T;
     while rig
@@ -327,7 +305,7 @@ fn a_repeated_task_is_done_without_a_get() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(rig.platform.gets(&path).0, 1, "no second GET");
+    assert_eq!(rig.gets(&task).0, 1, "no second GET");
 }
 
 #[test]
@@ -506,13 +484,7 @@ fn a_server_that_stalls_ends_minus_1_after_one_resumed_retry() {
     rig.platform.push(&device(), &task).unwrap();
     let r = rig.final_report(&agent, "stall.bin", Duration::from_secs(20));
     assert_eq!(state_of(&r), ("fail", -1), "{r}");
-    assert_eq!(
-        rig.platform
-            .gets(&resagent_platform::Platform::path_of(&task))
-            .0,
-        2,
-        "one retry"
-    );
+    assert_eq!(rig.gets(&task).0, 2, "one retry");
     assert!(agent.is_alive());
 }
 
@@ -587,13 +559,7 @@ fn a_prewritten_journal_is_resumed() {
         ("done", 0)
     );
     assert_eq!(std::fs::read(rig.resource("pre.bin")).unwrap(), bytes);
-    let path = resagent_platform::Platform::path_of(&task);
-    let reqs: Vec<_> = rig
-        .platform
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == path)
-        .collect();
+    let reqs = rig.requests_for(&task);
     assert_eq!(reqs.len(), 1, "{reqs:?}");
     assert_eq!(
         reqs[0].range.as_deref(),

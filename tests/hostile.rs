@@ -45,10 +45,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn path(task: &serde_json::Value) -> String {
-    Platform::path_of(task)
-}
-
 #[test]
 fn installs_and_journal_writes_are_ordered_fsync_rename_fsync() {
     let mut rig = Rig::new();
@@ -138,7 +134,7 @@ fn a_task_larger_than_the_free_space_fails_minus_6_before_any_byte() {
     rig.platform.push(&device(), &task).unwrap();
     let r = rig.final_report(&agent, "huge.bin", T);
     assert_eq!(state_of(&r), ("fail", -6), "{r}");
-    assert_eq!(rig.platform.gets(&path(&task)).0, 0, "nothing was fetched");
+    assert_eq!(rig.gets(&task).0, 0, "nothing was fetched");
 }
 
 #[test]
@@ -214,12 +210,7 @@ fn a_server_ignoring_range_on_resume_restarts_cleanly_from_zero() {
         ..Default::default()
     };
     let (rig, _agent, task) = resume_against(fault, "norange.bin", 6);
-    let reqs: Vec<_> = rig
-        .platform
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == path(&task))
-        .collect();
+    let reqs: Vec<_> = rig.requests_for(&task);
     assert!(
         reqs.iter().any(|r| r.range.is_some() && r.status == 200),
         "{reqs:?}"
@@ -254,7 +245,11 @@ fn lying_headers_and_bad_redirects_end_with_the_right_codes() {
         },
     );
     let (_, looped) = rig.task("loop.bin", 100, 9);
-    let loop_url = format!("{}{}", rig.platform.storage().base_url(), path(&looped));
+    let loop_url = format!(
+        "{}{}",
+        rig.platform.storage().base_url(),
+        Platform::path_of(&looped)
+    );
     rig.fault(
         &looped,
         HttpFault {
@@ -280,7 +275,7 @@ fn lying_headers_and_bad_redirects_end_with_the_right_codes() {
         assert_eq!(state_of(&r), ("fail", code), "{name}: {r}");
     }
     assert_eq!(
-        rig.platform.gets(&path(&looped)).0,
+        rig.gets(&looped).0,
         6,
         "five redirects followed, the sixth refused"
     );
@@ -504,10 +499,7 @@ fn kill_loop_leaves_old_or_new_and_ends_done() {
         .flatten()
         .collect();
     assert!(leftovers.is_empty(), "no temp file left: {leftovers:?}");
-    let served: u64 = versions
-        .iter()
-        .map(|(_, t)| rig.platform.gets(&path(t)).1)
-        .sum();
+    let served: u64 = versions.iter().map(|(_, t)| rig.gets(t).1).sum();
     eprintln!("kill loop: {rounds} kills; {served} bytes served for {size}-byte versions");
     assert!(
         served < u64::from(rounds + 2) * size,
@@ -529,11 +521,7 @@ fn a_trickling_server_is_not_cut_and_one_that_closes_mid_body_is_resumed() {
         ("done", 0),
         "1 byte a second is slow but alive: {r}"
     );
-    assert_eq!(
-        rig.platform.gets(&path(&slow)).0,
-        1,
-        "never cut and retried"
-    );
+    assert_eq!(rig.gets(&slow).0, 1, "never cut and retried");
 
     let size = 4u64 << 20;
     let (_, cut) = rig.task("cut.bin", size, 31);
@@ -551,12 +539,7 @@ fn a_trickling_server_is_not_cut_and_one_that_closes_mid_body_is_resumed() {
         ("done", 0)
     );
     rig.assert_installed("cut.bin", &cut);
-    let reqs: Vec<_> = rig
-        .platform
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == path(&cut))
-        .collect();
+    let reqs: Vec<_> = rig.requests_for(&cut);
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     assert_eq!(reqs[1].status, 206, "resumed with Range: {reqs:?}");
     assert!(
@@ -583,7 +566,7 @@ fn the_broker_restarted_ten_times_during_a_transfer() {
     assert_eq!(state_of(&r), ("done", 0), "{r}");
     rig.assert_installed("ten.bin", &task);
     assert_eq!(
-        rig.platform.gets(&path(&task)).0,
+        rig.gets(&task).0,
         1,
         "the transfer never restarted, nothing was taken as a new task"
     );
@@ -686,11 +669,7 @@ fn a_half_open_broker_connection_is_noticed_and_the_final_report_resent() {
         log.contains("re-sending the unacknowledged done report for halfopen.bin"),
         "{log}"
     );
-    assert_eq!(
-        rig.platform.gets(&path(&task)).0,
-        1,
-        "nothing taken twice as a new task"
-    );
+    assert_eq!(rig.gets(&task).0, 1, "nothing taken twice as a new task");
 }
 
 #[test]

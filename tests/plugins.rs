@@ -564,9 +564,8 @@ fn a_stop_during_a_plugin_call_ends_the_child_and_resumes_from_the_plugins() {
         std::fs::read(rig.resource("slow.bin")).unwrap(),
         std::fs::read(src).unwrap()
     );
-    let path = resagent_platform::Platform::path_of(&t);
     assert_eq!(
-        rig.platform.gets(&path).0,
+        rig.gets(&t).0,
         1,
         "resumed from the plugins, not downloaded again"
     );

@@ -253,6 +253,21 @@ impl Rig {
         );
     }
 
+    /// GET requests the storage saw for the URL of `task`, and the body bytes sent.
+    pub fn gets(&self, task: &Value) -> (usize, u64) {
+        self.platform.gets(&Platform::path_of(task))
+    }
+
+    /// Every request the storage saw for the URL of `task`, in order.
+    pub fn requests_for(&self, task: &Value) -> Vec<resagent_platform::http::RequestLog> {
+        let path = Platform::path_of(task);
+        self.platform
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
     /// Asserts `resource_dir/NAME` holds exactly the content of `task`.
     pub fn assert_installed(&self, name: &str, task: &Value) {
         assert_eq!(
