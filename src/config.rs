@@ -12,9 +12,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Where the configuration is looked for when neither `-c` nor `RESAGENT_CONFIG` is given.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/resagent/config.json";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/resagent/config.json";
 /// The environment variable that overrides [`DEFAULT_CONFIG_PATH`].
-pub const CONFIG_ENV: &str = "RESAGENT_CONFIG";
+pub(crate) const CONFIG_ENV: &str = "RESAGENT_CONFIG";
 
 /// Keys of the configuration file; anything else is refused (a typo must not silently
 /// fall back to a default).
@@ -48,7 +48,7 @@ const KNOWN_KEYS: &[&str] = &[
 
 /// Errors reading the configuration; each names the file and, where one is at fault, the key.
 #[derive(Debug, Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The configuration or credentials file is missing or unreadable.
     #[error("cannot read {}: {source}", path.display())]
     Read {
@@ -79,13 +79,13 @@ pub enum ConfigError {
 
 /// A secret string (the device secret, a password) that never prints itself.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
-    pub fn new(s: String) -> Self {
+    pub(crate) fn new(s: String) -> Self {
         Secret(s)
     }
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -98,7 +98,7 @@ impl fmt::Debug for Secret {
 
 /// How the device proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Auth {
+pub(crate) enum Auth {
     /// `auth_mode: KEY`: the MQTT password is an HMAC keyed with the device secret.
     Key { device_secret: Secret },
     /// `auth_mode: CERT`: a TLS client certificate authenticates.
@@ -110,13 +110,13 @@ pub enum Auth {
 
 /// HMAC used for the MQTT password (protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignMethod {
+pub(crate) enum SignMethod {
     HmacSha256,
     HmacSha1,
 }
 
 impl SignMethod {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SignMethod::HmacSha256 => "hmacsha256",
             SignMethod::HmacSha1 => "hmacsha1",
@@ -126,14 +126,14 @@ impl SignMethod {
 
 /// The broker to connect to, normalised to Paho's `tcp://` or `ssl://`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Broker {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
+pub(crate) struct Broker {
+    pub(crate) tls: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
 }
 
 impl Broker {
-    pub fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         let scheme = if self.tls { "ssl" } else { "tcp" };
         if self.host.contains(':') {
             format!("{scheme}://[{}]:{}", self.host, self.port)
@@ -145,35 +145,35 @@ impl Broker {
 
 /// The complete, checked configuration of the agent.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// The file this was read from (for messages and SIGHUP).
-    pub path: PathBuf,
-    pub device: DeviceId,
-    pub auth: Auth,
+    pub(crate) path: PathBuf,
+    pub(crate) device: DeviceId,
+    pub(crate) auth: Auth,
     /// The file holding the credentials (the config itself when they stand inline).
-    pub credentials_path: PathBuf,
-    pub broker: Broker,
-    pub ca_file: PathBuf,
-    pub resource_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub outbox_dir: PathBuf,
-    pub plugin_dir: PathBuf,
-    pub pid_file: PathBuf,
-    pub poll_interval: Duration,
-    pub progress_interval: Duration,
-    pub transfer_timeout: Duration,
-    pub plugin_timeout: Duration,
-    pub max_resource_bytes: u64,
-    pub max_bytes_per_s: u64,
-    pub keepalive: Duration,
-    pub credential_lifetime: Duration,
-    pub sign_method: SignMethod,
-    pub allow_http: bool,
-    pub plugin_sha256: Option<BTreeMap<String, String>>,
+    pub(crate) credentials_path: PathBuf,
+    pub(crate) broker: Broker,
+    pub(crate) ca_file: PathBuf,
+    pub(crate) resource_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) outbox_dir: PathBuf,
+    pub(crate) plugin_dir: PathBuf,
+    pub(crate) pid_file: PathBuf,
+    pub(crate) poll_interval: Duration,
+    pub(crate) progress_interval: Duration,
+    pub(crate) transfer_timeout: Duration,
+    pub(crate) plugin_timeout: Duration,
+    pub(crate) max_resource_bytes: u64,
+    pub(crate) max_bytes_per_s: u64,
+    pub(crate) keepalive: Duration,
+    pub(crate) credential_lifetime: Duration,
+    pub(crate) sign_method: SignMethod,
+    pub(crate) allow_http: bool,
+    pub(crate) plugin_sha256: Option<BTreeMap<String, String>>,
 }
 
 impl Config {
-    pub fn task_limits(&self) -> TaskLimits {
+    pub(crate) fn task_limits(&self) -> TaskLimits {
         TaskLimits {
             max_resource_bytes: self.max_resource_bytes,
             allow_http: self.allow_http,
@@ -181,13 +181,13 @@ impl Config {
     }
 
     /// The journal: the task in flight, the waiting tasks, the installed resources.
-    pub fn journal_path(&self) -> PathBuf {
+    pub(crate) fn journal_path(&self) -> PathBuf {
         self.state_dir.join("journal.json")
     }
 }
 
 /// The configuration path: `-c` if given, else `RESAGENT_CONFIG`, else the default.
-pub fn config_path(cli: Option<PathBuf>) -> PathBuf {
+pub(crate) fn config_path(cli: Option<PathBuf>) -> PathBuf {
     cli.or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
 }
@@ -287,7 +287,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// Loads and checks the configuration at `path`, with the credentials it points to.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     let map = read_object(path)?;
     if let Some(key) = map.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
         return Err(ConfigError::UnknownKey {
@@ -449,7 +449,7 @@ fn parse_pins(
 }
 
 /// Parses `tcp://`, `ssl://`, `mqtt://` or `mqtts://` URLs.
-pub fn parse_broker(uri: &str) -> Result<Broker, String> {
+pub(crate) fn parse_broker(uri: &str) -> Result<Broker, String> {
     let (scheme, rest) = uri
         .split_once("://")
         .ok_or_else(|| format!("`{uri}` is not a URL like ssl://host:8883"))?;
@@ -498,7 +498,7 @@ fn default_broker(device: &DeviceId, auth: &Auth) -> Broker {
 
 /// The file holding the device's secret (the credentials in KEY mode, the private key in
 /// CERT mode) when others than its owner can read it; the caller warns about it.
-pub fn world_readable_secret(config: &Config) -> Option<PathBuf> {
+pub(crate) fn world_readable_secret(config: &Config) -> Option<PathBuf> {
     let secret_file = match &config.auth {
         Auth::Key { .. } => &config.credentials_path,
         Auth::Cert { key_file, .. } => key_file,

@@ -38,7 +38,7 @@ const STOP_GRACE: Duration = Duration::from_millis(3500);
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, Error)]
-pub enum DaemonError {
+pub(crate) enum DaemonError {
     /// Signals could not be blocked, so the signal thread cannot own them.
     #[error("cannot block signals: {0}")]
     Signals(nix::Error),
@@ -71,7 +71,7 @@ enum Event {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Call before any thread exists.
-pub fn run(config_path: &Path) -> Result<(), DaemonError> {
+pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     signals::block().map_err(DaemonError::Signals)?;
     let config = config::load(config_path)?;
     if let Some(file) = config::world_readable_secret(&config) {

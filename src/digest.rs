@@ -4,7 +4,7 @@
 
 /// A running MD5.
 #[derive(Clone)]
-pub struct Md5(md5::Context);
+pub(crate) struct Md5(md5::Context);
 
 impl Default for Md5 {
     fn default() -> Self {
@@ -13,16 +13,16 @@ impl Default for Md5 {
 }
 
 impl Md5 {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn consume(&mut self, data: &[u8]) {
+    pub(crate) fn consume(&mut self, data: &[u8]) {
         self.0.consume(data);
     }
 
     /// The digest as 32 lowercase hex characters (the state is kept).
-    pub fn hex(&self) -> String {
+    pub(crate) fn hex(&self) -> String {
         format!("{:x}", self.0.clone().compute())
     }
 }

@@ -30,7 +30,7 @@ const MAX_STALLS: u32 = 2;
 
 /// How a task ended, for the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Installed and `done` reported.
     Installed,
     /// `fail` reported.
@@ -49,21 +49,21 @@ enum Stop {
 }
 
 /// What one download needs; built by the coordinator for each task.
-pub struct Downloader {
-    pub config: Arc<Config>,
-    pub journal: Arc<JournalStore>,
-    pub reporter: Arc<Reporter>,
-    pub shutdown: Shutdown,
-    pub cancel: Arc<AtomicBool>,
+pub(crate) struct Downloader {
+    pub(crate) config: Arc<Config>,
+    pub(crate) journal: Arc<JournalStore>,
+    pub(crate) reporter: Arc<Reporter>,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) cancel: Arc<AtomicBool>,
     /// The plugins as last scanned (start, SIGHUP).
-    pub plugins: Arc<PluginSet>,
+    pub(crate) plugins: Arc<PluginSet>,
     /// resagent's own executable, re-run as the plugins' child process.
-    pub exe: PathBuf,
+    pub(crate) exe: PathBuf,
 }
 
 impl Downloader {
     /// Runs `task` (the journal's download in flight) to its end.
-    pub fn run(&self, task: &Task) -> Outcome {
+    pub(crate) fn run(&self, task: &Task) -> Outcome {
         let paths = install::paths(&self.config.resource_dir, &task.name);
         if let Some(plugin) = self.already_installed(task) {
             log::info!(
@@ -576,7 +576,7 @@ impl Downloader {
         paths: &Paths,
     ) -> Result<(), AttemptError> {
         let shown = redact_url(&task.url);
-        let mut pace = Pace::new(self.config.max_bytes_per_s);
+        let mut pace = crate::pace::Pace::new(self.config.max_bytes_per_s);
         let mut flusher = crate::fsutil::Flusher::new(file);
         loop {
             self.check_stop()?;
@@ -745,35 +745,5 @@ impl From<Stop> for AttemptError {
 impl From<TransferError> for AttemptError {
     fn from(e: TransferError) -> Self {
         AttemptError::Transfer(e)
-    }
-}
-
-/// Keeps a transfer under `max_bytes_per_s` by sleeping after chunks that ran ahead.
-pub struct Pace {
-    rate: u64,
-    start: Instant,
-    bytes: u64,
-}
-
-impl Pace {
-    pub fn new(rate: u64) -> Self {
-        Pace {
-            rate,
-            start: Instant::now(),
-            bytes: 0,
-        }
-    }
-
-    /// Counts `n` more bytes and sleeps until the average is back under the cap.
-    pub fn after(&mut self, n: u64, shutdown: &Shutdown) {
-        if self.rate == 0 {
-            return;
-        }
-        self.bytes += n;
-        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
-        let elapsed = self.start.elapsed();
-        if due > elapsed {
-            shutdown.sleep(due - elapsed);
-        }
     }
 }

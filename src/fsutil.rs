@@ -11,15 +11,15 @@ use thiserror::Error;
 /// A failed durable file operation, naming the operation and the path.
 #[derive(Debug, Error)]
 #[error("{op} {}: {source}", path.display())]
-pub struct FsError {
-    pub op: &'static str,
-    pub path: PathBuf,
+pub(crate) struct FsError {
+    pub(crate) op: &'static str,
+    pub(crate) path: PathBuf,
     #[source]
-    pub source: io::Error,
+    pub(crate) source: io::Error,
 }
 
 impl FsError {
-    pub fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
+    pub(crate) fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
         FsError {
             op,
             path: path.to_path_buf(),
@@ -29,14 +29,14 @@ impl FsError {
 }
 
 /// Makes `dir`'s entries (a rename, a new file) durable.
-pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), FsError> {
     let d = File::open(dir).map_err(|e| FsError::new("open folder", dir, e))?;
     d.sync_all()
         .map_err(|e| FsError::new("fsync folder", dir, e))
 }
 
 /// The folder holding `path` ("." for a bare name).
-pub fn parent_dir(path: &Path) -> &Path {
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -45,7 +45,7 @@ pub fn parent_dir(path: &Path) -> &Path {
 
 /// Renames `src` over `dest` with the durability promise of agent.md: `src` is fsynced
 /// first, the folder of `dest` after. A symlink at `dest` is replaced, never followed.
-pub fn atomic_replace(src: &Path, dest: &Path) -> Result<(), FsError> {
+pub(crate) fn atomic_replace(src: &Path, dest: &Path) -> Result<(), FsError> {
     let f = File::open(src).map_err(|e| FsError::new("open", src, e))?;
     f.sync_all().map_err(|e| FsError::new("fsync", src, e))?;
     drop(f);
@@ -55,7 +55,11 @@ pub fn atomic_replace(src: &Path, dest: &Path) -> Result<(), FsError> {
 
 /// Writes `bytes` to `path` atomically and durably with `mode`: a temporary file beside
 /// it (so the rename stays on one file system), fsync, rename, fsync of the folder.
-pub fn atomically_write_file_sync(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
+pub(crate) fn atomically_write_file_sync(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), FsError> {
     let tmp = temp_path_beside(path);
     let _ = std::fs::remove_file(&tmp);
     let result = (|| {
@@ -83,7 +87,7 @@ pub fn atomically_write_file_sync(path: &Path, bytes: &[u8], mode: u32) -> Resul
 }
 
 /// `.NAME.tmp` beside `path`: a dot-name, so folder scans skip it.
-pub fn temp_path_beside(path: &Path) -> PathBuf {
+pub(crate) fn temp_path_beside(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -92,7 +96,7 @@ pub fn temp_path_beside(path: &Path) -> PathBuf {
 }
 
 /// Creates `dir` and its parents if missing, refusing a symlink or a non-folder there.
-pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), FsError> {
+pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> Result<(), FsError> {
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(FsError::new(
@@ -110,20 +114,20 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), FsError> {
 }
 
 /// Bytes written between two background flushes (see [`Flusher`]).
-pub const FLUSH_EVERY: u64 = 8 << 20;
+pub(crate) const FLUSH_EVERY: u64 = 8 << 20;
 
 /// Starts the write-back of a file that is still being written, on a thread of its own
 /// (`fdatasync` of a duplicate handle), so the disk works while the network does and the
 /// final fsync has little left. A request made while a flush runs is skipped, never
 /// queued: the writer never waits for the disk here.
-pub struct Flusher {
+pub(crate) struct Flusher {
     kick: Option<std::sync::mpsc::SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     unflushed: u64,
 }
 
 impl Flusher {
-    pub fn new(file: &File) -> Flusher {
+    pub(crate) fn new(file: &File) -> Flusher {
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = file.try_clone().ok().and_then(|f| {
             std::thread::Builder::new()
@@ -143,7 +147,7 @@ impl Flusher {
     }
 
     /// Notes `n` more bytes written; every [`FLUSH_EVERY`] bytes asks for a flush.
-    pub fn wrote(&mut self, n: u64) {
+    pub(crate) fn wrote(&mut self, n: u64) {
         self.unflushed += n;
         if self.unflushed >= FLUSH_EVERY {
             self.unflushed = 0;
@@ -164,7 +168,7 @@ impl Drop for Flusher {
 }
 
 /// Free bytes for an unprivileged writer on the file system holding `dir`.
-pub fn free_space(dir: &Path) -> Result<u64, FsError> {
+pub(crate) fn free_space(dir: &Path) -> Result<u64, FsError> {
     let st = nix::sys::statvfs::statvfs(dir)
         .map_err(|e| FsError::new("statvfs", dir, io::Error::from(e)))?;
     #[allow(clippy::useless_conversion)] // the field widths differ between targets

@@ -18,28 +18,28 @@ const STAGING_MODE: u32 = 0o600;
 
 /// The paths of one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Paths {
+pub(crate) struct Paths {
     /// Where the default installer places it: `resource_dir/NAME`.
-    pub dest: PathBuf,
+    pub(crate) dest: PathBuf,
     /// Where its bytes arrive: `resource_dir/.resagent-staging/NAME`.
-    pub staging: PathBuf,
+    pub(crate) staging: PathBuf,
 }
 
 /// The paths of resource `name` (already validated as one safe path component).
-pub fn paths(resource_dir: &Path, name: &str) -> Paths {
+pub(crate) fn paths(resource_dir: &Path, name: &str) -> Paths {
     Paths {
         dest: resource_dir.join(name),
         staging: staging_dir(resource_dir).join(name),
     }
 }
 
-pub fn staging_dir(resource_dir: &Path) -> PathBuf {
+pub(crate) fn staging_dir(resource_dir: &Path) -> PathBuf {
     resource_dir.join(STAGING_DIR_NAME)
 }
 
 /// Makes the staging folder a real folder of ours: anything else planted there (a
 /// symlink pointing elsewhere, a file) is removed first.
-pub fn prepare_staging_dir(resource_dir: &Path) -> Result<PathBuf, FsError> {
+pub(crate) fn prepare_staging_dir(resource_dir: &Path) -> Result<PathBuf, FsError> {
     let dir = staging_dir(resource_dir);
     if let Ok(m) = std::fs::symlink_metadata(&dir) {
         if !m.is_dir() {
@@ -54,7 +54,7 @@ pub fn prepare_staging_dir(resource_dir: &Path) -> Result<PathBuf, FsError> {
 /// Opens the staging file for appending, keeping what is there (to resume); a symlink or
 /// anything but a regular file at that path is removed, never followed. Returns the file
 /// and its length.
-pub fn open_staging(path: &Path) -> Result<(File, u64), FsError> {
+pub(crate) fn open_staging(path: &Path) -> Result<(File, u64), FsError> {
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_file() {
             log::warn!("removing {}: not a regular file", path.display());
@@ -84,7 +84,7 @@ pub fn open_staging(path: &Path) -> Result<(File, u64), FsError> {
 /// Whether an installed resource is still where it was installed: an install plugin's
 /// placement is its own business; the default installer's file must still exist (one
 /// removed by hand is fetched again).
-pub fn still_present(
+pub(crate) fn still_present(
     resource_dir: &Path,
     name: &str,
     installed: &crate::journal::Installed,
@@ -93,7 +93,7 @@ pub fn still_present(
 }
 
 /// Removes a staging file; a missing one is fine.
-pub fn discard_staging(path: &Path) {
+pub(crate) fn discard_staging(path: &Path) {
     match std::fs::remove_file(path) {
         Ok(()) => log::debug!("removed {}", path.display()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -103,7 +103,7 @@ pub fn discard_staging(path: &Path) {
 
 /// The default installer: the verified staging file replaces `dest` atomically (fsync,
 /// rename, fsync of the folder). On failure the staging file stays for the caller.
-pub fn install_default(paths: &Paths) -> Result<(), FsError> {
+pub(crate) fn install_default(paths: &Paths) -> Result<(), FsError> {
     std::fs::set_permissions(
         &paths.staging,
         std::fs::Permissions::from_mode(RESOURCE_MODE),
@@ -113,7 +113,7 @@ pub fn install_default(paths: &Paths) -> Result<(), FsError> {
 }
 
 /// Whether an I/O error means the file system is full.
-pub fn is_no_space(e: &io::Error) -> bool {
+pub(crate) fn is_no_space(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT)
@@ -121,7 +121,7 @@ pub fn is_no_space(e: &io::Error) -> bool {
 }
 
 /// MD5 of a whole file, read in chunks (for a file installed before a kill).
-pub fn md5_file(path: &Path) -> io::Result<String> {
+pub(crate) fn md5_file(path: &Path) -> io::Result<String> {
     let mut f = File::open(path)?;
     let mut ctx = Md5::new();
     hash_prefix(&mut f, u64::MAX, &mut ctx)?;
@@ -129,7 +129,7 @@ pub fn md5_file(path: &Path) -> io::Result<String> {
 }
 
 /// Feeds up to `len` bytes of `r` into `ctx`; returns how many there were.
-pub fn hash_prefix(r: &mut impl io::Read, len: u64, ctx: &mut Md5) -> io::Result<u64> {
+pub(crate) fn hash_prefix(r: &mut impl io::Read, len: u64, ctx: &mut Md5) -> io::Result<u64> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut done = 0u64;
     while done < len {

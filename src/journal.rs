@@ -14,7 +14,7 @@ use thiserror::Error;
 
 /// Errors of the journal, naming its path.
 #[derive(Debug, Error)]
-pub enum JournalError {
+pub(crate) enum JournalError {
     /// Writing the journal failed (full disk, read-only `state_dir`, I/O error).
     #[error("cannot save the journal: {0}")]
     Write(#[from] FsError),
@@ -32,7 +32,7 @@ pub enum JournalError {
 /// Whether the daemon holds a session with the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum ConnState {
+pub(crate) enum ConnState {
     #[default]
     Disconnected,
     Connected,
@@ -40,18 +40,18 @@ pub enum ConnState {
 
 /// The connection as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Connection {
-    pub state: ConnState,
+pub(crate) struct Connection {
+    pub(crate) state: ConnState,
     /// The broker URI (no credentials in it).
-    pub broker: String,
+    pub(crate) broker: String,
     /// Unix seconds of the last change of `state`.
-    pub since: u64,
+    pub(crate) since: u64,
 }
 
 /// How far the download in flight has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Bytes are arriving in the staging file.
     #[default]
     Downloading,
@@ -61,23 +61,23 @@ pub enum Phase {
 
 /// The download in flight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InFlight {
-    pub task: Task,
+pub(crate) struct InFlight {
+    pub(crate) task: Task,
     #[serde(default)]
-    pub phase: Phase,
+    pub(crate) phase: Phase,
     /// The ETag of the first response, so a resume goes on only with the same content.
     #[serde(default)]
-    pub etag: Option<String>,
+    pub(crate) etag: Option<String>,
     /// Unix milliseconds when the current attempt started, and the bytes on disk then:
     /// `status` derives the rate from them and the staging file's size.
     #[serde(default)]
-    pub attempt_started_ms: u64,
+    pub(crate) attempt_started_ms: u64,
     #[serde(default)]
-    pub attempt_start_bytes: u64,
+    pub(crate) attempt_start_bytes: u64,
 }
 
 impl InFlight {
-    pub fn new(task: Task) -> Self {
+    pub(crate) fn new(task: Task) -> Self {
         InFlight {
             task,
             phase: Phase::Downloading,
@@ -90,62 +90,62 @@ impl InFlight {
 
 /// One installed resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Installed {
-    pub md5sum: String,
-    pub size: u64,
+pub(crate) struct Installed {
+    pub(crate) md5sum: String,
+    pub(crate) size: u64,
     /// Unix seconds.
-    pub installed_at: u64,
+    pub(crate) installed_at: u64,
     /// The install plugin that took it, or none for the default installer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin: Option<String>,
+    pub(crate) plugin: Option<String>,
 }
 
 /// The upload in flight, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UploadInFlight {
-    pub name: String,
-    pub md5sum: String,
-    pub size: u64,
-    pub state: ProgressState,
-    pub percent: u8,
+pub(crate) struct UploadInFlight {
+    pub(crate) name: String,
+    pub(crate) md5sum: String,
+    pub(crate) size: u64,
+    pub(crate) state: ProgressState,
+    pub(crate) percent: u8,
 }
 
 /// An outbox file waiting to be tried again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UploadRetry {
-    pub attempts: u32,
+pub(crate) struct UploadRetry {
+    pub(crate) attempts: u32,
     /// Unix seconds of the next try.
-    pub next_at: u64,
-    pub reason: String,
+    pub(crate) next_at: u64,
+    pub(crate) reason: String,
 }
 
 /// The whole journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Journal {
+pub(crate) struct Journal {
     #[serde(default)]
-    pub connection: Connection,
+    pub(crate) connection: Connection,
     #[serde(default)]
-    pub download: Option<InFlight>,
+    pub(crate) download: Option<InFlight>,
     /// Tasks waiting for the download in flight, in order of arrival.
     #[serde(default)]
-    pub waiting: Vec<Task>,
+    pub(crate) waiting: Vec<Task>,
     #[serde(default)]
-    pub installed: BTreeMap<String, Installed>,
+    pub(crate) installed: BTreeMap<String, Installed>,
     /// Final reports published but not yet acknowledged by the broker.
     #[serde(default)]
-    pub unacked_reports: Vec<Report>,
+    pub(crate) unacked_reports: Vec<Report>,
     /// The upload in flight (the file itself stays in the outbox until it is confirmed,
     /// so after a kill it is simply announced again).
     #[serde(default)]
-    pub upload: Option<UploadInFlight>,
+    pub(crate) upload: Option<UploadInFlight>,
     /// Outbox files whose last attempt failed, by name.
     #[serde(default)]
-    pub upload_retries: BTreeMap<String, UploadRetry>,
+    pub(crate) upload_retries: BTreeMap<String, UploadRetry>,
 }
 
 impl Journal {
     /// Reads a journal; a missing file is an empty journal.
-    pub fn read(path: &Path) -> Result<Journal, JournalError> {
+    pub(crate) fn read(path: &Path) -> Result<Journal, JournalError> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Journal::default()),
@@ -167,7 +167,7 @@ impl Journal {
 /// which persists it before returning.
 ///
 /// [`update`]: JournalStore::update
-pub struct JournalStore {
+pub(crate) struct JournalStore {
     path: PathBuf,
     journal: Mutex<Journal>,
 }
@@ -180,7 +180,7 @@ impl JournalStore {
     /// `.damaged` suffix) and the agent starts with an empty one: the installed files stay
     /// where they are, and a repeated task downloads again instead of the agent refusing
     /// to start.
-    pub fn open(path: &Path) -> Result<JournalStore, JournalError> {
+    pub(crate) fn open(path: &Path) -> Result<JournalStore, JournalError> {
         let journal = match Journal::read(path) {
             Ok(j) => j,
             Err(JournalError::Corrupt { reason, .. }) => {
@@ -202,18 +202,17 @@ impl JournalStore {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// A copy of the journal as it is now.
-    pub fn snapshot(&self) -> Journal {
+    pub(crate) fn snapshot(&self) -> Journal {
         self.lock().clone()
     }
 
     /// Applies `change` and saves the result atomically. The change stays in memory even
     /// when saving fails (the next successful save carries it); the error says why.
-    pub fn update<R>(&self, change: impl FnOnce(&mut Journal) -> R) -> Result<R, JournalError> {
+    pub(crate) fn update<R>(
+        &self,
+        change: impl FnOnce(&mut Journal) -> R,
+    ) -> Result<R, JournalError> {
         let mut journal = self.lock();
         let before = journal.clone();
         let result = change(&mut journal);
@@ -231,7 +230,7 @@ impl JournalStore {
 }
 
 /// Unix seconds now.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -239,7 +238,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// Unix milliseconds now.
-pub fn unix_now_ms() -> u64 {
+pub(crate) fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -1,25 +1,52 @@
 //! resagent: moves files between an embedded Linux device and Tencent Cloud IoT Hub
-//! through its resource management protocol. The binary (`main.rs`) parses the command
-//! line and calls into this library; each module below owns one concern.
+//! through its resource management protocol (docs/protocol.md). The binary (`main.rs`)
+//! calls [`main`]; everything else is private to this crate. docs/architecture.md has
+//! the thread diagram; the module map:
+//!
+//! | module | role |
+//! | --- | --- |
+//! | `cli` | the command line: parse, dispatch, exit status |
+//! | `config` | the configuration file and `device_info.json`, checked key by key |
+//! | `daemon` | `resagent run`: the coordinator thread and the threads it starts |
+//! | `tasks` | the download queue as pure functions over the journal |
+//! | `download` | one download task's life: fetch, retry rules, staging, pipeline |
+//! | `install` | staging paths, the default installer, the validate/install chain |
+//! | `plugin` | vendor plugins: checks, scan, calls in a child process |
+//! | `upload`, `outbox` | the upload thread and the outbox folder |
+//! | `transfer` | HTTP: requests, redirects, response checks |
+//! | `mqtt` | the MQTT session: credentials, connect, reconnect, publish |
+//! | `protocol` | message shapes, validation, result codes (no I/O) |
+//! | `report` | progress and final reports, throttling, re-sending |
+//! | `journal` | the state kept across kills and reboots |
+//! | `status` | `resagent status` from the state on disk |
+//! | `digest` | every read-and-hash (MD5, SHA-256) |
+//! | `backoff`, `pace` | retry delays and the rate cap |
+//! | `fsutil` | durable file operations (fsync, rename, fsync of the folder) |
+//! | `pidfile`, `signals`, `shutdown`, `logging`, `random` | process plumbing |
 
-pub mod config;
-pub mod daemon;
-pub mod digest;
-pub mod download;
-pub mod fsutil;
-pub mod install;
-pub mod journal;
-pub mod logging;
-pub mod mqtt;
-pub mod outbox;
-pub mod pidfile;
-pub mod plugin;
-pub mod protocol;
-pub mod random;
-pub mod report;
-pub mod shutdown;
-pub mod signals;
-pub mod status;
-pub mod tasks;
-pub mod transfer;
-pub mod upload;
+mod backoff;
+mod cli;
+mod config;
+mod daemon;
+mod digest;
+mod download;
+mod fsutil;
+mod install;
+mod journal;
+mod logging;
+mod mqtt;
+mod outbox;
+mod pace;
+mod pidfile;
+mod plugin;
+mod protocol;
+mod random;
+mod report;
+mod shutdown;
+mod signals;
+mod status;
+mod tasks;
+mod transfer;
+mod upload;
+
+pub use cli::main;

@@ -37,7 +37,7 @@ impl Log for Guarded {
 }
 
 /// Installs the logger; call once, first thing in `main`.
-pub fn init() {
+pub(crate) fn init() {
     let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .build();

@@ -3,6 +3,7 @@
 //! one thread that connects, subscribes, forwards what arrives, and reconnects forever
 //! with capped exponential backoff and jitter.
 
+use crate::backoff::Backoff;
 use crate::config::{Auth, Config, SignMethod};
 use crate::protocol::{DeviceId, SDK_APP_ID};
 use crate::random;
@@ -12,10 +13,6 @@ use serde_json::Value;
 use std::time::Duration;
 use thiserror::Error;
 
-/// First reconnect delay (agent.md: 1 s doubling to 5 min).
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// Longest reconnect delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How long a QoS 1 publish or a subscribe may wait for the broker's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connect attempt may take.
@@ -27,7 +24,7 @@ const LINK_CHECK: Duration = Duration::from_secs(30);
 
 /// Errors of the MQTT session, naming the operation.
 #[derive(Debug, Error)]
-pub enum MqttError {
+pub(crate) enum MqttError {
     /// The device secret is not base64, so no password can be signed.
     #[error("deviceSecret is not valid base64")]
     BadSecret,
@@ -50,10 +47,10 @@ pub enum MqttError {
 
 /// The signed MQTT username and password of one connect (protocol.md, "Connection").
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: String,
+pub(crate) struct Credentials {
+    pub(crate) username: String,
     /// None in certificate mode, where the TLS client certificate authenticates.
-    pub password: Option<String>,
+    pub(crate) password: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -66,13 +63,13 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// `${productId}${deviceName};12010126;${connid};${expiry}`.
-pub fn username(device: &DeviceId, connid: &str, expiry_unix: u64) -> String {
+pub(crate) fn username(device: &DeviceId, connid: &str, expiry_unix: u64) -> String {
     format!("{};{SDK_APP_ID};{connid};{expiry_unix}", device.client_id())
 }
 
 /// Lowercase hex HMAC of `username` keyed with the base64-decoded secret, then
 /// `;hmacsha256` or `;hmacsha1`.
-pub fn sign_password(
+pub(crate) fn sign_password(
     secret_b64: &str,
     username: &str,
     method: SignMethod,
@@ -97,7 +94,7 @@ pub fn sign_password(
 }
 
 /// Fresh credentials for one connect: a new connid and an expiry `lifetime` from now.
-pub fn credentials(config: &Config, now_unix: u64) -> Result<Credentials, MqttError> {
+pub(crate) fn credentials(config: &Config, now_unix: u64) -> Result<Credentials, MqttError> {
     let user = username(
         &config.device,
         &random::alphanumeric(5),
@@ -117,38 +114,9 @@ pub fn credentials(config: &Config, now_unix: u64) -> Result<Credentials, MqttEr
     })
 }
 
-/// Reconnect delays: 1 s doubling to 5 min, each drawn from the upper half of its step
-/// so that a fleet that lost the broker together does not come back together.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    step: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { step: BACKOFF_MIN }
-    }
-}
-
-impl Backoff {
-    /// The next delay, given 64 random bits; the step then doubles up to the cap.
-    pub fn next_delay(&mut self, random: u64) -> Duration {
-        let step_ms = self.step.as_millis() as u64;
-        let half = step_ms / 2;
-        let delay = Duration::from_millis(half + random % (step_ms - half + 1));
-        self.step = (self.step * 2).min(BACKOFF_MAX);
-        delay
-    }
-
-    /// Starts over after an accepted connection.
-    pub fn reset(&mut self) {
-        self.step = BACKOFF_MIN;
-    }
-}
-
 /// What the connection thread tells the rest of the agent.
 #[derive(Debug)]
-pub enum LinkEvent {
+pub(crate) enum LinkEvent {
     /// Connected and subscribed to the down topic.
     Connected,
     /// The session was lost; the thread reconnects on its own.
@@ -159,14 +127,14 @@ pub enum LinkEvent {
 
 /// Publishes on the up topic; cheap to clone and shared by every thread.
 #[derive(Clone)]
-pub struct Publisher {
+pub(crate) struct Publisher {
     client: paho_mqtt::Client,
     topic: String,
 }
 
 impl Publisher {
     /// Publishes `msg` with `qos`; for QoS 1, returns once the broker acknowledged it.
-    pub fn publish(&self, msg: &Value, qos: i32) -> Result<(), MqttError> {
+    pub(crate) fn publish(&self, msg: &Value, qos: i32) -> Result<(), MqttError> {
         let m = paho_mqtt::Message::new(self.topic.clone(), msg.to_string(), qos);
         self.client.publish(m).map_err(|source| MqttError::Publish {
             topic: self.topic.clone(),
@@ -177,7 +145,7 @@ impl Publisher {
 
 impl Publisher {
     /// Ends the session cleanly (DISCONNECT), waiting at most half a second.
-    pub fn disconnect(&self) {
+    pub(crate) fn disconnect(&self) {
         let _ = self.client.disconnect(
             paho_mqtt::DisconnectOptionsBuilder::new()
                 .timeout(Duration::from_millis(500))
@@ -187,13 +155,13 @@ impl Publisher {
 }
 
 /// The session: a Paho client and what is needed to (re)connect it.
-pub struct Session {
+pub(crate) struct Session {
     client: paho_mqtt::Client,
     config: Config,
 }
 
 impl Session {
-    pub fn new(config: &Config) -> Result<Session, MqttError> {
+    pub(crate) fn new(config: &Config) -> Result<Session, MqttError> {
         let uri = config.broker.uri();
         let create = paho_mqtt::CreateOptionsBuilder::new()
             .server_uri(&uri)
@@ -209,7 +177,7 @@ impl Session {
         })
     }
 
-    pub fn publisher(&self) -> Publisher {
+    pub(crate) fn publisher(&self) -> Publisher {
         Publisher {
             client: self.client.clone(),
             topic: self.config.device.up_topic(),
@@ -255,11 +223,11 @@ impl Session {
 
     /// Connects, subscribes and forwards until `shutdown`; reconnects after every loss.
     /// `deliver` gets every event; it returning false also ends the loop.
-    pub fn run(self, shutdown: &Shutdown, mut deliver: impl FnMut(LinkEvent) -> bool) {
+    pub(crate) fn run(self, shutdown: &Shutdown, mut deliver: impl FnMut(LinkEvent) -> bool) {
         let rx = self.client.start_consuming();
         let uri = self.config.broker.uri();
         let down = self.config.device.down_topic();
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::reconnect();
         while !shutdown.is_set() {
             match self.connect_and_subscribe(&down) {
                 Ok(()) => {
@@ -377,34 +345,5 @@ mod tests {
             device_name: "dev1".into(),
         };
         assert_eq!(username(&id, "Xy3Qz", 1764115200), USER);
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
-        let mut b = Backoff::default();
-        let d = b.next_delay(0);
-        assert_eq!(d, Duration::from_millis(500));
-        let d = b.next_delay(u64::MAX);
-        assert!(
-            d >= Duration::from_secs(1) && d <= Duration::from_secs(2),
-            "{d:?}"
-        );
-        for _ in 0..20 {
-            let d = b.next_delay(u64::MAX);
-            assert!(d <= BACKOFF_MAX);
-        }
-        assert!(b.next_delay(7) >= BACKOFF_MAX / 2);
-        b.reset();
-        assert!(b.next_delay(3) <= BACKOFF_MIN);
-    }
-
-    #[test]
-    fn jitter_spreads_delays() {
-        let mut seen = std::collections::BTreeSet::new();
-        for r in 0..50u64 {
-            let mut b = Backoff::default();
-            seen.insert(b.next_delay(r * 7919));
-        }
-        assert!(seen.len() > 10);
     }
 }

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 /// Errors queueing a file, each naming the file.
 #[derive(Debug, Error)]
-pub enum OutboxError {
+pub(crate) enum OutboxError {
     /// The upload name breaks protocol.md's rules for names.
     #[error("invalid upload name: {0}")]
     InvalidName(String),
@@ -36,7 +36,7 @@ pub enum OutboxError {
 
 /// How a file enters the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handover {
+pub(crate) enum Handover {
     /// Copy: the user's file is never touched.
     Copy,
     /// Rename: the file belongs to resagent now and is removed once uploaded.
@@ -45,10 +45,10 @@ pub enum Handover {
 
 /// A file in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub name: String,
-    pub path: PathBuf,
-    pub size: u64,
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
 }
 
 /// The MD5 left beside an outbox file, valid while the file's size and change time match.
@@ -83,7 +83,7 @@ fn kind_of(ft: std::fs::FileType) -> &'static str {
 }
 
 /// Queues `src` under `name` (default: its file name); returns the entry and its MD5.
-pub fn enqueue(
+pub(crate) fn enqueue(
     outbox: &Path,
     src: &Path,
     name: Option<&str>,
@@ -218,7 +218,7 @@ fn write_digest(outbox: &Path, name: &str, md5sum: &str, meta: &std::fs::Metadat
 
 /// The MD5 of an outbox file: the saved one while it still fits the file, else computed
 /// (streamed) and saved.
-pub fn md5_of_entry(outbox: &Path, entry: &Entry) -> io::Result<String> {
+pub(crate) fn md5_of_entry(outbox: &Path, entry: &Entry) -> io::Result<String> {
     let meta = std::fs::metadata(&entry.path)?;
     if let Ok(bytes) = std::fs::read(digest_path(outbox, &entry.name)) {
         if let Ok(d) = serde_json::from_slice::<Digest>(&bytes) {
@@ -233,14 +233,14 @@ pub fn md5_of_entry(outbox: &Path, entry: &Entry) -> io::Result<String> {
 }
 
 /// Removes an uploaded file and its saved MD5.
-pub fn remove(outbox: &Path, entry: &Entry) -> Result<(), FsError> {
+pub(crate) fn remove(outbox: &Path, entry: &Entry) -> Result<(), FsError> {
     std::fs::remove_file(&entry.path).map_err(|e| FsError::new("remove", &entry.path, e))?;
     let _ = std::fs::remove_file(digest_path(outbox, &entry.name));
     fsutil::fsync_dir(outbox)
 }
 
 /// The files waiting, oldest arrival first (change time: a rename into the outbox sets it).
-pub fn scan(outbox: &Path) -> io::Result<Vec<Entry>> {
+pub(crate) fn scan(outbox: &Path) -> io::Result<Vec<Entry>> {
     let mut found = Vec::new();
     let rd = match std::fs::read_dir(outbox) {
         Ok(rd) => rd,

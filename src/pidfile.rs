@@ -8,7 +8,7 @@ use thiserror::Error;
 
 /// Errors finding or claiming the daemon's pid file.
 #[derive(Debug, Error)]
-pub enum PidError {
+pub(crate) enum PidError {
     /// Another daemon is alive with the pid in the file.
     #[error("resagent already runs with pid {pid} ({})", path.display())]
     AlreadyRunning { pid: i32, path: PathBuf },
@@ -24,7 +24,7 @@ pub enum PidError {
 }
 
 /// The pid of the running daemon, if the file names a live process.
-pub fn running(path: &Path) -> Result<i32, PidError> {
+pub(crate) fn running(path: &Path) -> Result<i32, PidError> {
     let not_running = |why: String| PidError::NotRunning {
         path: path.to_path_buf(),
         why,
@@ -44,20 +44,20 @@ pub fn running(path: &Path) -> Result<i32, PidError> {
 }
 
 /// Sends `signal` to the running daemon.
-pub fn signal_daemon(path: &Path, signal: Signal) -> Result<i32, PidError> {
+pub(crate) fn signal_daemon(path: &Path, signal: Signal) -> Result<i32, PidError> {
     let pid = running(path)?;
     kill(Pid::from_raw(pid), signal).map_err(|source| PidError::Signal { pid, source })?;
     Ok(pid)
 }
 
 /// The claimed pid file; removed when dropped.
-pub struct PidFile {
+pub(crate) struct PidFile {
     path: PathBuf,
 }
 
 impl PidFile {
     /// Writes our pid, unless another live daemon holds the file.
-    pub fn claim(path: &Path) -> Result<PidFile, PidError> {
+    pub(crate) fn claim(path: &Path) -> Result<PidFile, PidError> {
         if let Ok(pid) = running(path) {
             if pid != std::process::id() as i32 {
                 return Err(PidError::AlreadyRunning {

@@ -8,28 +8,28 @@ use std::fmt;
 use thiserror::Error;
 
 /// Largest message accepted from the broker; anything bigger is bad input (protocol.md).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Longest resource name a file system takes as one path component (NAME_MAX).
-pub const MAX_NAME_BYTES: usize = 255;
+pub(crate) const MAX_NAME_BYTES: usize = 255;
 /// Longest `name` string echoed back in a `fail` report for a task that was refused.
-pub const MAX_ECHOED_NAME_BYTES: usize = 1024;
+pub(crate) const MAX_ECHOED_NAME_BYTES: usize = 1024;
 /// Folder inside `resource_dir` that holds partial downloads. It lives beside the
 /// destinations so that installing is one `rename(2)` on one file system; a task may not
 /// use it as its name.
-pub const STAGING_DIR_NAME: &str = ".resagent-staging";
+pub(crate) const STAGING_DIR_NAME: &str = ".resagent-staging";
 /// The `sdkappid` field of the MQTT username, as the platform's documentation gives it.
-pub const SDK_APP_ID: &str = "12010126";
+pub(crate) const SDK_APP_ID: &str = "12010126";
 
 /// The device's identity on the platform: the two halves of every topic and client id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceId {
-    pub product_id: String,
-    pub device_name: String,
+pub(crate) struct DeviceId {
+    pub(crate) product_id: String,
+    pub(crate) device_name: String,
 }
 
 impl DeviceId {
     /// `$resource/up/service/${productId}/${deviceName}`: where the device publishes.
-    pub fn up_topic(&self) -> String {
+    pub(crate) fn up_topic(&self) -> String {
         format!(
             "$resource/up/service/{}/{}",
             self.product_id, self.device_name
@@ -37,7 +37,7 @@ impl DeviceId {
     }
 
     /// `$resource/down/service/${productId}/${deviceName}`: what the device subscribes to.
-    pub fn down_topic(&self) -> String {
+    pub(crate) fn down_topic(&self) -> String {
         format!(
             "$resource/down/service/{}/{}",
             self.product_id, self.device_name
@@ -45,7 +45,7 @@ impl DeviceId {
     }
 
     /// `${productId}${deviceName}`: the MQTT client id.
-    pub fn client_id(&self) -> String {
+    pub(crate) fn client_id(&self) -> String {
         format!("{}{}", self.product_id, self.device_name)
     }
 }
@@ -53,7 +53,7 @@ impl DeviceId {
 /// Result codes of progress reports (protocol.md, "Result codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "i32", try_from = "i32")]
-pub enum ResultCode {
+pub(crate) enum ResultCode {
     Success,
     Timeout,
     NotFound,
@@ -68,7 +68,7 @@ pub enum ResultCode {
 }
 
 impl ResultCode {
-    pub fn code(self) -> i32 {
+    pub(crate) fn code(self) -> i32 {
         match self {
             ResultCode::Success => 0,
             ResultCode::Timeout => -1,
@@ -114,7 +114,7 @@ impl TryFrom<i32> for ResultCode {
 /// Progress states of a transfer; `Done` and `Fail` are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ProgressState {
+pub(crate) enum ProgressState {
     Downloading,
     Burning,
     Uploading,
@@ -123,7 +123,7 @@ pub enum ProgressState {
 }
 
 impl ProgressState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProgressState::Downloading => "downloading",
             ProgressState::Burning => "burning",
@@ -131,10 +131,6 @@ impl ProgressState {
             ProgressState::Done => "done",
             ProgressState::Fail => "fail",
         }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, ProgressState::Done | ProgressState::Fail)
     }
 }
 
@@ -147,24 +143,29 @@ impl fmt::Display for ProgressState {
 /// Which half of the protocol a report belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Direction {
+pub(crate) enum Direction {
     Download,
     Upload,
 }
 
 /// One progress report, ready to be serialised for the up topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Report {
-    pub direction: Direction,
-    pub name: String,
-    pub state: ProgressState,
-    pub percent: u8,
-    pub result_code: i32,
-    pub result_msg: String,
+pub(crate) struct Report {
+    pub(crate) direction: Direction,
+    pub(crate) name: String,
+    pub(crate) state: ProgressState,
+    pub(crate) percent: u8,
+    pub(crate) result_code: i32,
+    pub(crate) result_msg: String,
 }
 
 impl Report {
-    pub fn progress(direction: Direction, name: &str, state: ProgressState, percent: u8) -> Self {
+    pub(crate) fn progress(
+        direction: Direction,
+        name: &str,
+        state: ProgressState,
+        percent: u8,
+    ) -> Self {
         Report {
             direction,
             name: name.to_string(),
@@ -175,7 +176,7 @@ impl Report {
         }
     }
 
-    pub fn done(direction: Direction, name: &str) -> Self {
+    pub(crate) fn done(direction: Direction, name: &str) -> Self {
         Report {
             direction,
             name: name.to_string(),
@@ -186,7 +187,7 @@ impl Report {
         }
     }
 
-    pub fn fail(
+    pub(crate) fn fail(
         direction: Direction,
         name: &str,
         percent: u8,
@@ -204,7 +205,7 @@ impl Report {
     }
 
     /// The JSON object published on the up topic.
-    pub fn to_message(&self) -> Value {
+    pub(crate) fn to_message(&self) -> Value {
         let kind = match self.direction {
             Direction::Download => "report_download_progress",
             Direction::Upload => "report_upload_progress",
@@ -223,12 +224,12 @@ impl Report {
 }
 
 /// `{"type":"get_download_task"}`.
-pub fn get_download_task_message() -> Value {
+pub(crate) fn get_download_task_message() -> Value {
     json!({ "type": "get_download_task" })
 }
 
 /// Percent of `done` out of `total`, computed in 64 bits (resources over 4 GiB).
-pub fn percent(done: u64, total: u64) -> u8 {
+pub(crate) fn percent(done: u64, total: u64) -> u8 {
     if total == 0 {
         return 100;
     }
@@ -238,38 +239,38 @@ pub fn percent(done: u64, total: u64) -> u8 {
 
 /// A download task that passed every check of protocol.md's "Bad input".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Task {
-    pub name: String,
+pub(crate) struct Task {
+    pub(crate) name: String,
     /// 32 lowercase hex characters.
-    pub md5sum: String,
-    pub size: u64,
+    pub(crate) md5sum: String,
+    pub(crate) size: u64,
     /// The presigned URL: a secret. Log only [`redact_url`] of it.
-    pub url: String,
+    pub(crate) url: String,
 }
 
 impl Task {
     /// Whether `other` asks for the same content under the same name.
-    pub fn same_content(&self, other: &Task) -> bool {
+    pub(crate) fn same_content(&self, other: &Task) -> bool {
         self.name == other.name && self.md5sum == other.md5sum
     }
 }
 
 /// The rules a task is checked against before anything is fetched.
 #[derive(Debug, Clone, Copy)]
-pub struct TaskLimits {
-    pub max_resource_bytes: u64,
-    pub allow_http: bool,
+pub(crate) struct TaskLimits {
+    pub(crate) max_resource_bytes: u64,
+    pub(crate) allow_http: bool,
 }
 
 /// Why a message from the broker was refused. `name` is the task's name when the message
 /// carried one that can be echoed in a `fail` report.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{reason}")]
-pub struct BadMessage {
-    pub reason: String,
-    pub name: Option<String>,
+pub(crate) struct BadMessage {
+    pub(crate) reason: String,
+    pub(crate) name: Option<String>,
     /// Whether the message asked for a download (a `fail` is owed) or an upload.
-    pub direction: Option<Direction>,
+    pub(crate) direction: Option<Direction>,
 }
 
 impl BadMessage {
@@ -284,7 +285,7 @@ impl BadMessage {
 
 /// A message from the down topic, parsed and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DownMessage {
+pub(crate) enum DownMessage {
     /// A download task, from `get_download_task_rsp` or a `download` push.
     DownloadTask(Task),
     /// `get_download_task_rsp` without a URL: nothing to do.
@@ -307,16 +308,16 @@ pub enum DownMessage {
 
 /// The platform's answer to `create_upload_task`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadTaskRsp {
-    pub name: String,
-    pub md5sum: String,
-    pub size: Option<u64>,
+pub(crate) struct UploadTaskRsp {
+    pub(crate) name: String,
+    pub(crate) md5sum: String,
+    pub(crate) size: Option<u64>,
     /// `Err(reason)` when the platform refused the task (non-zero code or no URL).
-    pub url: Result<String, String>,
+    pub(crate) url: Result<String, String>,
 }
 
 /// Parses and checks one message from the down topic.
-pub fn parse_down(payload: &[u8], limits: &TaskLimits) -> Result<DownMessage, BadMessage> {
+pub(crate) fn parse_down(payload: &[u8], limits: &TaskLimits) -> Result<DownMessage, BadMessage> {
     if payload.len() > MAX_MESSAGE_BYTES {
         return Err(BadMessage::new(format!(
             "message of {} bytes is over the {} byte limit",
@@ -412,7 +413,7 @@ fn parse_download_task(value: &Value, limits: &TaskLimits) -> Result<DownMessage
 }
 
 /// Checks every field of a download task; the error is the reason, for log and report.
-pub fn validate_task(value: &Value, limits: &TaskLimits) -> Result<Task, String> {
+pub(crate) fn validate_task(value: &Value, limits: &TaskLimits) -> Result<Task, String> {
     let name = match value.get("name") {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err("field `name` is not a string".into()),
@@ -454,7 +455,7 @@ pub fn validate_task(value: &Value, limits: &TaskLimits) -> Result<Task, String>
 }
 
 /// A resource name must be one safe path component (protocol.md, "Bad input").
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("name is empty".into());
     }
@@ -487,7 +488,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 }
 
 /// 32 hex characters, returned in lowercase.
-pub fn normalize_md5(s: &str) -> Result<String, String> {
+pub(crate) fn normalize_md5(s: &str) -> Result<String, String> {
     if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(s.to_ascii_lowercase())
     } else {
@@ -499,7 +500,7 @@ pub fn normalize_md5(s: &str) -> Result<String, String> {
 }
 
 /// Only `https`, or `http` when `allow_http` is set, and a host must be present.
-pub fn check_url_scheme(url: &str, allow_http: bool) -> Result<(), String> {
+pub(crate) fn check_url_scheme(url: &str, allow_http: bool) -> Result<(), String> {
     let parsed =
         url::Url::parse(url).map_err(|e| format!("url `{}` is not valid: {e}", redact_url(url)))?;
     match parsed.scheme() {
@@ -563,7 +564,7 @@ fn parse_upload_task_rsp(value: &Value) -> Result<UploadTaskRsp, BadMessage> {
 
 /// A URL without its query string and fragment: presigned URLs carry their signature
 /// there, so this is the only form of a URL that may reach a log, a report or `status`.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let end = url.find(['?', '#']).unwrap_or(url.len());
     let mut out = truncate_for_log(&url[..end], 200);
     if end < url.len() {
@@ -573,7 +574,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// At most `max` bytes of `s`, cut on a character boundary, for log lines about input.
-pub fn truncate_for_log(s: &str, max: usize) -> String {
+pub(crate) fn truncate_for_log(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.escape_debug().to_string();
     }

@@ -5,7 +5,7 @@
 use std::io::Read;
 
 /// 64 random bits; falls back to a mix of time and pid if `/dev/urandom` cannot be read.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut buf = [0u8; 8];
     let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
     match read {
@@ -21,7 +21,7 @@ pub fn random_u64() -> u64 {
 }
 
 /// `n` random characters from `[A-Za-z0-9]`.
-pub fn alphanumeric(n: usize) -> String {
+pub(crate) fn alphanumeric(n: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     (0..n)
         .map(|_| ALPHABET[(random_u64() % ALPHABET.len() as u64) as usize] as char)

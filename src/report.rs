@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 const MAX_UNACKED: usize = 64;
 
 /// Sends reports; shared by the coordinator and the transfer threads.
-pub struct Reporter {
+pub(crate) struct Reporter {
     publisher: Publisher,
     journal: Arc<JournalStore>,
     /// Serialises final reports, so a re-send after connect and a new final report do not
@@ -23,7 +23,7 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(publisher: Publisher, journal: Arc<JournalStore>) -> Self {
+    pub(crate) fn new(publisher: Publisher, journal: Arc<JournalStore>) -> Self {
         Reporter {
             publisher,
             journal,
@@ -32,7 +32,7 @@ impl Reporter {
     }
 
     /// An intermediate report, QoS 0: a stale percent is not worth a retransmission.
-    pub fn progress(&self, report: &Report) {
+    pub(crate) fn progress(&self, report: &Report) {
         if let Err(e) = self.publisher.publish(&report.to_message(), 0) {
             log::debug!("progress report for {} not sent: {e}", report.name);
         }
@@ -40,14 +40,18 @@ impl Reporter {
 
     /// A final report: recorded in the journal first, removed once acknowledged.
     /// Returns whether the broker acknowledged it now.
-    pub fn final_report(&self, report: Report) -> bool {
+    pub(crate) fn final_report(&self, report: Report) -> bool {
         self.final_report_with(report, |_| {})
     }
 
     /// A final report journaled in the same write as `change`, the state change it
     /// reports (an install, a task cleared): a crash cannot separate the two, and they
     /// cost one fsync instead of two. Returns whether the broker acknowledged it now.
-    pub fn final_report_with(&self, report: Report, change: impl FnOnce(&mut Journal)) -> bool {
+    pub(crate) fn final_report_with(
+        &self,
+        report: Report,
+        change: impl FnOnce(&mut Journal),
+    ) -> bool {
         let _guard = self.finals.lock().unwrap_or_else(|p| p.into_inner());
         log::info!(
             "{} {}: {}{}",
@@ -74,7 +78,7 @@ impl Reporter {
     }
 
     /// Sends every final report still waiting for its acknowledgement (after a connect).
-    pub fn resend_unacked(&self) {
+    pub(crate) fn resend_unacked(&self) {
         let _guard = self.finals.lock().unwrap_or_else(|p| p.into_inner());
         for report in self.journal.snapshot().unacked_reports {
             log::info!(
@@ -117,13 +121,13 @@ impl Reporter {
 /// Decides which intermediate reports go out: the first of each state always, later ones
 /// only when the percent moved and `interval` has passed since the last one.
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     interval: Duration,
     last: Option<(ProgressState, u8, Instant)>,
 }
 
 impl Throttle {
-    pub fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Throttle {
             interval,
             last: None,
@@ -131,7 +135,7 @@ impl Throttle {
     }
 
     /// Whether to send a report of `state` at `percent` now; records it if so.
-    pub fn due(&mut self, state: ProgressState, percent: u8, now: Instant) -> bool {
+    pub(crate) fn due(&mut self, state: ProgressState, percent: u8, now: Instant) -> bool {
         let send = match self.last {
             None => true,
             Some((s, _, _)) if s != state => true,

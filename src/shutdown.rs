@@ -6,28 +6,28 @@ use std::time::{Duration, Instant};
 
 /// Cloneable; all clones see the same flag.
 #[derive(Clone, Default)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     inner: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Shutdown {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Raises the flag and wakes every sleeper.
-    pub fn trigger(&self) {
+    pub(crate) fn trigger(&self) {
         let (lock, cvar) = &*self.inner;
         *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
         cvar.notify_all();
     }
 
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         *self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sleeps for `d`, or less if the flag is raised; returns whether it was.
-    pub fn sleep(&self, d: Duration) -> bool {
+    pub(crate) fn sleep(&self, d: Duration) -> bool {
         let deadline = Instant::now() + d;
         let (lock, cvar) = &*self.inner;
         let mut set = lock.lock().unwrap_or_else(|p| p.into_inner());

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 /// What an operator asked for (agent.md, "Signals").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     /// SIGTERM, SIGINT: graceful stop.
     Stop,
     /// SIGHUP: re-read the configuration and the plugin folder.
@@ -34,19 +34,19 @@ fn handled() -> SigSet {
 
 /// Blocks the handled signals in the calling thread and every thread it starts later.
 /// Call first thing, before any thread exists.
-pub fn block() -> nix::Result<()> {
+pub(crate) fn block() -> nix::Result<()> {
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None)
 }
 
 /// Unblocks the handled signals (in a child about to run foreign code, which must see
 /// SIGTERM: a signal mask survives exec).
-pub fn unblock() -> nix::Result<()> {
+pub(crate) fn unblock() -> nix::Result<()> {
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled()), None)
 }
 
 /// Starts the signal thread; `deliver` gets each request and returning false ends the
 /// thread (it also ends after a stop).
-pub fn spawn(
+pub(crate) fn spawn(
     mut deliver: impl FnMut(Request) -> bool + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()

@@ -12,17 +12,17 @@ use std::fmt::Write;
 
 /// What `status` shows, gathered once.
 #[derive(Debug, Clone)]
-pub struct StatusView {
-    pub daemon_pid: Option<i32>,
+pub(crate) struct StatusView {
+    pub(crate) daemon_pid: Option<i32>,
     /// Files in the outbox (name, size), oldest first.
-    pub outbox: Vec<(String, u64)>,
-    pub journal: Journal,
+    pub(crate) outbox: Vec<(String, u64)>,
+    pub(crate) journal: Journal,
     /// Bytes in the staging file of the download in flight.
-    pub staged_bytes: u64,
-    pub now_ms: u64,
+    pub(crate) staged_bytes: u64,
+    pub(crate) now_ms: u64,
 }
 
-pub fn gather(config: &Config) -> Result<StatusView, JournalError> {
+pub(crate) fn gather(config: &Config) -> Result<StatusView, JournalError> {
     let journal = Journal::read(&config.journal_path())?;
     let staged_bytes = journal
         .download
@@ -59,7 +59,7 @@ fn rate_and_eta(v: &StatusView) -> Option<(u64, u64)> {
     Some((rate, left.checked_div(rate).unwrap_or(0)))
 }
 
-pub fn render_json(v: &StatusView) -> Value {
+pub(crate) fn render_json(v: &StatusView) -> Value {
     let j = &v.journal;
     let download = j.download.as_ref().map(|d| {
         let (rate, eta) =
@@ -116,7 +116,7 @@ fn outbox_state(v: &StatusView, name: &str) -> String {
     "queued".to_string()
 }
 
-pub fn render_text(v: &StatusView) -> String {
+pub(crate) fn render_text(v: &StatusView) -> String {
     let j = &v.journal;
     let mut out = String::new();
     let now = v.now_ms / 1000;
@@ -222,7 +222,7 @@ pub fn render_text(v: &StatusView) -> String {
 }
 
 /// `1.5 MiB`-style sizes.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;
@@ -238,7 +238,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// `2h 5m`-style durations.
-pub fn human_duration(secs: u64) -> String {
+pub(crate) fn human_duration(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m {}s", s / 60, s % 60),

@@ -8,7 +8,7 @@ use crate::protocol::Task;
 
 /// What became of a task offered to the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Offer {
+pub(crate) enum Offer {
     /// Nothing was in flight: the task is now in flight and should start.
     Start,
     /// Another download is in flight: the task waits at the end of the line.
@@ -23,7 +23,7 @@ pub enum Offer {
 
 /// Offers `task` to the journal's queue. `still_present` tells whether an installed
 /// resource is still where it was installed (a file removed by hand is fetched again).
-pub fn offer(
+pub(crate) fn offer(
     journal: &mut Journal,
     task: Task,
     still_present: impl Fn(&str, &Installed) -> bool,
@@ -64,7 +64,7 @@ pub fn offer(
 }
 
 /// Moves the first waiting task in flight when nothing is; returns the task in flight.
-pub fn next(journal: &mut Journal) -> Option<Task> {
+pub(crate) fn next(journal: &mut Journal) -> Option<Task> {
     if journal.download.is_none() && !journal.waiting.is_empty() {
         let task = journal.waiting.remove(0);
         journal.download = Some(InFlight::new(task));
@@ -74,7 +74,7 @@ pub fn next(journal: &mut Journal) -> Option<Task> {
 
 /// Records that the download in flight is installed (`plugin`: the install plugin that
 /// took it) and clears it.
-pub fn installed(journal: &mut Journal, task: &Task, plugin: Option<String>, now: u64) {
+pub(crate) fn installed(journal: &mut Journal, task: &Task, plugin: Option<String>, now: u64) {
     journal.installed.insert(
         task.name.clone(),
         Installed {
@@ -88,7 +88,7 @@ pub fn installed(journal: &mut Journal, task: &Task, plugin: Option<String>, now
 }
 
 /// Clears the download in flight if it is `task` (it failed or was cancelled).
-pub fn clear_in_flight(journal: &mut Journal, task: &Task) {
+pub(crate) fn clear_in_flight(journal: &mut Journal, task: &Task) {
     if journal
         .download
         .as_ref()

@@ -11,11 +11,11 @@ use thiserror::Error;
 use url::Url;
 
 /// Redirects followed before a request fails (protocol.md).
-pub const MAX_REDIRECTS: usize = 5;
+pub(crate) const MAX_REDIRECTS: usize = 5;
 
 /// What went wrong with a request; every URL in here is already redacted.
 #[derive(Debug, Error)]
-pub enum TransferError {
+pub(crate) enum TransferError {
     /// The server answered with an HTTP error status.
     #[error("GET {url}: HTTP {code}")]
     Status { code: u16, url: String },
@@ -66,7 +66,7 @@ pub enum TransferError {
 
 impl TransferError {
     /// The result code a task ends with when this error is final.
-    pub fn result_code(&self) -> ResultCode {
+    pub(crate) fn result_code(&self) -> ResultCode {
         match self {
             TransferError::Status { code: 404, .. } => ResultCode::NotFound,
             TransferError::Status {
@@ -81,7 +81,7 @@ impl TransferError {
 
     /// Whether trying again later can help (a 5xx, a broken connection), as opposed to an
     /// answer that will not change (404, 403, a size that disagrees).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             TransferError::Status { code, .. } => *code >= 500 || *code == 408 || *code == 429,
             TransferError::Timeout { .. }
@@ -94,7 +94,7 @@ impl TransferError {
 }
 
 /// Whether an I/O error is a socket read timeout (ureq sets `SO_RCVTIMEO`).
-pub fn is_timeout(e: &io::Error) -> bool {
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
@@ -102,17 +102,17 @@ pub fn is_timeout(e: &io::Error) -> bool {
 }
 
 /// A response whose headers passed the checks, ready to be read.
-pub struct Body {
-    pub reader: Box<dyn Read + Send + Sync + 'static>,
+pub(crate) struct Body {
+    pub(crate) reader: Box<dyn Read + Send + Sync + 'static>,
     /// The offset of the body's first byte in the resource: the requested offset for a
     /// trusted 206, 0 when the server sent the whole resource.
-    pub start: u64,
-    pub etag: Option<String>,
+    pub(crate) start: u64,
+    pub(crate) etag: Option<String>,
 }
 
 /// Blocking HTTP client for resources and uploads.
 #[derive(Clone)]
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     /// Built on the first `https` request: loading trust stores costs time and memory
     /// that plain-`http` storage on a LAN never needs.
     tls: Arc<std::sync::OnceLock<Result<Arc<native_tls::TlsConnector>, String>>>,
@@ -124,7 +124,7 @@ pub struct HttpClient {
 impl HttpClient {
     /// A client with the system's trust store plus the certificates in `ca_file` (a
     /// private storage server's CA), every socket timing out after `transfer_timeout`.
-    pub fn new(config: &Config) -> HttpClient {
+    pub(crate) fn new(config: &Config) -> HttpClient {
         HttpClient {
             tls: Arc::new(std::sync::OnceLock::new()),
             ca_file: config.ca_file.clone(),
@@ -171,7 +171,7 @@ impl HttpClient {
 
     /// GETs `url` from byte `offset` (a `Range` request when non-zero, conditional on
     /// `etag` when known) and checks the answer against the resource's `size`.
-    pub fn get_resource(
+    pub(crate) fn get_resource(
         &self,
         url: &str,
         offset: u64,
@@ -218,7 +218,7 @@ impl HttpClient {
 
     /// PUTs `size` bytes from `body` to a presigned `url` with `Content-Length` and
     /// `Content-MD5` (base64 of the 16 raw digest bytes). Any 2xx is success.
-    pub fn put(
+    pub(crate) fn put(
         &self,
         url: &str,
         body: impl Read,
@@ -297,7 +297,7 @@ impl HttpClient {
 }
 
 /// `Content-MD5`: base64 of the raw digest bytes, not of the hex string.
-pub fn content_md5(md5_hex: &str) -> Option<String> {
+pub(crate) fn content_md5(md5_hex: &str) -> Option<String> {
     use base64::Engine;
     let raw = hex::decode(md5_hex).ok().filter(|r| r.len() == 16)?;
     Some(base64::engine::general_purpose::STANDARD.encode(raw))
@@ -387,7 +387,7 @@ fn check_response(
 }
 
 /// `bytes FIRST-LAST/TOTAL` → (FIRST, TOTAL); TOTAL is None for `*`.
-pub fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+pub(crate) fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes")?.trim_start();
     let (range, total) = rest.split_once('/')?;
     let (first, last) = range.split_once('-')?;
@@ -405,7 +405,7 @@ pub fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 
 /// The proxy for `url` from `https_proxy`/`http_proxy` (either case), unless `no_proxy`
 /// names its host (exact, a domain suffix, or `*`).
-pub fn proxy_for(url: &Url, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+pub(crate) fn proxy_for(url: &Url, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     let get = |k: &str| {
         env(k)
             .or_else(|| env(&k.to_ascii_uppercase()))

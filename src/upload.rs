@@ -4,9 +4,10 @@
 //! `done` was acknowledged and the platform did not reject it. Anything else keeps the
 //! file and retries it later with backoff — never in a hot loop.
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::journal::{unix_now, JournalStore, UploadInFlight, UploadRetry};
-use crate::mqtt::{Backoff, Publisher};
+use crate::mqtt::Publisher;
 use crate::outbox::{self, Entry};
 use crate::protocol::{percent, Direction, ProgressState, Report, ResultCode, UploadTaskRsp};
 use crate::random;
@@ -27,12 +28,15 @@ const TASK_RSP_TIMEOUT: Duration = Duration::from_secs(30);
 const REJECTION_WINDOW: Duration = Duration::from_secs(5);
 /// The outbox is scanned at least this often, in case a file arrived without SIGUSR2.
 const SCAN_INTERVAL: Duration = Duration::from_secs(60);
+/// Retries of a file that failed: 2 s doubling to 5 min.
+const RETRY_MIN: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Granularity of waits, so a stop is noticed quickly.
 const TICK: Duration = Duration::from_millis(200);
 
 /// What the coordinator hands the upload thread.
 #[derive(Debug)]
-pub enum UploadSignal {
+pub(crate) enum UploadSignal {
     /// `create_upload_task_rsp`.
     TaskRsp(UploadTaskRsp),
     /// `report_upload_progress_rsp` with its `result_code`.
@@ -52,17 +56,17 @@ enum Attempt {
     Stopped,
 }
 
-pub struct Uploader {
-    pub config: Arc<Config>,
-    pub journal: Arc<JournalStore>,
-    pub reporter: Arc<Reporter>,
-    pub publisher: Publisher,
-    pub shutdown: Shutdown,
-    pub connected: Arc<AtomicBool>,
+pub(crate) struct Uploader {
+    pub(crate) config: Arc<Config>,
+    pub(crate) journal: Arc<JournalStore>,
+    pub(crate) reporter: Arc<Reporter>,
+    pub(crate) publisher: Publisher,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) connected: Arc<AtomicBool>,
     /// Set by the coordinator when the platform answers a progress report with a
     /// non-zero code while a PUT runs.
-    pub cancel: Arc<AtomicBool>,
-    pub inbox: Receiver<UploadSignal>,
+    pub(crate) cancel: Arc<AtomicBool>,
+    pub(crate) inbox: Receiver<UploadSignal>,
 }
 
 /// Per-file retry state.
@@ -73,7 +77,7 @@ struct Waiting {
 }
 
 impl Uploader {
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         // An upload in flight when the agent was killed is simply announced again.
         self.clear_in_flight();
         let mut waiting: HashMap<String, Waiting> = HashMap::new();
@@ -103,14 +107,11 @@ impl Uploader {
                         Attempt::Retry(reason) => {
                             let w = waiting.entry(entry.name.clone()).or_insert(Waiting {
                                 next: now,
-                                backoff: Backoff::default(),
+                                backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
                                 attempts: 0,
                             });
                             w.attempts += 1;
-                            let delay = w
-                                .backoff
-                                .next_delay(random::random_u64())
-                                .max(Duration::from_secs(2));
+                            let delay = w.backoff.next_delay(random::random_u64()).max(RETRY_MIN);
                             w.next = Instant::now() + delay;
                             log::warn!(
                                 "upload of {} failed ({reason}); retrying in {:.0} s",
@@ -246,7 +247,7 @@ impl Uploader {
             name: &entry.name,
             uploader: self,
             throttle: Throttle::new(self.config.progress_interval),
-            pace: crate::download::Pace::new(self.config.max_bytes_per_s),
+            pace: crate::pace::Pace::new(self.config.max_bytes_per_s),
         };
         // ureq copies the body with a small stack buffer; a large buffer in front means
         // fewer, larger reads of the file (and of the progress and stop checks).
@@ -367,7 +368,7 @@ struct ProgressBody<'a, R> {
     name: &'a str,
     uploader: &'a Uploader,
     throttle: Throttle,
-    pace: crate::download::Pace,
+    pace: crate::pace::Pace,
 }
 
 impl<R: Read> Read for ProgressBody<'_, R> {

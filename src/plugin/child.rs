@@ -97,7 +97,7 @@ fn fail(reason: String) -> ExitCode {
 }
 
 /// Entry point of `resagent __plugin MODE FILE`, MODE one of probe, validate, install.
-pub fn main(mode: &str, plugin: &Path) -> ExitCode {
+pub(crate) fn main(mode: &str, plugin: &Path) -> ExitCode {
     // The agent blocks its signals in every thread and a mask survives exec: the plugin
     // must see SIGTERM. If the agent dies, so does this child.
     let _ = crate::signals::unblock();

@@ -4,7 +4,7 @@
 //! aborts or hangs fails one call and never the agent. The daemon itself never loads a
 //! plugin; only the child does (see [`child`]).
 
-pub mod child;
+pub(crate) mod child;
 
 use crate::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
@@ -20,17 +20,17 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// The ABI version this resagent speaks (plugins.md, "The ABI, version 1").
-pub const ABI_VERSION: u32 = 1;
+pub(crate) const ABI_VERSION: u32 = 1;
 /// The internal subcommand the child runs.
-pub const CHILD_COMMAND: &str = "__plugin";
+pub(crate) const CHILD_COMMAND: &str = "__plugin";
 /// How long a plugin's child has between SIGTERM and SIGKILL when the agent stops.
 const TERM_GRACE: Duration = Duration::from_secs(3);
 /// Longest log line or reason taken from a plugin.
-pub const MAX_PLUGIN_TEXT: usize = 1024;
+pub(crate) const MAX_PLUGIN_TEXT: usize = 1024;
 
 /// Why a plugin file is refused; each names the file.
 #[derive(Debug, Error)]
-pub enum PluginError {
+pub(crate) enum PluginError {
     #[error("{}: cannot read: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -65,57 +65,57 @@ pub enum PluginError {
 
 /// What a plugin says about itself when probed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Probe {
-    pub abi: u32,
-    pub name: String,
-    pub validate: bool,
-    pub install: bool,
+pub(crate) struct Probe {
+    pub(crate) abi: u32,
+    pub(crate) name: String,
+    pub(crate) validate: bool,
+    pub(crate) install: bool,
 }
 
 /// A plugin that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plugin {
-    pub path: PathBuf,
-    pub name: String,
-    pub validate: bool,
-    pub install: bool,
+pub(crate) struct Plugin {
+    pub(crate) path: PathBuf,
+    pub(crate) name: String,
+    pub(crate) validate: bool,
+    pub(crate) install: bool,
 }
 
 /// The plugins of `plugin_dir`, in file-name order.
 #[derive(Debug, Clone, Default)]
-pub struct PluginSet {
-    pub plugins: Vec<Plugin>,
+pub(crate) struct PluginSet {
+    pub(crate) plugins: Vec<Plugin>,
 }
 
 impl PluginSet {
-    pub fn validators(&self) -> impl Iterator<Item = &Plugin> {
+    pub(crate) fn validators(&self) -> impl Iterator<Item = &Plugin> {
         self.plugins.iter().filter(|p| p.validate)
     }
-    pub fn installers(&self) -> impl Iterator<Item = &Plugin> {
+    pub(crate) fn installers(&self) -> impl Iterator<Item = &Plugin> {
         self.plugins.iter().filter(|p| p.install)
     }
 }
 
 /// What a plugin call is about (the child builds `struct resagent_resource` from it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResourceArgs {
-    pub name: String,
-    pub path: PathBuf,
-    pub dest: PathBuf,
-    pub md5sum: String,
-    pub size: u64,
-    pub installed_md5sum: Option<String>,
+pub(crate) struct ResourceArgs {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) dest: PathBuf,
+    pub(crate) md5sum: String,
+    pub(crate) size: u64,
+    pub(crate) installed_md5sum: Option<String>,
 }
 
 /// Which entry point to call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Validate,
     Install,
 }
 
 impl Op {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Op::Validate => "validate",
             Op::Install => "install",
@@ -125,7 +125,7 @@ impl Op {
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallOutcome {
+pub(crate) enum CallOutcome {
     /// The plugin returned 0.
     Ok,
     /// The plugin returned 1: not its resource.
@@ -140,7 +140,7 @@ pub enum CallOutcome {
 /// A line of the child's protocol (child → agent), one JSON object per line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ChildMessage {
+pub(crate) enum ChildMessage {
     Log { level: i32, message: String },
     Progress { percent: u32 },
     Probe(Probe),
@@ -148,7 +148,7 @@ pub enum ChildMessage {
 }
 
 /// The file checks of plugins.md, and the pin when `pins` is set. Returns the SHA-256.
-pub fn check_file(
+pub(crate) fn check_file(
     path: &Path,
     pins: Option<&BTreeMap<String, String>>,
 ) -> Result<String, PluginError> {
@@ -219,7 +219,7 @@ fn sha256_file(path: &Path) -> Result<String, PluginError> {
 }
 
 /// Checks `path` and probes it in a child: the verdict the daemon would reach.
-pub fn inspect(
+pub(crate) fn inspect(
     exe: &Path,
     path: &Path,
     pins: Option<&BTreeMap<String, String>>,
@@ -261,7 +261,7 @@ pub fn inspect(
 
 /// Every `*.so` in `dir` that passes the checks, in file-name order; each refusal is
 /// logged with its reason.
-pub fn scan(
+pub(crate) fn scan(
     exe: &Path,
     dir: &Path,
     pins: Option<&BTreeMap<String, String>>,
@@ -303,7 +303,7 @@ pub fn scan(
 }
 
 /// Calls `op` of `plugin` on `resource` in a child; `on_progress` gets its progress.
-pub fn call(
+pub(crate) fn call(
     exe: &Path,
     plugin: &Plugin,
     op: Op,
