@@ -1,4 +1,4 @@
-//! Configuration: the JSON file of agent.md, the device credentials in Tencent's
+//! Configuration: the JSON file of docs/agent.md, the device credentials in Tencent's
 //! `device_info.json` format (or inline), defaults for everything but the identity, and a
 //! refusal naming the key for anything unknown or out of range.
 
@@ -108,7 +108,7 @@ pub(crate) enum Auth {
     },
 }
 
-/// HMAC used for the MQTT password (protocol.md).
+/// HMAC used for the MQTT password (docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SignMethod {
     HmacSha256,
@@ -485,7 +485,7 @@ pub(crate) fn parse_broker(uri: &str) -> Result<Broker, String> {
     Ok(Broker { tls, host, port })
 }
 
-/// The platform's broker for this product (protocol.md): 1883 for key auth, TLS on 8883
+/// The platform's broker for this product (docs/protocol.md): 1883 for key auth, TLS on 8883
 /// for certificate auth.
 fn default_broker(device: &DeviceId, auth: &Auth) -> Broker {
     let tls = matches!(auth, Auth::Cert { .. });

@@ -98,7 +98,7 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
             source,
         }
     })?;
-    spawn_threads(session, &events, &shutdown)?;
+    spawn_mqtt(session, &events, &shutdown)?;
     let config = Arc::new(config);
     let connected = Arc::new(AtomicBool::new(false));
     let upload_cancel = Arc::new(AtomicBool::new(false));
@@ -145,7 +145,8 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn spawn_threads(
+/// Starts the `mqtt` thread: the session's connect/reconnect loop, feeding `events`.
+fn spawn_mqtt(
     session: Session,
     events: &SyncSender<Event>,
     shutdown: &Shutdown,
@@ -162,11 +163,11 @@ fn spawn_threads(
     Ok(())
 }
 
-/// The download in flight: its task and the flag that cancels it.
+/// The download in flight: its task, the flag that cancels it, and its thread.
 struct Running {
     task: Task,
     cancel: Arc<AtomicBool>,
-    done: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct Coordinator {
@@ -222,7 +223,7 @@ impl Coordinator {
     fn stop(&mut self) {
         log::info!("stopping");
         self.shutdown.trigger();
-        if let Some(handle) = self.in_flight.as_mut().and_then(|r| r.done.take()) {
+        if let Some(handle) = self.in_flight.as_mut().and_then(|r| r.thread.take()) {
             let deadline = Instant::now() + STOP_GRACE;
             while !handle.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -453,7 +454,7 @@ impl Coordinator {
                 self.in_flight = Some(Running {
                     task,
                     cancel,
-                    done: Some(handle),
+                    thread: Some(handle),
                 })
             }
             Err(e) => log::error!("cannot start the download thread: {e}"),

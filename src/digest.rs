@@ -1,6 +1,15 @@
-//! MD5 of resources, streamed. A newtype over the `md5` crate (built with full
-//! optimisation even in size-optimised release builds, see Cargo.toml) so that every
-//! hash in resagent — downloads, resumes, the outbox — goes through one place.
+//! Every read-and-hash in resagent goes through here: the MD5 of resources (a resume
+//! re-hashing its staged part, a file installed before a kill, an outbox file, the copy
+//! into the outbox) and the SHA-256 of plugin files. One chunked reading loop
+//! ([`read_chunks`]) serves them all. MD5 comes from the `md5` crate, built with full
+//! optimisation even in size-optimised release builds (see Cargo.toml).
+
+use sha2::{Digest, Sha256};
+use std::io::{self, Read};
+use std::path::Path;
+
+/// Size of one read when hashing a file.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// A running MD5.
 #[derive(Clone)]
@@ -27,6 +36,74 @@ impl Md5 {
     }
 }
 
+/// Where a chunked copy failed: reading its source, or in what was done with a chunk.
+#[derive(Debug)]
+pub(crate) enum ChunkError<E> {
+    Read(io::Error),
+    Sink(E),
+}
+
+/// Reads `r` in chunks, up to `limit` bytes, handing each chunk to `sink`; returns how
+/// many bytes there were. `EINTR` is retried; a short source simply ends early.
+pub(crate) fn read_chunks<E>(
+    r: &mut impl Read,
+    limit: u64,
+    mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, ChunkError<E>> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut done = 0u64;
+    while done < limit {
+        let want = buf
+            .len()
+            .min((limit - done).min(usize::MAX as u64) as usize);
+        let n = match r.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ChunkError::Read(e)),
+        };
+        sink(&buf[..n]).map_err(ChunkError::Sink)?;
+        done += n as u64;
+    }
+    Ok(done)
+}
+
+/// Feeds up to `len` bytes of `r` into `md5`; returns how many there were.
+pub(crate) fn hash_prefix(r: &mut impl Read, len: u64, md5: &mut Md5) -> io::Result<u64> {
+    read_chunks(r, len, |c| {
+        md5.consume(c);
+        Ok::<(), io::Error>(())
+    })
+    .map_err(|e| match e {
+        ChunkError::Read(e) | ChunkError::Sink(e) => e,
+    })
+}
+
+/// MD5 of everything `r` yields, as hex.
+pub(crate) fn md5_reader(r: &mut impl Read) -> io::Result<String> {
+    let mut md5 = Md5::new();
+    hash_prefix(r, u64::MAX, &mut md5)?;
+    Ok(md5.hex())
+}
+
+/// MD5 of a whole file, as hex.
+pub(crate) fn md5_file(path: &Path) -> io::Result<String> {
+    md5_reader(&mut std::fs::File::open(path)?)
+}
+
+/// SHA-256 of everything `r` yields, as hex (plugin pinning).
+pub(crate) fn sha256_reader(r: &mut impl Read) -> io::Result<String> {
+    let mut h = Sha256::new();
+    read_chunks(r, u64::MAX, |c| {
+        h.update(c);
+        Ok::<(), io::Error>(())
+    })
+    .map_err(|e| match e {
+        ChunkError::Read(e) | ChunkError::Sink(e) => e,
+    })?;
+    Ok(hex::encode(h.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +117,32 @@ mod tests {
         assert_eq!(Md5::new().hex(), "d41d8cd98f00b204e9800998ecf8427e");
         a.consume(b"!");
         assert_ne!(a.hex(), "5d41402abc4b2a76b9719d911017c592");
+    }
+
+    #[test]
+    fn files_and_prefixes_hash_to_the_known_digests() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"hello").unwrap();
+        assert_eq!(md5_file(&f).unwrap(), "5d41402abc4b2a76b9719d911017c592");
+        let mut md5 = Md5::new();
+        assert_eq!(hash_prefix(&mut &b"abcdef"[..], 3, &mut md5).unwrap(), 3);
+        assert_eq!(md5.hex(), "900150983cd24fb0d6963f7d28e17f72", "md5(abc)");
+        // `printf hello | sha256sum`
+        assert_eq!(
+            sha256_reader(&mut &b"hello"[..]).unwrap(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_copy() {
+        let mut seen = 0;
+        let r = read_chunks(&mut &[7u8; 10][..], u64::MAX, |c| {
+            seen += c.len();
+            Err("full")
+        });
+        assert!(matches!(r, Err(ChunkError::Sink("full"))));
+        assert_eq!(seen, 10);
     }
 }

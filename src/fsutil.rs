@@ -43,7 +43,7 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Renames `src` over `dest` with the durability promise of agent.md: `src` is fsynced
+/// Renames `src` over `dest` with the durability promise of docs/agent.md: `src` is fsynced
 /// first, the folder of `dest` after. A symlink at `dest` is replaced, never followed.
 pub(crate) fn atomic_replace(src: &Path, dest: &Path) -> Result<(), FsError> {
     let f = File::open(src).map_err(|e| FsError::new("open", src, e))?;

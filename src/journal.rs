@@ -172,7 +172,7 @@ pub(crate) struct JournalStore {
     journal: Mutex<Journal>,
 }
 
-/// Mode of the journal: it holds presigned URLs (agent.md).
+/// Mode of the journal: it holds presigned URLs (docs/agent.md).
 const JOURNAL_MODE: u32 = 0o600;
 
 impl JournalStore {

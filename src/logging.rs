@@ -1,6 +1,6 @@
 //! Logging setup: env_logger following `RUST_LOG` (default `info`), behind a filter that
 //! keeps some crates' debug and trace records out whatever `RUST_LOG` says, because a
-//! secret must never reach a log (agent.md): at those levels `paho_mqtt` prints its
+//! secret must never reach a log (docs/agent.md): at those levels `paho_mqtt` prints its
 //! connect options, password included, and `ureq` prints whole request URLs, presigned
 //! signatures included.
 

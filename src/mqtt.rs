@@ -45,7 +45,7 @@ pub(crate) enum MqttError {
     },
 }
 
-/// The signed MQTT username and password of one connect (protocol.md, "Connection").
+/// The signed MQTT username and password of one connect (docs/protocol.md, "Connection").
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Credentials {
     pub(crate) username: String,

@@ -3,11 +3,12 @@
 //! hashing it during that same pass and leaving the MD5 beside it so the daemon does not
 //! read the file a third time. Dot-names are work in progress and are never uploaded.
 
+use crate::digest::{read_chunks, ChunkError};
 use crate::fsutil::{self, FsError};
 use crate::protocol::validate_name;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -15,7 +16,7 @@ use thiserror::Error;
 /// Errors queueing a file, each naming the file.
 #[derive(Debug, Error)]
 pub(crate) enum OutboxError {
-    /// The upload name breaks protocol.md's rules for names.
+    /// The upload name breaks docs/protocol.md's rules for names.
     #[error("invalid upload name: {0}")]
     InvalidName(String),
     /// The source cannot be read (missing, no permission).
@@ -155,23 +156,21 @@ fn copy_hashing(src: &Path, outbox: &Path, name: &str, dest: &Path) -> Result<St
             .map_err(|e| FsError::new("create", &tmp, e))?;
         let mut ctx = crate::digest::Md5::new();
         let mut flusher = fsutil::Flusher::new(&out);
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(OutboxError::Source {
-                        path: src.to_path_buf(),
-                        source: e,
-                    })
-                }
-            };
-            ctx.consume(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| FsError::new("write", &tmp, e))?;
-            flusher.wrote(n as u64);
+        let copied = read_chunks(&mut input, u64::MAX, |chunk| {
+            ctx.consume(chunk);
+            out.write_all(chunk)?;
+            flusher.wrote(chunk.len() as u64);
+            Ok(())
+        });
+        match copied {
+            Ok(_) => {}
+            Err(ChunkError::Read(source)) => {
+                return Err(OutboxError::Source {
+                    path: src.to_path_buf(),
+                    source,
+                })
+            }
+            Err(ChunkError::Sink(e)) => return Err(FsError::new("write", &tmp, e).into()),
         }
         drop(flusher);
         drop(out);
@@ -200,7 +199,7 @@ fn move_in(src: &Path, outbox: &Path, dest: &Path) -> Result<String, OutboxError
     if let Some(dir) = src.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = fsutil::fsync_dir(dir);
     }
-    crate::install::md5_file(dest).map_err(|e| FsError::new("read", dest, e).into())
+    crate::digest::md5_file(dest).map_err(|e| FsError::new("read", dest, e).into())
 }
 
 fn write_digest(outbox: &Path, name: &str, md5sum: &str, meta: &std::fs::Metadata) {
@@ -227,7 +226,7 @@ pub(crate) fn md5_of_entry(outbox: &Path, entry: &Entry) -> io::Result<String> {
             }
         }
     }
-    let md5sum = crate::install::md5_file(&entry.path)?;
+    let md5sum = crate::digest::md5_file(&entry.path)?;
     write_digest(outbox, &entry.name, &md5sum, &meta);
     Ok(md5sum)
 }

@@ -1,5 +1,5 @@
 //! The resource protocol as data: topics, message shapes, task validation, progress states
-//! and result codes (`../shared/spec/protocol.md`). Pure code with no I/O, so every rule
+//! and result codes (docs/protocol.md). Pure code with no I/O, so every rule
 //! about what the network may send is testable without a broker.
 
 use serde::{Deserialize, Serialize};
@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::fmt;
 use thiserror::Error;
 
-/// Largest message accepted from the broker; anything bigger is bad input (protocol.md).
+/// Largest message accepted from the broker; anything bigger is bad input (docs/protocol.md).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Longest resource name a file system takes as one path component (NAME_MAX).
 pub(crate) const MAX_NAME_BYTES: usize = 255;
@@ -50,7 +50,7 @@ impl DeviceId {
     }
 }
 
-/// Result codes of progress reports (protocol.md, "Result codes").
+/// Result codes of progress reports (docs/protocol.md, "Result codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "i32", try_from = "i32")]
 pub(crate) enum ResultCode {
@@ -237,7 +237,7 @@ pub(crate) fn percent(done: u64, total: u64) -> u8 {
     p as u8
 }
 
-/// A download task that passed every check of protocol.md's "Bad input".
+/// A download task that passed every check of docs/protocol.md's "Bad input".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Task {
     pub(crate) name: String,
@@ -312,8 +312,18 @@ pub(crate) struct UploadTaskRsp {
     pub(crate) name: String,
     pub(crate) md5sum: String,
     pub(crate) size: Option<u64>,
-    /// `Err(reason)` when the platform refused the task (non-zero code or no URL).
-    pub(crate) url: Result<String, String>,
+    pub(crate) grant: UploadGrant,
+}
+
+/// What `create_upload_task_rsp` grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UploadGrant {
+    /// The presigned URL to PUT the file to.
+    Url(String),
+    /// A non-zero `result_code`: the platform refused the task.
+    Refused { result_code: i64 },
+    /// A zero code but no (or an empty) `url`.
+    NoUrl,
 }
 
 /// Parses and checks one message from the down topic.
@@ -454,7 +464,7 @@ pub(crate) fn validate_task(value: &Value, limits: &TaskLimits) -> Result<Task, 
     })
 }
 
-/// A resource name must be one safe path component (protocol.md, "Bad input").
+/// A resource name must be one safe path component (docs/protocol.md, "Bad input").
 pub(crate) fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("name is empty".into());
@@ -549,16 +559,16 @@ fn parse_upload_task_rsp(value: &Value) -> Result<UploadTaskRsp, BadMessage> {
             .as_i64()
             .ok_or_else(|| BadMessage::new("`result_code` is not an integer"))?,
     };
-    let url = match value.get("url") {
-        _ if code != 0 => Err(format!("platform refused the upload (result_code {code})")),
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        _ => Err("platform answered without a url".to_string()),
+    let grant = match value.get("url") {
+        _ if code != 0 => UploadGrant::Refused { result_code: code },
+        Some(Value::String(s)) if !s.is_empty() => UploadGrant::Url(s.clone()),
+        _ => UploadGrant::NoUrl,
     };
     Ok(UploadTaskRsp {
         name,
         md5sum,
         size,
-        url,
+        grant,
     })
 }
 
@@ -857,8 +867,8 @@ mod tests {
             DownMessage::UploadTaskRsp(r) => r,
             other => panic!("{other:?}"),
         };
-        assert_eq!(parse(ok).url, Ok("https://u".into()));
-        assert!(parse(refused).url.is_err());
-        assert!(parse(no_url).url.is_err());
+        assert_eq!(parse(ok).grant, UploadGrant::Url("https://u".into()));
+        assert!(matches!(parse(refused).grant, UploadGrant::Refused { .. }));
+        assert_eq!(parse(no_url).grant, UploadGrant::NoUrl);
     }
 }

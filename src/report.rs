@@ -5,7 +5,7 @@
 
 use crate::journal::{Journal, JournalStore};
 use crate::mqtt::Publisher;
-use crate::protocol::{ProgressState, Report};
+use crate::protocol::{Direction, ProgressState, Report};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -145,6 +145,41 @@ impl Throttle {
             self.last = Some((state, percent, now));
         }
         send
+    }
+}
+
+/// The intermediate reports of one transfer, throttled: downloads (`downloading`,
+/// `burning`) and uploads (`uploading`) all report through this one helper.
+pub(crate) struct Progress<'a> {
+    reporter: &'a Reporter,
+    direction: Direction,
+    name: &'a str,
+    throttle: Throttle,
+}
+
+impl<'a> Progress<'a> {
+    pub(crate) fn new(
+        reporter: &'a Reporter,
+        direction: Direction,
+        name: &'a str,
+        interval: Duration,
+    ) -> Self {
+        Progress {
+            reporter,
+            direction,
+            name,
+            throttle: Throttle::new(interval),
+        }
+    }
+
+    /// Reports `state` at `percent` if the throttle lets it through; whether it did.
+    pub(crate) fn report(&mut self, state: ProgressState, percent: u8) -> bool {
+        let due = self.throttle.due(state, percent, Instant::now());
+        if due {
+            self.reporter
+                .progress(&Report::progress(self.direction, self.name, state, percent));
+        }
+        due
     }
 }
 

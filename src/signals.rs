@@ -5,7 +5,7 @@
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use std::thread::JoinHandle;
 
-/// What an operator asked for (agent.md, "Signals").
+/// What an operator asked for (docs/agent.md, "Signals").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Request {
     /// SIGTERM, SIGINT: graceful stop.

@@ -1,6 +1,6 @@
 //! The download task state machine as pure functions over the journal: what happens to a
 //! task that arrives, which task runs next, and how a finished one is recorded. No I/O,
-//! so every rule of protocol.md ("one download at a time", "a later task for the same
+//! so every rule of docs/protocol.md ("one download at a time", "a later task for the same
 //! name replaces one that waits", "a repeated task is done at once") is tested directly.
 
 use crate::journal::{InFlight, Installed, Journal};

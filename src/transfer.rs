@@ -1,8 +1,9 @@
 //! HTTP with blocking `ureq` on OpenSSL (native-tls): the proxy from the environment,
 //! redirects followed by hand (at most 5, allowed schemes only), a read timeout on every
-//! socket, and the checks protocol.md asks of a response before its body is used.
+//! socket, and the checks docs/protocol.md asks of a response before its body is used.
 
 use crate::config::Config;
+use crate::download::partial_response;
 use crate::protocol::{redact_url, ResultCode};
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use thiserror::Error;
 use url::Url;
 
-/// Redirects followed before a request fails (protocol.md).
+/// Redirects followed before a request fails (docs/protocol.md).
 pub(crate) const MAX_REDIRECTS: usize = 5;
 
 /// What went wrong with a request; every URL in here is already redacted.
@@ -313,7 +314,7 @@ fn error_detail(resp: ureq::Response) -> String {
     }
 }
 
-/// Checks status, `Content-Range`, `Content-Length` and `ETag` against the request.
+/// Checks the answer against the request (`download/partial_response.rs`).
 fn check_response(
     resp: ureq::Response,
     url: &str,
@@ -321,86 +322,27 @@ fn check_response(
     etag: Option<&str>,
     size: u64,
 ) -> Result<Body, TransferError> {
-    let header_u64 = |name: &str| resp.header(name).and_then(|v| v.trim().parse::<u64>().ok());
     let new_etag = resp.header("ETag").map(str::to_string);
-    let start = match resp.status() {
-        200 => 0,
-        206 if offset > 0 => {
-            let range = resp.header("Content-Range").unwrap_or("");
-            let (first, total) =
-                parse_content_range(range).ok_or_else(|| TransferError::ResumeRefused {
-                    url: url.to_string(),
-                    reason: format!("206 with Content-Range `{range}`"),
-                })?;
-            if let Some(total) = total {
-                if total != size {
-                    return Err(TransferError::SizeMismatch {
-                        url: url.to_string(),
-                        header: "Content-Range",
-                        got: total,
-                        expected: size,
-                    });
-                }
-            }
-            if first != offset {
-                return Err(TransferError::ResumeRefused {
-                    url: url.to_string(),
-                    reason: format!("asked for byte {offset}, got Content-Range `{range}`"),
-                });
-            }
-            if let (Some(old), Some(new)) = (etag, new_etag.as_deref()) {
-                if old != new {
-                    return Err(TransferError::ResumeRefused {
-                        url: url.to_string(),
-                        reason: format!("ETag changed from {old} to {new}"),
-                    });
-                }
-            }
-            offset
-        }
-        status => {
-            return Err(TransferError::Unexpected {
-                url: url.to_string(),
-                reason: format!(
-                    "HTTP {status} to a GET{}",
-                    if offset > 0 { " with Range" } else { "" }
-                ),
-            })
-        }
+    let request = partial_response::Request {
+        url,
+        offset,
+        etag,
+        size,
     };
-    if let Some(len) = header_u64("Content-Length") {
-        let expected = size.saturating_sub(start);
-        if len != expected {
-            return Err(TransferError::SizeMismatch {
-                url: url.to_string(),
-                header: "Content-Length",
-                got: start + len,
-                expected: size,
-            });
-        }
-    }
+    let answer = partial_response::Answer {
+        status: resp.status(),
+        content_range: resp.header("Content-Range"),
+        content_length: resp
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+        etag: new_etag.as_deref(),
+    };
+    let start = partial_response::judge(&request, &answer)?;
     Ok(Body {
         reader: resp.into_reader(),
         start,
         etag: new_etag,
     })
-}
-
-/// `bytes FIRST-LAST/TOTAL` → (FIRST, TOTAL); TOTAL is None for `*`.
-pub(crate) fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
-    let rest = v.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let (first, last) = range.split_once('-')?;
-    let first: u64 = first.trim().parse().ok()?;
-    let last: u64 = last.trim().parse().ok()?;
-    if last < first {
-        return None;
-    }
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    Some((first, total))
 }
 
 /// The proxy for `url` from `https_proxy`/`http_proxy` (either case), unless `no_proxy`
@@ -451,18 +393,6 @@ fn split_pem(pem: &[u8]) -> Vec<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_range_parses() {
-        assert_eq!(
-            parse_content_range("bytes 100-199/200"),
-            Some((100, Some(200)))
-        );
-        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
-        assert_eq!(parse_content_range("bytes */200"), None);
-        assert_eq!(parse_content_range("bytes 9-3/20"), None);
-        assert_eq!(parse_content_range("items 1-2/3"), None);
-    }
 
     #[test]
     fn proxy_honours_no_proxy() {

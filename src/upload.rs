@@ -7,24 +7,28 @@
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::journal::{unix_now, JournalStore, UploadInFlight, UploadRetry};
-use crate::mqtt::Publisher;
+use crate::mqtt::{MqttError, Publisher};
 use crate::outbox::{self, Entry};
-use crate::protocol::{percent, Direction, ProgressState, Report, ResultCode, UploadTaskRsp};
+use crate::protocol::{
+    percent, Direction, ProgressState, Report, ResultCode, UploadGrant, UploadTaskRsp,
+};
 use crate::random;
-use crate::report::{Reporter, Throttle};
+use crate::report::{Progress, Reporter};
 use crate::shutdown::Shutdown;
-use crate::transfer::HttpClient;
+use crate::transfer::{HttpClient, TransferError};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use thiserror::Error;
 
 /// How long the platform has to answer `create_upload_task`.
 const TASK_RSP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long after `done` a rejection (`_rsp` or `upload_result`) still counts (protocol.md).
+/// How long after `done` a rejection (`_rsp` or `upload_result`) still counts (docs/protocol.md).
 const REJECTION_WINDOW: Duration = Duration::from_secs(5);
 /// The outbox is scanned at least this often, in case a file arrived without SIGUSR2.
 const SCAN_INTERVAL: Duration = Duration::from_secs(60);
@@ -52,8 +56,44 @@ pub(crate) enum UploadSignal {
 /// How one attempt ended.
 enum Attempt {
     Uploaded,
-    Retry(String),
+    /// The file stays in the outbox and is tried again after a delay.
+    Retry(UploadError),
     Stopped,
+}
+
+/// Why an upload attempt did not end confirmed, one variant per failure site.
+#[derive(Debug, Error)]
+enum UploadError {
+    /// The outbox file could not be read for its MD5.
+    #[error("read {}: {source}", path.display())]
+    Hash { path: PathBuf, source: io::Error },
+    /// The outbox file could not be opened for the PUT.
+    #[error("open {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    /// `create_upload_task` was not acknowledged by the broker.
+    #[error("create_upload_task not sent: {0}")]
+    Announce(MqttError),
+    /// The platform did not answer `create_upload_task`.
+    #[error("no create_upload_task_rsp within {secs} s")]
+    NoAnswer { secs: u64 },
+    /// The platform refused the task.
+    #[error("platform refused the upload (result_code {result_code})")]
+    Refused { result_code: i64 },
+    /// The platform accepted the task without a URL.
+    #[error("platform answered without a url")]
+    NoUrl,
+    /// The platform withdrew the upload during the PUT.
+    #[error("withdrawn by the platform")]
+    Withdrawn,
+    /// The PUT failed (reported `fail` -8).
+    #[error("{name}: {source}")]
+    Put { name: String, source: TransferError },
+    /// The broker did not acknowledge `done`.
+    #[error("the done report was not acknowledged")]
+    DoneNotAcknowledged,
+    /// The platform rejected the upload after `done`.
+    #[error("the platform rejected the upload (result_code {result_code})")]
+    Rejected { result_code: i64 },
 }
 
 pub(crate) struct Uploader {
@@ -118,7 +158,7 @@ impl Uploader {
                                 entry.name,
                                 delay.as_secs_f64()
                             );
-                            self.note_retry(&entry.name, w, &reason);
+                            self.note_retry(&entry.name, w, &reason.to_string());
                         }
                         Attempt::Stopped => return,
                     }
@@ -165,7 +205,12 @@ impl Uploader {
     fn attempt(&mut self, entry: &Entry) -> Attempt {
         let md5sum = match outbox::md5_of_entry(&self.config.outbox_dir, entry) {
             Ok(m) => m,
-            Err(e) => return Attempt::Retry(format!("read {}: {e}", entry.path.display())),
+            Err(source) => {
+                return Attempt::Retry(UploadError::Hash {
+                    path: entry.path.clone(),
+                    source,
+                })
+            }
         };
         let size = std::fs::metadata(&entry.path)
             .map(|m| m.len())
@@ -184,12 +229,10 @@ impl Uploader {
             .reporter
             .final_report(Report::done(Direction::Upload, &entry.name))
         {
-            return Attempt::Retry("the done report was not acknowledged".into());
+            return Attempt::Retry(UploadError::DoneNotAcknowledged);
         }
-        if let Some(code) = self.rejection() {
-            return Attempt::Retry(format!(
-                "the platform rejected the upload (result_code {code})"
-            ));
+        if let Some(result_code) = self.rejection() {
+            return Attempt::Retry(UploadError::Rejected { result_code });
         }
         if let Err(e) = outbox::remove(&self.config.outbox_dir, entry) {
             log::error!("uploaded {}, but {e}", entry.name);
@@ -204,7 +247,7 @@ impl Uploader {
         let msg =
             json!({"type": "create_upload_task", "size": size, "name": name, "md5sum": md5sum});
         if let Err(e) = self.publisher.publish(&msg, 1) {
-            return Err(Attempt::Retry(format!("create_upload_task not sent: {e}")));
+            return Err(Attempt::Retry(UploadError::Announce(e)));
         }
         let deadline = Instant::now() + TASK_RSP_TIMEOUT;
         loop {
@@ -212,14 +255,19 @@ impl Uploader {
                 return Err(Attempt::Stopped);
             }
             if Instant::now() >= deadline {
-                return Err(Attempt::Retry(format!(
-                    "no create_upload_task_rsp within {} s",
-                    TASK_RSP_TIMEOUT.as_secs()
-                )));
+                return Err(Attempt::Retry(UploadError::NoAnswer {
+                    secs: TASK_RSP_TIMEOUT.as_secs(),
+                }));
             }
             match self.inbox.recv_timeout(TICK) {
                 Ok(UploadSignal::TaskRsp(rsp)) if rsp.name == name && rsp.md5sum == md5sum => {
-                    return rsp.url.map_err(Attempt::Retry);
+                    return match rsp.grant {
+                        UploadGrant::Url(url) => Ok(url),
+                        UploadGrant::Refused { result_code } => {
+                            Err(Attempt::Retry(UploadError::Refused { result_code }))
+                        }
+                        UploadGrant::NoUrl => Err(Attempt::Retry(UploadError::NoUrl)),
+                    };
                 }
                 Ok(UploadSignal::TaskRsp(rsp)) => {
                     log::debug!(
@@ -236,17 +284,25 @@ impl Uploader {
     }
 
     fn put(&mut self, entry: &Entry, url: &str, size: u64, md5sum: &str) -> Result<(), Attempt> {
-        let file = std::fs::File::open(&entry.path)
-            .map_err(|e| Attempt::Retry(format!("open {}: {e}", entry.path.display())))?;
+        let file = std::fs::File::open(&entry.path).map_err(|source| {
+            Attempt::Retry(UploadError::Open {
+                path: entry.path.clone(),
+                source,
+            })
+        })?;
         let http = HttpClient::new(&self.config);
         self.cancel.store(false, Ordering::SeqCst);
         let body = ProgressBody {
             inner: file.take(size),
             sent: 0,
             size,
-            name: &entry.name,
             uploader: self,
-            throttle: Throttle::new(self.config.progress_interval),
+            progress: Progress::new(
+                &self.reporter,
+                Direction::Upload,
+                &entry.name,
+                self.config.progress_interval,
+            ),
             pace: crate::pace::Pace::new(self.config.max_bytes_per_s),
         };
         // ureq copies the body with a small stack buffer; a large buffer in front means
@@ -261,18 +317,21 @@ impl Uploader {
                 "the platform withdrew the upload of {}; the file stays queued",
                 entry.name
             );
-            return Err(Attempt::Retry("withdrawn by the platform".into()));
+            return Err(Attempt::Retry(UploadError::Withdrawn));
         }
-        result.map_err(|e| {
-            let msg = format!("{}: {e}", entry.name);
+        result.map_err(|source| {
+            let e = UploadError::Put {
+                name: entry.name.clone(),
+                source,
+            };
             self.reporter.final_report(Report::fail(
                 Direction::Upload,
                 &entry.name,
                 0,
                 ResultCode::UploadFailed,
-                &msg,
+                &e.to_string(),
             ));
-            Attempt::Retry(msg)
+            Attempt::Retry(e)
         })
     }
 
@@ -341,15 +400,10 @@ impl Uploader {
         });
     }
 
-    fn progress(&self, name: &str, sent: u64, size: u64, throttle: &mut Throttle) {
+    /// Reports `uploading` at `sent` of `size` (throttled) and records the percent.
+    fn progress(&self, progress: &mut Progress, sent: u64, size: u64) {
         let p = percent(sent, size);
-        if throttle.due(ProgressState::Uploading, p, Instant::now()) {
-            self.reporter.progress(&Report::progress(
-                Direction::Upload,
-                name,
-                ProgressState::Uploading,
-                p,
-            ));
+        if progress.report(ProgressState::Uploading, p) {
             let _ = self.journal.update(|j| {
                 if let Some(u) = j.upload.as_mut() {
                     u.percent = p;
@@ -365,9 +419,8 @@ struct ProgressBody<'a, R> {
     inner: R,
     sent: u64,
     size: u64,
-    name: &'a str,
     uploader: &'a Uploader,
-    throttle: Throttle,
+    progress: Progress<'a>,
     pace: crate::pace::Pace,
 }
 
@@ -378,13 +431,12 @@ impl<R: Read> Read for ProgressBody<'_, R> {
             return Err(io::Error::other("upload stopped"));
         }
         if self.sent == 0 {
-            self.uploader
-                .progress(self.name, 0, self.size, &mut self.throttle);
+            self.uploader.progress(&mut self.progress, 0, self.size);
         }
         let n = self.inner.read(buf)?;
         self.sent += n as u64;
         self.uploader
-            .progress(self.name, self.sent, self.size, &mut self.throttle);
+            .progress(&mut self.progress, self.sent, self.size);
         self.pace.after(n as u64, &self.uploader.shutdown);
         Ok(n)
     }

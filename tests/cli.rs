@@ -1,4 +1,4 @@
-//! The command line's contract (agent.md): exit codes, configuration errors naming the
+//! The command line's contract (docs/agent.md): exit codes, configuration errors naming the
 //! key, `--version`, and `status` without a daemon.
 
 mod common;

@@ -5,7 +5,7 @@
 //! demo and for vendors trying plugins without the cloud.
 //!
 //! It is written apart from resagent's own protocol code (plain `serde_json::Value`s), so
-//! the tests check resagent against a second reading of protocol.md, not against itself.
+//! the tests check resagent against a second reading of docs/protocol.md, not against itself.
 
 pub mod http;
 pub mod rig;

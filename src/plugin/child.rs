@@ -2,7 +2,8 @@
 //! loads plugin code and crosses into C, so all of resagent's `unsafe` lives here. The
 //! child answers the agent with JSON lines (see [`ChildMessage`]) on a private copy of
 //! its stdout; the plugin's own stdout goes to stderr, so a `printf` in a plugin cannot
-//! corrupt the answer.
+//! corrupt the answer. The C structs and symbol names come from `resagent-plugin-sdk`,
+//! the one Rust definition of `plugins/include/resagent_plugin.h`.
 
 use super::{ChildMessage, Probe, ResourceArgs, ABI_VERSION, MAX_PLUGIN_TEXT};
 use std::ffi::{c_char, c_int, CStr, CString};
@@ -13,30 +14,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Mutex, OnceLock};
 
-/// `struct resagent_host` of `resagent_plugin.h`.
-#[repr(C)]
-struct Host {
-    struct_size: u32,
-    log: extern "C" fn(c_int, *const c_char),
-    progress: extern "C" fn(u32),
-    atomic_replace: extern "C" fn(*const c_char, *const c_char) -> c_int,
-}
-
-/// `struct resagent_resource` of `resagent_plugin.h`.
-#[repr(C)]
-struct Resource {
-    struct_size: u32,
-    name: *const c_char,
-    path: *const c_char,
-    dest: *const c_char,
-    md5sum: *const c_char,
-    size: u64,
-    installed_md5sum: *const c_char,
-}
-
-type AbiFn = unsafe extern "C" fn() -> u32;
-type NameFn = unsafe extern "C" fn() -> *const c_char;
-type CallFn = unsafe extern "C" fn(*const Host, *const Resource, *mut c_char, usize) -> c_int;
+use resagent_plugin_sdk::{
+    AbiFn, CallFn, Host, NameFn, Resource, SYMBOL_ABI, SYMBOL_INSTALL, SYMBOL_NAME, SYMBOL_VALIDATE,
+};
 
 /// Size of the `err` buffer handed to the plugin (the header promises at least 256).
 const ERR_LEN: usize = 1024;
@@ -120,12 +100,8 @@ pub(crate) fn main(mode: &str, plugin: &Path) -> ExitCode {
     };
     // SAFETY: the symbol types are those of resagent_plugin.h; a plugin exporting these
     // names with other signatures breaks the ABI contract it claims by exporting them.
-    let (abi_fn, name_fn) = unsafe {
-        (
-            lib.get::<AbiFn>(b"resagent_plugin_abi\0"),
-            lib.get::<NameFn>(b"resagent_plugin_name\0"),
-        )
-    };
+    let (abi_fn, name_fn) =
+        unsafe { (lib.get::<AbiFn>(SYMBOL_ABI), lib.get::<NameFn>(SYMBOL_NAME)) };
     let (abi_fn, name_fn) = match (abi_fn, name_fn) {
         (Ok(a), Ok(n)) => (a, n),
         (Err(_), _) => return fail("does not export resagent_plugin_abi".into()),
@@ -140,9 +116,9 @@ pub(crate) fn main(mode: &str, plugin: &Path) -> ExitCode {
         plugin_text(unsafe { CStr::from_ptr(name_ptr) }.to_bytes())
     };
     // SAFETY: as above, the types are those of the header.
-    let validate = unsafe { lib.get::<CallFn>(b"resagent_validate\0") }.ok();
+    let validate = unsafe { lib.get::<CallFn>(SYMBOL_VALIDATE) }.ok();
     // SAFETY: as above.
-    let install = unsafe { lib.get::<CallFn>(b"resagent_install\0") }.ok();
+    let install = unsafe { lib.get::<CallFn>(SYMBOL_INSTALL) }.ok();
     if mode == "probe" {
         send(&ChildMessage::Probe(Probe {
             abi,

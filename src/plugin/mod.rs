@@ -1,4 +1,4 @@
-//! Vendor plugins (plugins.md): the checks a plugin file must pass, discovery in file-name
+//! Vendor plugins (docs/plugins.md): the checks a plugin file must pass, discovery in file-name
 //! order, and every call made in a child process — resagent re-executing itself with the
 //! internal `__plugin` subcommand — under `plugin_timeout_s`, so a plugin that crashes,
 //! aborts or hangs fails one call and never the agent. The daemon itself never loads a
@@ -8,7 +8,6 @@ pub(crate) mod child;
 
 use crate::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -19,8 +18,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// The ABI version this resagent speaks (plugins.md, "The ABI, version 1").
-pub(crate) const ABI_VERSION: u32 = 1;
+/// The ABI version this resagent speaks (docs/plugins.md, "The ABI, version 1").
+pub(crate) const ABI_VERSION: u32 = resagent_plugin_sdk::ABI_VERSION;
 /// The internal subcommand the child runs.
 pub(crate) const CHILD_COMMAND: &str = "__plugin";
 /// How long a plugin's child has between SIGTERM and SIGKILL when the agent stops.
@@ -130,11 +129,32 @@ pub(crate) enum CallOutcome {
     Ok,
     /// The plugin returned 1: not its resource.
     Declined,
-    /// The plugin returned a negative value, crashed, hung or could not run; the reason
-    /// names the plugin.
-    Failed(String),
+    /// The plugin failed, crashed, hung or could not run.
+    Failed(PluginFailure),
     /// The agent is stopping: the call was ended and is made again after the restart.
     Interrupted,
+}
+
+/// Why a plugin call failed, one variant per way; each names the plugin, as the
+/// platform sees it in `result_msg` (`plugin NAME: REASON`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub(crate) enum PluginFailure {
+    /// The child could not be started or talked to.
+    #[error("plugin {plugin}: {reason}")]
+    Spawn { plugin: String, reason: String },
+    /// The plugin returned a negative value with a reason.
+    #[error("plugin {plugin}: {reason}")]
+    Refused { plugin: String, reason: String },
+    /// The plugin returned a negative value and wrote no reason.
+    #[error("plugin {plugin}: {op} failed with {code}")]
+    Code {
+        plugin: String,
+        op: &'static str,
+        code: i32,
+    },
+    /// The child ended without an answer: a crash, an exit, a timeout.
+    #[error("plugin {plugin}: {how}")]
+    NoAnswer { plugin: String, how: String },
 }
 
 /// A line of the child's protocol (child → agent), one JSON object per line.
@@ -147,7 +167,7 @@ pub(crate) enum ChildMessage {
     Result { code: i32, reason: String },
 }
 
-/// The file checks of plugins.md, and the pin when `pins` is set. Returns the SHA-256.
+/// The file checks of docs/plugins.md, and the pin when `pins` is set. Returns the SHA-256.
 pub(crate) fn check_file(
     path: &Path,
     pins: Option<&BTreeMap<String, String>>,
@@ -201,21 +221,12 @@ pub(crate) fn check_file(
 }
 
 fn sha256_file(path: &Path) -> Result<String, PluginError> {
-    let read = |source| PluginError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::File::open(path).map_err(read)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(read)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    std::fs::File::open(path)
+        .and_then(|mut f| crate::digest::sha256_reader(&mut f))
+        .map_err(|source| PluginError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Checks `path` and probes it in a child: the verdict the daemon would reach.
@@ -313,6 +324,7 @@ pub(crate) fn call(
     on_progress: impl FnMut(u32),
 ) -> CallOutcome {
     let input = serde_json::to_vec(resource).expect("resource serialises");
+    let plugin_name = || plugin.name.clone();
     let run = match run_child(
         exe,
         &plugin.path,
@@ -323,7 +335,12 @@ pub(crate) fn call(
         on_progress,
     ) {
         Ok(r) => r,
-        Err(reason) => return CallOutcome::Failed(format!("plugin {}: {reason}", plugin.name)),
+        Err(reason) => {
+            return CallOutcome::Failed(PluginFailure::Spawn {
+                plugin: plugin_name(),
+                reason,
+            })
+        }
     };
     if run.interrupted {
         return CallOutcome::Interrupted;
@@ -331,16 +348,19 @@ pub(crate) fn call(
     match run.result {
         Some((0, _)) => CallOutcome::Ok,
         Some((1, _)) => CallOutcome::Declined,
-        Some((code, reason)) => CallOutcome::Failed(format!(
-            "plugin {}: {}",
-            plugin.name,
-            if reason.is_empty() {
-                format!("{} failed with {code}", op.as_str())
-            } else {
-                reason
-            }
-        )),
-        None => CallOutcome::Failed(format!("plugin {}: {}", plugin.name, run.status)),
+        Some((code, reason)) if reason.is_empty() => CallOutcome::Failed(PluginFailure::Code {
+            plugin: plugin_name(),
+            op: op.as_str(),
+            code,
+        }),
+        Some((_, reason)) => CallOutcome::Failed(PluginFailure::Refused {
+            plugin: plugin_name(),
+            reason,
+        }),
+        None => CallOutcome::Failed(PluginFailure::NoAnswer {
+            plugin: plugin_name(),
+            how: run.status,
+        }),
     }
 }
 

@@ -5,43 +5,19 @@
 //! reader sees the whole old folder or the whole new one, never a mix. Other resources
 //! are declined, for the next plugin or resagent's default installer.
 //!
-//! The C ABI is `plugins/include/resagent_plugin.h`; the `#[repr(C)]` mirrors below are
-//! the only `unsafe` surface, kept to this file.
+//! The C ABI is `plugins/include/resagent_plugin.h`, reached through
+//! `resagent-plugin-sdk` (its one Rust definition, checked against the header): the
+//! entry point below is the plugin's only `unsafe`.
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use resagent_plugin_sdk::{self as sdk, HostApi, ResourceView, Verdict};
+use std::ffi::{c_char, c_int};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-/// `struct resagent_host`.
-#[repr(C)]
-pub struct Host {
-    pub struct_size: u32,
-    pub log: extern "C" fn(c_int, *const c_char),
-    pub progress: extern "C" fn(u32),
-    pub atomic_replace: extern "C" fn(*const c_char, *const c_char) -> c_int,
-}
-
-/// `struct resagent_resource`.
-#[repr(C)]
-pub struct Resource {
-    pub struct_size: u32,
-    pub name: *const c_char,
-    pub path: *const c_char,
-    pub dest: *const c_char,
-    pub md5sum: *const c_char,
-    pub size: u64,
-    pub installed_md5sum: *const c_char,
-}
-
-const OK: c_int = 0;
-const DECLINED: c_int = 1;
-const FAILED: c_int = -1;
-const LOG_INFO: c_int = 3;
-
 #[no_mangle]
 pub extern "C" fn resagent_plugin_abi() -> u32 {
-    1
+    sdk::ABI_VERSION
 }
 
 #[no_mangle]
@@ -62,15 +38,15 @@ pub fn folder_name(resource: &str) -> Option<(&str, bool)> {
 }
 
 /// Counts the compressed bytes read, for progress.
-struct Counting<R> {
+struct Counting<'p, R> {
     inner: R,
     read: u64,
     total: u64,
-    report: Box<dyn FnMut(u32)>,
+    report: &'p mut dyn FnMut(u32),
     last: u32,
 }
 
-impl<R: Read> Read for Counting<R> {
+impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
@@ -89,7 +65,7 @@ pub fn install(
     gz: bool,
     target: &Path,
     size: u64,
-    progress: Box<dyn FnMut(u32)>,
+    progress: &mut dyn FnMut(u32),
 ) -> Result<(), String> {
     let parent = target.parent().ok_or("destination has no folder")?;
     let leaf = target
@@ -111,7 +87,7 @@ fn unpack(
     gz: bool,
     into: &Path,
     size: u64,
-    progress: Box<dyn FnMut(u32)>,
+    progress: &mut dyn FnMut(u32),
 ) -> Result<(), String> {
     let file = File::open(archive).map_err(|e| format!("open {}: {e}", archive.display()))?;
     let counted = Counting {
@@ -121,7 +97,7 @@ fn unpack(
         report: progress,
         last: 0,
     };
-    let reader: Box<dyn Read> = if gz {
+    let reader: Box<dyn Read + '_> = if gz {
         Box::new(flate2::read::GzDecoder::new(counted))
     } else {
         Box::new(counted)
@@ -186,60 +162,34 @@ fn swap_in(new: &Path, target: &Path) -> Result<(), String> {
         .map_err(|e| format!("fsync {}: {e}", parent.display()))
 }
 
-/// Writes `msg` into the host's `err` buffer, truncated, NUL-terminated.
-fn write_err(err: *mut c_char, err_len: usize, msg: &str) {
-    if err.is_null() || err_len == 0 {
-        return;
-    }
-    let bytes = msg.as_bytes();
-    let n = bytes.len().min(err_len - 1);
-    // SAFETY: resagent hands `err_len` writable bytes at `err` (resagent_plugin.h); we
-    // write at most err_len - 1 bytes and the terminating NUL.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), err.cast::<u8>(), n);
-        *err.add(n) = 0;
-    }
-}
-
 /// # Safety
 /// Called by resagent with pointers valid for the call, as `resagent_plugin.h` states.
 #[no_mangle]
 pub unsafe extern "C" fn resagent_install(
-    host: *const Host,
-    res: *const Resource,
+    host: *const sdk::Host,
+    res: *const sdk::Resource,
     err: *mut c_char,
     err_len: usize,
 ) -> c_int {
-    // SAFETY: resagent passes valid structs and NUL-terminated strings for the call.
-    let (host, res) = unsafe { (&*host, &*res) };
-    // SAFETY: as above.
-    let text = |p: *const c_char| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
-    let name = text(res.name);
-    let Some((stem, gz)) = folder_name(&name) else {
-        return DECLINED;
+    // SAFETY: resagent's pointers are forwarded unchanged, under the same contract.
+    unsafe { sdk::call(host, res, err, err_len, install_resource) }
+}
+
+/// The install entry point, safely: declines what is not an archive.
+fn install_resource(host: &HostApi, res: &ResourceView) -> Result<Verdict, String> {
+    let Some((stem, gz)) = folder_name(&res.name) else {
+        return Ok(Verdict::Declined);
     };
-    let dest = PathBuf::from(text(res.dest));
-    let target = dest.with_file_name(stem);
-    let progress = host.progress;
-    match install(
-        Path::new(&text(res.path)),
-        gz,
-        &target,
-        res.size,
-        Box::new(move |p| progress(p)),
-    ) {
-        Ok(()) => {
-            if let Ok(line) = CString::new(format!("{name} unpacked into {}", target.display())) {
-                (host.log)(LOG_INFO, line.as_ptr());
-            }
-            (host.progress)(100);
-            OK
-        }
-        Err(reason) => {
-            write_err(err, err_len, &format!("{name}: {reason}"));
-            FAILED
-        }
-    }
+    let target = res.dest.with_file_name(stem);
+    let mut progress = |p| host.progress(p);
+    install(&res.path, gz, &target, res.size, &mut progress)
+        .map_err(|reason| format!("{}: {reason}", res.name))?;
+    host.log(
+        sdk::LOG_INFO,
+        &format!("{} unpacked into {}", res.name, target.display()),
+    );
+    host.progress(100);
+    Ok(Verdict::Ok)
 }
 
 #[cfg(test)]
@@ -274,13 +224,13 @@ mod tests {
         };
         let target = d.join("pack");
         let a = make("one");
-        install(&a, false, &target, 10, Box::new(|_| {})).unwrap();
+        install(&a, false, &target, 10, &mut |_| {}).unwrap();
         assert_eq!(
             std::fs::read_to_string(target.join("sounds/a.wav")).unwrap(),
             "one"
         );
         let b = make("two");
-        install(&b, false, &target, 10, Box::new(|_| {})).unwrap();
+        install(&b, false, &target, 10, &mut |_| {}).unwrap();
         assert_eq!(
             std::fs::read_to_string(target.join("sounds/a.wav")).unwrap(),
             "two"

@@ -1,0 +1,261 @@
+//! The attempt loop of one download: brings the staging file to the complete,
+//! MD5-checked resource. Each attempt is one GET from the bytes on disk, its body copied
+//! through the [`Pipeline`]; after it, [`Retry`] decides what happens next and this loop
+//! only acts (resume, wait, start over, fail). Progress is reported as `downloading`.
+
+use super::pipeline::{Chunk, Pipeline};
+use super::retry::{range_ignored, Decision, Retry, RetryPolicy};
+use super::staging::Staging;
+use super::{DownloadError, Downloader, Stop};
+use crate::install::Paths;
+use crate::journal;
+use crate::pace::Pace;
+use crate::protocol::{percent, redact_url, Direction, ProgressState, Task};
+use crate::random;
+use crate::report::Progress;
+use crate::transfer::{is_timeout, HttpClient, TransferError};
+use std::io::Read;
+
+/// Brings `paths.staging` to the complete resource of `task`, its MD5 checked.
+pub(super) fn fetch(d: &Downloader, task: &Task, paths: &Paths) -> Result<(), Stop> {
+    let etag = d.journal.snapshot().download.and_then(|dl| dl.etag);
+    let mut staging = Staging::open(&d.config.resource_dir, &paths.staging, task.size, etag)?;
+    check_free_space(d, task, staging.len())?;
+    let http = HttpClient::new(&d.config);
+    let mut progress = Progress::new(
+        &d.reporter,
+        Direction::Download,
+        &task.name,
+        d.config.progress_interval,
+    );
+    let mut retry = Retry::new(RetryPolicy::download(), staging.len() > 0);
+    loop {
+        d.check_stop()?;
+        if staging.len() == task.size {
+            let got = staging.md5_hex();
+            match retry.after_md5(got == task.md5sum) {
+                Decision::Verified => return Ok(()),
+                Decision::StartOver => {
+                    log::warn!(
+                        "{}: MD5 mismatch after a resumed download; starting over",
+                        task.name
+                    );
+                    staging.restart()?;
+                    continue;
+                }
+                _ => {
+                    return Err(DownloadError::Md5 {
+                        name: task.name.clone(),
+                        expected: task.md5sum.clone(),
+                        got,
+                    }
+                    .into())
+                }
+            }
+        }
+        let before = staging.len();
+        let error = match attempt(d, task, &http, &mut staging, &mut progress) {
+            Ok(()) => None,
+            Err(Stop::Failed(DownloadError::Transfer { source, .. })) => Some(source),
+            Err(stop) => return Err(stop),
+        };
+        let progressed = staging.len() > before;
+        let have = staging.len();
+        let decision = retry.after_attempt(progressed, error.as_ref(), random::random_u64());
+        match (decision, error) {
+            (Decision::Resume, Some(e)) => {
+                log::warn!("{}: {e}; resuming at byte {have}", task.name)
+            }
+            (Decision::Resume | Decision::Verified, None) => {}
+            (Decision::RetryAfter(delay), e) => {
+                log::warn!(
+                    "{}: {}; retrying at byte {have} in {:.1} s",
+                    task.name,
+                    e.map(|e| e.to_string()).unwrap_or_default(),
+                    delay.as_secs_f64()
+                );
+                d.shutdown.sleep(delay);
+            }
+            (Decision::StartOver, e) => {
+                if let Some(TransferError::ResumeRefused { reason, .. }) = &e {
+                    log::warn!("{}: {reason}; starting over from byte 0", task.name);
+                }
+                staging.restart()?;
+            }
+            (Decision::GiveUp { attempts }, Some(source)) => {
+                return Err(DownloadError::GaveUp {
+                    name: task.name.clone(),
+                    attempts,
+                    source,
+                }
+                .into())
+            }
+            (_, Some(source)) => {
+                return Err(DownloadError::Transfer {
+                    name: task.name.clone(),
+                    source,
+                }
+                .into())
+            }
+            (_, None) => {}
+        }
+    }
+}
+
+/// Free space on the destination's file system against the bytes still to fetch.
+fn check_free_space(d: &Downloader, task: &Task, have: u64) -> Result<(), DownloadError> {
+    let needed = task.size - have;
+    let dir = &d.config.resource_dir;
+    match crate::fsutil::free_space(dir) {
+        Ok(free) if free < needed => Err(DownloadError::NoSpace {
+            name: task.name.clone(),
+            needed,
+            free,
+            dir: dir.clone(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            log::warn!("free-space check skipped: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// Records, in one journal write, the response's ETag (a resume goes on only with
+/// the same content) and when this attempt started (`status`'s rate and ETA).
+fn note_attempt(d: &Downloader, task: &Task, have: u64, etag: Option<String>) {
+    let now = journal::unix_now_ms();
+    let noted = d.journal.update(|j| {
+        if let Some(dl) = j.download.as_mut().filter(|dl| dl.task.same_content(task)) {
+            dl.attempt_started_ms = now;
+            dl.attempt_start_bytes = have;
+            dl.etag = etag;
+        }
+    });
+    if let Err(e) = noted {
+        log::error!("{}: {e}", task.name);
+    }
+}
+
+/// One GET from the bytes on disk and the streaming of its body into the staging file.
+fn attempt(
+    d: &Downloader,
+    task: &Task,
+    http: &HttpClient,
+    staging: &mut Staging,
+    progress: &mut Progress,
+) -> Result<(), Stop> {
+    let offset = staging.len();
+    log::info!(
+        "downloading {} from {} at byte {offset} of {}",
+        task.name,
+        redact_url(&task.url),
+        task.size
+    );
+    let transfer = |source| DownloadError::Transfer {
+        name: task.name.clone(),
+        source,
+    };
+    let body = http
+        .get_resource(&task.url, offset, staging.etag(), task.size)
+        .map_err(transfer)?;
+    if range_ignored(offset, body.start) {
+        log::warn!(
+            "{}: the server ignored Range; starting over from byte 0",
+            task.name
+        );
+        staging.restart()?;
+    }
+    staging.set_etag(body.etag.clone());
+    note_attempt(d, task, staging.len(), body.etag);
+    progress.report(
+        ProgressState::Downloading,
+        percent(staging.len(), task.size),
+    );
+    stream(d, task, body.reader, staging, progress)
+}
+
+/// Copies the body into the staging file, hashing as it goes, cut off at `size` + 1.
+/// The staging file's MD5 always ends up covering exactly the bytes written, whatever
+/// stops the copy.
+fn stream(
+    d: &Downloader,
+    task: &Task,
+    reader: Box<dyn Read + Send + Sync>,
+    staging: &mut Staging,
+    progress: &mut Progress,
+) -> Result<(), Stop> {
+    let hashed = staging.take_md5();
+    let pipe = match Pipeline::start(reader.take(task.size - staging.len() + 1), hashed) {
+        Ok(p) => p,
+        Err((hashed, e)) => {
+            staging.put_md5(hashed);
+            return Err(DownloadError::Thread(e).into());
+        }
+    };
+    let copied = copy_chunks(d, task, &pipe, staging, progress);
+    staging.put_md5(pipe.finish());
+    copied?;
+    staging.sync()?;
+    Ok(())
+}
+
+fn copy_chunks(
+    d: &Downloader,
+    task: &Task,
+    pipe: &Pipeline,
+    staging: &mut Staging,
+    progress: &mut Progress,
+) -> Result<(), Stop> {
+    let shown = redact_url(&task.url);
+    let transfer = |source| DownloadError::Transfer {
+        name: task.name.clone(),
+        source,
+    };
+    let mut pace = Pace::new(d.config.max_bytes_per_s);
+    let mut flusher = staging.flusher();
+    loop {
+        d.check_stop()?;
+        let (buf, n) = match pipe.next() {
+            Chunk::Data(buf, n) => (buf, n),
+            Chunk::End => break,
+            Chunk::Failed(e) if is_timeout(&e) => {
+                return Err(transfer(TransferError::Timeout {
+                    url: shown,
+                    secs: d.config.transfer_timeout.as_secs(),
+                })
+                .into())
+            }
+            Chunk::Failed(e) => {
+                return Err(transfer(TransferError::Interrupted {
+                    url: shown,
+                    reason: e.to_string(),
+                })
+                .into())
+            }
+        };
+        if staging.len() + n as u64 > task.size {
+            return Err(DownloadError::TooLong {
+                name: task.name.clone(),
+                size: task.size,
+            }
+            .into());
+        }
+        staging.write(&buf[..n])?;
+        pipe.hash(buf, n);
+        flusher.wrote(n as u64);
+        progress.report(
+            ProgressState::Downloading,
+            percent(staging.len(), task.size),
+        );
+        pace.after(n as u64, &d.shutdown);
+    }
+    if staging.len() < task.size {
+        return Err(transfer(TransferError::Interrupted {
+            url: shown,
+            reason: format!("body ended at byte {} of {}", staging.len(), task.size),
+        })
+        .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! One download task's life, from the journal's task in flight to its one final report:
+//! a task already installed is `done` at once; otherwise [`fetch`] brings the staging
+//! file to the complete, MD5-checked resource (the attempt loop, acting on the pure rules
+//! of [`retry`] over a [`staging::Staging`], copying through a [`pipeline`]), the journal
+//! marks it verified, and the validate/install chain (`install::chain`) installs it.
+//! Every way a task ends passes through [`Downloader::run`]'s one match, which sends the
+//! single `done` or `fail` (or nothing, for a cancel or a stop) — the only place a
+//! download's final report is made.
+
+mod fetch;
+pub(crate) mod partial_response;
+mod pipeline;
+mod retry;
+mod staging;
+
+use crate::config::Config;
+use crate::fsutil::FsError;
+use crate::install::chain::{Chain, ChainStop, InstalledBy};
+use crate::install::{self, Paths};
+use crate::journal::{self, JournalStore, Phase};
+use crate::plugin::{PluginFailure, PluginSet, ResourceArgs};
+use crate::protocol::{percent, Direction, ProgressState, Report, ResultCode, Task};
+use crate::report::{Progress, Reporter};
+use crate::shutdown::Shutdown;
+use crate::tasks;
+use crate::transfer::TransferError;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// How a task ended, for the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Installed and `done` reported.
+    Installed,
+    /// `fail` reported.
+    Failed,
+    /// The platform withdrew the task: staged bytes removed, nothing reported.
+    Cancelled,
+    /// The agent is stopping: the task stays in the journal and resumes after restart.
+    Interrupted,
+}
+
+/// Why a task did not install: one variant per failure site, with its data, and the
+/// result code it is reported with ([`DownloadError::result_code`]). The messages reach
+/// the platform as `result_msg`: they name the resource, never a full URL.
+#[derive(Debug, Error)]
+pub(crate) enum DownloadError {
+    /// Less free space than the bytes still to fetch.
+    #[error("{name}: needs {needed} more bytes, {} has {free} free", dir.display())]
+    NoSpace {
+        name: String,
+        needed: u64,
+        free: u64,
+        dir: PathBuf,
+    },
+    /// The complete file does not have the task's MD5.
+    #[error("{name}: MD5 mismatch: expected {expected}, got {got}")]
+    Md5 {
+        name: String,
+        expected: String,
+        got: String,
+    },
+    /// The server sent more than `size` bytes; cut off at `size` + 1.
+    #[error("{name}: the server sent more than the task's {size} bytes; cut off")]
+    TooLong { name: String, size: u64 },
+    /// The staging file could not be prepared, written, read back or synced.
+    #[error("{0}")]
+    Staging(FsError),
+    /// The transfer failed with an answer that will not change (404, 403, a size that
+    /// disagrees, a stall retried once).
+    #[error("{name}: {source}")]
+    Transfer { name: String, source: TransferError },
+    /// Transient failures in a row without progress.
+    #[error("{name}: {source} (after {attempts} attempts)")]
+    GaveUp {
+        name: String,
+        attempts: u32,
+        source: TransferError,
+    },
+    /// The hashing thread could not start.
+    #[error("cannot start the MD5 thread: {0}")]
+    Thread(std::io::Error),
+    /// A validate plugin refused the resource.
+    #[error("{0}")]
+    Rejected(PluginFailure),
+    /// The install plugin that took the resource failed.
+    #[error("{0}")]
+    PluginInstall(PluginFailure),
+    /// The default installer could not place the file.
+    #[error("install {name}: {source}")]
+    Install { name: String, source: FsError },
+}
+
+impl DownloadError {
+    /// The result code of docs/protocol.md, "Result codes".
+    pub(crate) fn result_code(&self) -> ResultCode {
+        match self {
+            DownloadError::NoSpace { .. } => ResultCode::NoSpace,
+            DownloadError::Md5 { .. } | DownloadError::TooLong { .. } => ResultCode::Mismatch,
+            DownloadError::Staging(e) if install::is_no_space(&e.source) => ResultCode::NoSpace,
+            DownloadError::Staging(_) => ResultCode::InstallFailed,
+            DownloadError::Transfer { source, .. } | DownloadError::GaveUp { source, .. } => {
+                source.result_code()
+            }
+            DownloadError::Thread(_) => ResultCode::Other,
+            DownloadError::Rejected(_) => ResultCode::ValidateRejected,
+            DownloadError::PluginInstall(_) | DownloadError::Install { .. } => {
+                ResultCode::InstallFailed
+            }
+        }
+    }
+}
+
+impl From<FsError> for DownloadError {
+    fn from(e: FsError) -> Self {
+        DownloadError::Staging(e)
+    }
+}
+
+/// Why the work on a task stopped before it was installed.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    Failed(DownloadError),
+    /// The platform withdrew the task.
+    Cancelled,
+    /// The agent is stopping.
+    Interrupted,
+}
+
+impl<E: Into<DownloadError>> From<E> for Stop {
+    fn from(e: E) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+/// What one download needs; built by the coordinator for each task.
+pub(crate) struct Downloader {
+    pub(crate) config: Arc<Config>,
+    pub(crate) journal: Arc<JournalStore>,
+    pub(crate) reporter: Arc<Reporter>,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) cancel: Arc<AtomicBool>,
+    /// The plugins as last scanned (start, SIGHUP).
+    pub(crate) plugins: Arc<PluginSet>,
+    /// resagent's own executable, re-run as the plugins' child process.
+    pub(crate) exe: PathBuf,
+}
+
+impl Downloader {
+    /// Runs `task` (the journal's download in flight) to its end and reports that end.
+    pub(crate) fn run(&self, task: &Task) -> Outcome {
+        let paths = install::paths(&self.config.resource_dir, &task.name);
+        match self.bring_and_install(task, &paths) {
+            Ok(by) => self.report_installed(task, by),
+            Err(Stop::Interrupted) => {
+                log::info!("{}: stopped; it resumes after restart", task.name);
+                Outcome::Interrupted
+            }
+            Err(Stop::Cancelled) => {
+                install::discard_staging(&paths.staging);
+                if let Err(e) = self.journal.update(|j| tasks::clear_in_flight(j, task)) {
+                    log::error!("{}: {e}", task.name);
+                }
+                log::info!(
+                    "{}: cancelled by the platform; staged bytes removed",
+                    task.name
+                );
+                Outcome::Cancelled
+            }
+            Err(Stop::Failed(e)) => self.report_failed(task, &paths, &e),
+        }
+    }
+
+    fn bring_and_install(&self, task: &Task, paths: &Paths) -> Result<InstalledBy, Stop> {
+        if let Some(by) = self.already_installed(task) {
+            log::info!(
+                "{} with md5 {} is installed already",
+                task.name,
+                task.md5sum
+            );
+            return Ok(by);
+        }
+        let phase = self
+            .journal
+            .snapshot()
+            .download
+            .filter(|d| d.task.same_content(task))
+            .map(|d| d.phase)
+            .unwrap_or_default();
+        let verified = phase == Phase::Verified && staged_file_complete(paths, task);
+        if phase == Phase::Verified && !verified && installed_before_kill(paths, task) {
+            return Ok(InstalledBy::Default);
+        }
+        if !verified {
+            fetch::fetch(self, task, paths)?;
+            let marked = self.journal.update(|j| {
+                if let Some(d) = j.download.as_mut().filter(|d| d.task.same_content(task)) {
+                    d.phase = Phase::Verified;
+                }
+            });
+            if let Err(e) = marked {
+                log::error!("{}: {e}", task.name);
+            }
+        }
+        self.install(task, paths)
+    }
+
+    /// A task that waited behind another version of its name may find itself installed
+    /// (and the file in place) by the time it runs: then there is nothing to transfer.
+    fn already_installed(&self, task: &Task) -> Option<InstalledBy> {
+        let journal = self.journal.snapshot();
+        let i = journal.installed.get(&task.name)?;
+        let present = install::still_present(&self.config.resource_dir, &task.name, i);
+        (i.md5sum == task.md5sum && present).then(|| match &i.plugin {
+            Some(p) => InstalledBy::Plugin(p.clone()),
+            None => InstalledBy::Default,
+        })
+    }
+
+    /// The validate/install chain on the verified file, reporting `burning`.
+    fn install(&self, task: &Task, paths: &Paths) -> Result<InstalledBy, Stop> {
+        if self.shutdown.is_set() {
+            return Err(Stop::Interrupted);
+        }
+        let mut progress = Progress::new(
+            &self.reporter,
+            Direction::Download,
+            &task.name,
+            self.config.progress_interval,
+        );
+        progress.report(ProgressState::Burning, 0);
+        let resource = ResourceArgs {
+            name: task.name.clone(),
+            path: paths.staging.clone(),
+            dest: paths.dest.clone(),
+            md5sum: task.md5sum.clone(),
+            size: task.size,
+            installed_md5sum: self
+                .journal
+                .snapshot()
+                .installed
+                .get(&task.name)
+                .map(|i| i.md5sum.clone()),
+        };
+        let chain = Chain {
+            plugins: &self.plugins,
+            exe: &self.exe,
+            timeout: self.config.plugin_timeout,
+            shutdown: &self.shutdown,
+        };
+        chain
+            .run(&resource, paths, |p| {
+                progress.report(ProgressState::Burning, p);
+            })
+            .map_err(|stop| match stop {
+                ChainStop::Interrupted => Stop::Interrupted,
+                ChainStop::Rejected(f) => DownloadError::Rejected(f).into(),
+                ChainStop::PluginFailed(f) => DownloadError::PluginInstall(f).into(),
+                ChainStop::DefaultFailed(source) => DownloadError::Install {
+                    name: task.name.clone(),
+                    source,
+                }
+                .into(),
+            })
+    }
+
+    /// Records the install and reports `done`, in one journal write.
+    fn report_installed(&self, task: &Task, by: InstalledBy) -> Outcome {
+        let now = journal::unix_now();
+        let place = match &by {
+            InstalledBy::Plugin(p) => format!("by plugin {p}"),
+            InstalledBy::Default => {
+                format!("at {}", self.config.resource_dir.join(&task.name).display())
+            }
+        };
+        log::info!(
+            "{} installed {place} ({} bytes, md5 {})",
+            task.name,
+            task.size,
+            task.md5sum
+        );
+        self.reporter
+            .final_report_with(Report::done(Direction::Download, &task.name), |j| {
+                tasks::installed(j, task, by.plugin(), now)
+            });
+        Outcome::Installed
+    }
+
+    /// Drops the staged bytes, clears the task and reports `fail`, in one journal write.
+    fn report_failed(&self, task: &Task, paths: &Paths, e: &DownloadError) -> Outcome {
+        let code = e.result_code();
+        log::error!("{} failed ({}): {e}", task.name, code.code());
+        let done = std::fs::metadata(&paths.staging)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        install::discard_staging(&paths.staging);
+        let report = Report::fail(
+            Direction::Download,
+            &task.name,
+            percent(done, task.size),
+            code,
+            &e.to_string(),
+        );
+        self.reporter
+            .final_report_with(report, |j| tasks::clear_in_flight(j, task));
+        Outcome::Failed
+    }
+
+    /// A cancel by the platform or a stop of the agent, checked between chunks.
+    fn check_stop(&self) -> Result<(), Stop> {
+        if self.cancel.load(Ordering::SeqCst) {
+            Err(Stop::Cancelled)
+        } else if self.shutdown.is_set() {
+            Err(Stop::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn staged_file_complete(paths: &Paths, task: &Task) -> bool {
+    std::fs::symlink_metadata(&paths.staging)
+        .map(|m| m.is_file() && m.len() == task.size)
+        .unwrap_or(false)
+}
+
+/// After a kill between the install's rename and the journal write, the new file is
+/// already at its destination: recognise it by its MD5 instead of believing the old.
+fn installed_before_kill(paths: &Paths, task: &Task) -> bool {
+    match crate::digest::md5_file(&paths.dest) {
+        Ok(md5) if md5 == task.md5sum => {
+            log::info!("{}: already in place from before the restart", task.name);
+            true
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,111 @@
+//! The copy pipeline of one attempt: the body is read on one thread and hashed on
+//! another while the fetch loop writes, so the network, MD5 and the disk work at once and
+//! a download takes as long as the slowest of them, not their sum. A fixed set of
+//! buffers circulates reader → writer → hasher → reader, so memory does not depend on
+//! the resource's size.
+
+use crate::digest::Md5;
+use std::io::{self, Read};
+
+/// Size of one read from the network and one write to the staging file.
+const CHUNK: usize = 128 * 1024;
+
+/// Buffers in flight between the pipeline's threads (their memory is all it holds).
+const PIPELINE_BUFFERS: usize = 4;
+
+/// What the reading thread hands over.
+pub(crate) enum Chunk {
+    Data(Vec<u8>, usize),
+    End,
+    Failed(io::Error),
+}
+
+/// Reads the body on one thread and hashes on another while the caller writes, so the
+/// network, MD5 and the disk work at once: a download takes as long as the slowest of
+/// them, not their sum. A fixed set of buffers circulates reader → writer → hasher →
+/// reader, so memory does not depend on the resource's size.
+pub(crate) struct Pipeline {
+    chunks: std::sync::mpsc::Receiver<Chunk>,
+    to_hash: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
+    hasher: Option<std::thread::JoinHandle<Option<Md5>>>,
+}
+
+impl Pipeline {
+    /// Starts the threads; if the hasher cannot start, the MD5 state comes back.
+    pub(crate) fn start(
+        mut body: impl Read + Send + 'static,
+        md5: Md5,
+    ) -> Result<Pipeline, (Md5, io::Error)> {
+        use std::sync::mpsc::sync_channel;
+        let (to_hash, hash_rx) = sync_channel::<(Vec<u8>, usize)>(PIPELINE_BUFFERS);
+        let (start_tx, start_rx) = sync_channel::<Md5>(1);
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
+        for _ in 0..PIPELINE_BUFFERS {
+            let _ = free_tx.send(vec![0u8; CHUNK]);
+        }
+        let (chunk_tx, chunks) = sync_channel::<Chunk>(PIPELINE_BUFFERS);
+        // The reader may stay blocked on a silent socket until its read timeout; it is
+        // not joined, and ends on its own once the socket errs or nobody listens.
+        let _ = std::thread::Builder::new()
+            .name("download-read".into())
+            .spawn(move || loop {
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let read = loop {
+                    match body.read(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                let (chunk, last) = match read {
+                    Ok(0) => (Chunk::End, true),
+                    Ok(n) => (Chunk::Data(buf, n), false),
+                    Err(e) => (Chunk::Failed(e), true),
+                };
+                if chunk_tx.send(chunk).is_err() || last {
+                    return;
+                }
+            });
+        let hasher = std::thread::Builder::new()
+            .name("download-md5".into())
+            .spawn(move || {
+                let mut md5 = start_rx.recv().ok()?;
+                while let Ok((buf, n)) = hash_rx.recv() {
+                    md5.consume(&buf[..n]);
+                    let _ = free_tx.send(buf);
+                }
+                Some(md5)
+            });
+        let hasher = match hasher {
+            Ok(h) => h,
+            Err(e) => return Err((md5, e)),
+        };
+        let _ = start_tx.send(md5);
+        Ok(Pipeline {
+            chunks,
+            to_hash: Some(to_hash),
+            hasher: Some(hasher),
+        })
+    }
+
+    pub(crate) fn next(&self) -> Chunk {
+        self.chunks.recv().unwrap_or_else(|_| {
+            Chunk::Failed(io::Error::other("the reading thread ended unexpectedly"))
+        })
+    }
+
+    /// Hands a written chunk to the hasher (which then recycles the buffer).
+    pub(crate) fn hash(&self, buf: Vec<u8>, n: usize) {
+        if let Some(tx) = &self.to_hash {
+            let _ = tx.send((buf, n));
+        }
+    }
+
+    /// Waits for the hasher to take in every chunk handed to it; its MD5 state.
+    pub(crate) fn finish(mut self) -> Md5 {
+        self.to_hash = None;
+        self.hasher
+            .take()
+            .and_then(|h| h.join().ok().flatten())
+            .expect("the MD5 thread returns its state (it cannot panic)")
+    }
+}
