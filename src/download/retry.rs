@@ -13,6 +13,7 @@
 //!   may not be what the server has now); a mismatch of a whole fresh download fails -4;
 //! - any other error (404, 403, a size that disagrees, a bad redirect) fails at once.
 
+use crate::backoff::Backoff;
 use crate::transfer::TransferError;
 use std::time::Duration;
 
@@ -40,17 +41,17 @@ pub(crate) struct RetryPolicy {
     pub(crate) max_stalls: u32,
     /// Transient failures in a row without progress before the task fails.
     pub(crate) max_failures: u32,
-    /// The delay after the first transient failure; it doubles with each next one.
-    pub(crate) first_delay: Duration,
+    /// The delays between transient failures.
+    pub(crate) backoff: Backoff,
 }
 
 impl RetryPolicy {
-    /// The agent's policy: two stalls, four failures, 2 s doubling.
+    /// The agent's policy: two stalls, four failures, 2 s doubling to 32 s, jittered.
     pub(crate) fn download() -> Self {
         RetryPolicy {
             max_stalls: 2,
             max_failures: 4,
-            first_delay: Duration::from_secs(2),
+            backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(32)),
         }
     }
 }
@@ -83,11 +84,12 @@ impl Retry {
         &mut self,
         progressed: bool,
         error: Option<&TransferError>,
-        _random: u64,
+        random: u64,
     ) -> Decision {
         if progressed {
             self.failures = 0;
             self.stalls = 0;
+            self.policy.backoff.reset();
         }
         let Some(error) = error else {
             return Decision::Resume;
@@ -116,7 +118,7 @@ impl Retry {
                         attempts: self.failures,
                     }
                 } else {
-                    Decision::RetryAfter(self.policy.first_delay * (1 << self.failures.min(5)) / 2)
+                    Decision::RetryAfter(self.policy.backoff.next_delay(random))
                 }
             }
             _ => Decision::Fail,
@@ -147,7 +149,7 @@ mod tests {
 
     fn zero_delay() -> RetryPolicy {
         RetryPolicy {
-            first_delay: Duration::ZERO,
+            backoff: Backoff::new(Duration::ZERO, Duration::ZERO),
             ..RetryPolicy::download()
         }
     }
