@@ -3,9 +3,13 @@
 
 use crate::config::{self, ConfigError};
 use crate::outbox::{self, Handover, OutboxError};
+use crate::plugin::PluginHost;
+use crate::shutdown::Shutdown;
 use crate::{daemon, pidfile, plugin, status};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 const USAGE: &str = "\
 resagent — resource agent for Tencent Cloud IoT Hub
@@ -17,8 +21,11 @@ Usage:
   resagent check  [-c CONFIG]            ask the running daemon for a download task now
   resagent status [-c CONFIG] [--json]   show connection, transfers and installed resources
   resagent plugin check PLUGIN.so [-c CONFIG]
-                                         load a plugin as the daemon would; print its verdict
-                                         and the SHA-256 to pin
+                                         load a plugin as the daemon would; print its verdict,
+                                         the SHA-256 to pin, and pinned plugins not loading
+  resagent plugin run PLUGIN.so FILE [--name NAME] [--dest DIR] [-c CONFIG]
+                                         validate, then install FILE with the plugin, in a
+                                         child, as the daemon would (no broker needed)
   resagent --version | --help
 
 CONFIG defaults to $RESAGENT_CONFIG, else /etc/resagent/config.json.
@@ -48,10 +55,16 @@ enum Command {
         config: Option<PathBuf>,
         file: PathBuf,
     },
+    PluginRun {
+        config: Option<PathBuf>,
+        plugin: PathBuf,
+        file: PathBuf,
+        name: Option<String>,
+        dest: Option<PathBuf>,
+    },
     /// Internal: one plugin call in a child process (see `plugin::child`).
     PluginChild {
         mode: String,
-        file: PathBuf,
     },
     Help,
     Version,
@@ -82,16 +95,24 @@ fn parse_args() -> Result<Command, Usage> {
     let mut name = None;
     let mut how = Handover::Copy;
     let mut positional: Vec<String> = Vec::new();
+    let mut dest = None;
+    let mut second_file = None;
     let is_plugin = sub == "plugin" || sub == plugin::CHILD_COMMAND;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('c') | Long("config") => config = Some(PathBuf::from(parser.value()?)),
             Long("json") if sub == "status" => json = true,
-            Long("name") if sub == "upload" => name = Some(parser.value()?.string()?),
+            Long("name") if sub == "upload" || sub == "plugin" => {
+                name = Some(parser.value()?.string()?)
+            }
+            Long("dest") if sub == "plugin" => dest = Some(PathBuf::from(parser.value()?)),
             Long("move") if sub == "upload" => how = Handover::Move,
             Value(v) if sub == "upload" && file.is_none() => file = Some(PathBuf::from(v)),
             Value(v) if is_plugin && positional.is_empty() => positional.push(v.string()?),
             Value(v) if is_plugin && file.is_none() => file = Some(PathBuf::from(v)),
+            Value(v) if sub == "plugin" && second_file.is_none() => {
+                second_file = Some(PathBuf::from(v))
+            }
             Long("help") | Short('h') => return Ok(Command::Help),
             other => return Err(other.unexpected().into()),
         }
@@ -106,10 +127,24 @@ fn parse_args() -> Result<Command, Usage> {
                 file: file.ok_or_else(|| Usage("plugin check needs a PLUGIN.so".into()))?,
             })
         }
-        "plugin" => Err(Usage("usage: resagent plugin check PLUGIN.so".into())),
-        c if c == plugin::CHILD_COMMAND => match (positional.pop(), file) {
-            (Some(mode), Some(file)) => Ok(Command::PluginChild { mode, file }),
-            _ => Err(Usage("internal command".into())),
+        "plugin" if positional.first().map(String::as_str) == Some("run") => {
+            match (file, second_file) {
+                (Some(plugin), Some(file)) => Ok(Command::PluginRun {
+                    config,
+                    plugin,
+                    file,
+                    name,
+                    dest,
+                }),
+                _ => Err(Usage("plugin run needs a PLUGIN.so and a FILE".into())),
+            }
+        }
+        "plugin" => Err(Usage(
+            "usage: resagent plugin check PLUGIN.so | plugin run PLUGIN.so FILE".into(),
+        )),
+        c if c == plugin::CHILD_COMMAND => match positional.pop() {
+            Some(mode) => Ok(Command::PluginChild { mode }),
+            None => Err(Usage("internal command".into())),
         },
         "upload" => Ok(Command::Upload {
             config,
@@ -161,7 +196,14 @@ pub fn main() -> ExitCode {
             how,
         } => upload(config, &file, name.as_deref(), how),
         Command::PluginCheck { config, file } => plugin_check(config, &file),
-        Command::PluginChild { mode, file } => plugin::child::main(&mode, &file),
+        Command::PluginRun {
+            config,
+            plugin,
+            file,
+            name,
+            dest,
+        } => plugin_run(config, &plugin, &file, name, dest),
+        Command::PluginChild { mode } => plugin::child::main(&mode),
         Command::Status { config, json } => with_config(config, |c| {
             let view = status::gather(c).map_err(|e| e.to_string())?;
             if json {
@@ -209,35 +251,77 @@ fn upload(
     ExitCode::SUCCESS
 }
 
-/// `resagent plugin check`: the daemon's checks and a load in a child; exit 0 when the
-/// daemon would use the plugin, 1 when it would refuse it.
-fn plugin_check(config: Option<PathBuf>, file: &std::path::Path) -> ExitCode {
+/// What `plugin check` and `plugin run` read from the configuration, when there is one.
+struct PluginSettings {
+    pins: Option<BTreeMap<String, String>>,
+    timeout: Duration,
+    state_dir: Option<PathBuf>,
+    plugin_dir: Option<PathBuf>,
+    plugin_config: BTreeMap<String, serde_json::Value>,
+}
+
+/// The plugin settings of the configuration; an explicit `-c` that cannot be read is
+/// exit 2, a default one that is missing means defaults (said).
+fn plugin_settings(config: Option<PathBuf>) -> Result<PluginSettings, ExitCode> {
     let explicit = config.is_some();
-    let (pins, timeout) = match config::load(&config::config_path(config)) {
-        Ok(c) => (c.plugin_sha256, c.plugin_timeout),
-        Err(e) if explicit => return config_error(&e),
+    match config::load(&config::config_path(config)) {
+        Ok(c) => Ok(PluginSettings {
+            pins: c.plugin_sha256,
+            timeout: c.plugin_timeout,
+            state_dir: Some(c.state_dir),
+            plugin_dir: Some(c.plugin_dir),
+            plugin_config: c.plugin_config,
+        }),
+        Err(e) if explicit => Err(config_error(&e)),
         Err(e) => {
             println!("note:     no configuration read ({e}); plugin_sha256 not checked");
-            (None, std::time::Duration::from_secs(300))
+            Ok(PluginSettings {
+                pins: None,
+                timeout: Duration::from_secs(300),
+                state_dir: None,
+                plugin_dir: None,
+                plugin_config: BTreeMap::new(),
+            })
         }
+    }
+}
+
+fn own_exe() -> Result<PathBuf, ExitCode> {
+    std::env::current_exe().map_err(|e| {
+        eprintln!("resagent: cannot find my own executable: {e}");
+        ExitCode::from(1)
+    })
+}
+
+/// `resagent plugin check`: the daemon's checks and a load in a child; exit 0 when the
+/// daemon would use the plugin, 1 when it would refuse it (or a pinned plugin of its
+/// folder does not load).
+fn plugin_check(config: Option<PathBuf>, file: &Path) -> ExitCode {
+    let settings = match plugin_settings(config) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
-    let exe = match std::env::current_exe() {
+    let exe = match own_exe() {
         Ok(e) => e,
-        Err(e) => {
-            eprintln!("resagent: cannot find my own executable: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
+    };
+    let shutdown = Shutdown::new();
+    let host = PluginHost {
+        exe: &exe,
+        timeout: settings.timeout,
+        shutdown: &shutdown,
+        state_dir: None,
+        plugin_config: None,
     };
     println!("plugin:   {}", file.display());
-    match plugin::inspect(&exe, file, pins.as_ref(), timeout) {
-        Ok((p, sha)) => {
-            let exports: Vec<&str> = [("validate", p.validate), ("install", p.install)]
-                .iter()
-                .filter(|(_, has)| *has)
-                .map(|(n, _)| *n)
-                .collect();
+    let verdict = match host.inspect(file, settings.pins.as_ref()) {
+        Ok(p) => {
+            let sha = &p.image.sha256;
             println!("name:     {}", p.name);
-            println!("exports:  {}", exports.join(", "));
+            println!("exports:  {}", p.exports().join(", "));
+            if !p.claims.is_empty() {
+                println!("claims:   {}", p.claims.join(" "));
+            }
             println!("sha256:   {sha}");
             let file_name = file.file_name().unwrap_or_default().to_string_lossy();
             println!("pin:      \"plugin_sha256\": {{\"{file_name}\": \"{sha}\"}}");
@@ -248,6 +332,136 @@ fn plugin_check(config: Option<PathBuf>, file: &std::path::Path) -> ExitCode {
             println!("verdict:  refused: {e}");
             ExitCode::from(1)
         }
+    };
+    // With pins, every pinned plugin of plugin_dir must load (fail closed): say which
+    // would not.
+    if let (Some(pins), Some(dir)) = (settings.pins.as_ref(), settings.plugin_dir.as_ref()) {
+        let problems = PluginHost::pin_problems(dir, pins);
+        for problem in &problems {
+            println!("pinned:   not loading: {problem}");
+        }
+        if !problems.is_empty() {
+            println!("          (the daemon fails every download -9 until these load)");
+        }
+    }
+    verdict
+}
+
+/// `resagent plugin run`: validate, then install `file`, with `plugin`, in a child, as
+/// the daemon would; exit 0 when installed or pending, 1 otherwise.
+fn plugin_run(
+    config: Option<PathBuf>,
+    plugin_file: &Path,
+    file: &Path,
+    name: Option<String>,
+    dest: Option<PathBuf>,
+) -> ExitCode {
+    let settings = match plugin_settings(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let exe = match own_exe() {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let name = name.unwrap_or_else(|| {
+        file.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    if let Err(reason) = crate::protocol::validate_name(&name) {
+        eprintln!("resagent: --name: {reason}");
+        return ExitCode::from(2);
+    }
+    let (md5sum, size) = match std::fs::File::open(file).and_then(|mut f| {
+        let size = f.metadata()?.len();
+        crate::digest::md5_reader(&mut f).map(|m| (m, size))
+    }) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("resagent: cannot read {}: {e}", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    let state_dir = settings
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".resagent-plugin-run"));
+    let shutdown = Shutdown::new();
+    let host = PluginHost {
+        exe: &exe,
+        timeout: settings.timeout,
+        shutdown: &shutdown,
+        state_dir: Some(&state_dir),
+        plugin_config: Some(&settings.plugin_config),
+    };
+    let plugin = match host.inspect(plugin_file, settings.pins.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("verdict:  refused: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let resource = plugin::ResourceArgs {
+        name: name.clone(),
+        path: Some(file.to_path_buf()),
+        dest: dest.unwrap_or_else(|| PathBuf::from(".")).join(&name),
+        md5sum,
+        size,
+        installed_md5sum: None,
+    };
+    println!("plugin:   {} ({})", plugin.name, plugin_file.display());
+    println!("resource: {name} ({size} bytes, md5 {})", resource.md5sum);
+    let progress = |p: u32| println!("progress: {p}%");
+    if plugin.validate {
+        match host.call(&plugin, plugin::Op::Validate, &resource, progress) {
+            plugin::CallOutcome::Ok | plugin::CallOutcome::Declined => {
+                println!("validate: accepted")
+            }
+            other => {
+                println!("validate: {}", describe_outcome(&other));
+                println!("verdict:  refused (the daemon reports fail -9)");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if !plugin.install {
+        println!("verdict:  accepted (validate only; the next installer places it)");
+        return ExitCode::SUCCESS;
+    }
+    let outcome = host.call(&plugin, plugin::Op::Install, &resource, progress);
+    println!("install:  {}", describe_outcome(&outcome));
+    match outcome {
+        plugin::CallOutcome::Ok => {
+            println!("verdict:  installed (the daemon reports done)");
+            ExitCode::SUCCESS
+        }
+        plugin::CallOutcome::Pending => {
+            println!("verdict:  pending a reboot (the daemon reports burning 100, then asks resagent_confirm after the restart)");
+            ExitCode::SUCCESS
+        }
+        plugin::CallOutcome::Declined if plugin.claims(&name) => {
+            println!("verdict:  not installed: {name} is claimed by this plugin, which declined (the daemon reports fail -5)");
+            ExitCode::from(1)
+        }
+        plugin::CallOutcome::Declined => {
+            println!("verdict:  declined (the daemon would ask the next plugin, then its default installer)");
+            ExitCode::from(1)
+        }
+        _ => {
+            println!("verdict:  failed (the daemon reports fail -5)");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn describe_outcome(o: &plugin::CallOutcome) -> String {
+    match o {
+        plugin::CallOutcome::Ok => "ok".into(),
+        plugin::CallOutcome::Declined => "declined".into(),
+        plugin::CallOutcome::Pending => "pending (RESAGENT_PENDING)".into(),
+        plugin::CallOutcome::Failed(f) => format!("failed: {f}"),
+        plugin::CallOutcome::Interrupted => "interrupted".into(),
     }
 }
 

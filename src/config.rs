@@ -31,6 +31,8 @@ const KNOWN_KEYS: &[&str] = &[
     "progress_interval_s",
     "transfer_timeout_s",
     "plugin_timeout_s",
+    "plugin_config",
+    "reboot_command",
     "max_resource_bytes",
     "max_bytes_per_s",
     "keepalive_s",
@@ -170,6 +172,10 @@ pub(crate) struct Config {
     pub(crate) sign_method: SignMethod,
     pub(crate) allow_http: bool,
     pub(crate) plugin_sha256: Option<BTreeMap<String, String>>,
+    /// Per plugin name, a JSON object handed to the plugin (docs/plugins.md).
+    pub(crate) plugin_config: BTreeMap<String, Value>,
+    /// Run (through `/bin/sh -c`) once a pending install was recorded and reported.
+    pub(crate) reboot_command: Option<String>,
 }
 
 impl Config {
@@ -339,6 +345,32 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         }
     };
 
+    let plugin_config = match map.get("plugin_config") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(entries)) => {
+            let mut out = BTreeMap::new();
+            for (name, value) in entries {
+                if !value.is_object() {
+                    return Err(keys.invalid(
+                        &format!("plugin_config.{name}"),
+                        format!("expected an object, found {}", kind(value)),
+                    ));
+                }
+                out.insert(name.clone(), value.clone());
+            }
+            out
+        }
+        Some(v) => {
+            return Err(keys.invalid(
+                "plugin_config",
+                format!(
+                    "expected an object mapping plugin names to objects, found {}",
+                    kind(v)
+                ),
+            ))
+        }
+    };
+
     const DAY: u64 = 86_400;
     Ok(Config {
         path: path.to_path_buf(),
@@ -363,6 +395,8 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         sign_method,
         allow_http: keys.bool_or("allow_http", false)?,
         plugin_sha256,
+        plugin_config,
+        reboot_command: keys.string("reboot_command")?,
     })
 }
 

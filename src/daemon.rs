@@ -9,7 +9,7 @@ use crate::install;
 use crate::journal::{self, ConnState, JournalError, JournalStore};
 use crate::mqtt::{LinkEvent, MqttError, Publisher, Session};
 use crate::pidfile::{PidError, PidFile};
-use crate::plugin::{self, PluginSet};
+use crate::plugin::{PluginHost, PluginSet};
 use crate::protocol::{self, Direction, DownMessage, Report, ResultCode, Task};
 use crate::report::Reporter;
 use crate::shutdown::Shutdown;
@@ -30,6 +30,9 @@ const EVENT_QUEUE: usize = 256;
 /// Capacity of the channel to the upload thread; when it is full (the thread is busy
 /// and a storm of answers arrives) the coordinator drops rather than waits.
 const UPLOAD_QUEUE: usize = 64;
+/// How often a journal that could not be saved is tried again (docs/agent.md, "What
+/// never wedges").
+const JOURNAL_RETRY: Duration = Duration::from_secs(5);
 /// How long a stop waits for the download thread to reach a chunk boundary; the journal
 /// is consistent at every instant, so the process may exit without it.
 /// A plugin call gets SIGTERM and, 3 s later, SIGKILL: this covers that and stays within
@@ -67,7 +70,8 @@ pub(crate) enum DaemonError {
 enum Event {
     Link(LinkEvent),
     Signal(Request),
-    DownloadFinished(Task, Outcome),
+    /// The download thread finished `task` (None: the confirmation of pending installs).
+    DownloadFinished(Option<Task>, Outcome),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Call before any thread exists.
@@ -92,11 +96,18 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     let (events, inbox) = mpsc::sync_channel(EVENT_QUEUE);
 
     let tx = events.clone();
-    signals::spawn(move |r| tx.send(Event::Signal(r)).is_ok()).map_err(|source| {
-        DaemonError::Thread {
-            name: "signals",
-            source,
+    let stop = shutdown.clone();
+    signals::spawn(move |r| {
+        // A stop takes effect at once, even while the coordinator waits on something
+        // (the plugin probes at start or on SIGHUP).
+        if r == Request::Stop {
+            stop.trigger();
         }
+        tx.send(Event::Signal(r)).is_ok()
+    })
+    .map_err(|source| DaemonError::Thread {
+        name: "signals",
+        source,
     })?;
     spawn_mqtt(session, &events, &shutdown)?;
     let config = Arc::new(config);
@@ -134,6 +145,7 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
         shutdown,
         events,
         in_flight: None,
+        confirmed: false,
         connected,
         uploads,
         upload_cancel,
@@ -165,7 +177,8 @@ fn spawn_mqtt(
 
 /// The download in flight: its task, the flag that cancels it, and its thread.
 struct Running {
-    task: Task,
+    /// None: the confirmation of pending installs.
+    task: Option<Task>,
     cancel: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -178,6 +191,8 @@ struct Coordinator {
     shutdown: Shutdown,
     events: SyncSender<Event>,
     in_flight: Option<Running>,
+    /// Whether the pending installs were confirmed since the start.
+    confirmed: bool,
     /// Shared with the upload thread, which uploads only while connected.
     connected: Arc<AtomicBool>,
     uploads: SyncSender<UploadSignal>,
@@ -194,7 +209,10 @@ impl Coordinator {
         self.start_next();
         let mut next_poll = Instant::now() + self.config.poll_interval;
         loop {
-            let wait = next_poll.saturating_duration_since(Instant::now());
+            let mut wait = next_poll.saturating_duration_since(Instant::now());
+            if self.journal.unsaved() {
+                wait = wait.min(JOURNAL_RETRY);
+            }
             match inbox.recv_timeout(wait) {
                 Ok(Event::Signal(Request::Stop)) => break,
                 Ok(Event::Signal(r)) => self.on_signal(r),
@@ -208,11 +226,14 @@ impl Coordinator {
                 }
                 Ok(Event::Link(LinkEvent::Message(bytes))) => self.on_message(&bytes),
                 Ok(Event::DownloadFinished(task, outcome)) => {
-                    self.on_download_finished(&task, outcome)
+                    self.on_download_finished(task.as_ref(), outcome)
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    self.ask_for_task("poll_interval_s");
-                    next_poll = Instant::now() + self.config.poll_interval;
+                    self.journal.retry_save();
+                    if Instant::now() >= next_poll {
+                        self.ask_for_task("poll_interval_s");
+                        next_poll = Instant::now() + self.config.poll_interval;
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -237,16 +258,13 @@ impl Coordinator {
     fn record_connection(&self, state: ConnState) {
         let broker = self.config.broker.uri();
         let now = journal::unix_now();
-        let result = self.journal.update(|j| {
+        self.journal.record(|j| {
             if j.connection.state != state || j.connection.broker != broker {
                 j.connection.state = state;
                 j.connection.broker = broker;
                 j.connection.since = now;
             }
         });
-        if let Err(e) = result {
-            log::error!("{e}");
-        }
     }
 
     fn on_connected(&mut self) {
@@ -300,12 +318,17 @@ impl Coordinator {
 
     /// Scans `plugin_dir` (each plugin is probed in a child); used from the next task on.
     fn rescan_plugins(&mut self) {
-        self.plugins = Arc::new(plugin::scan(
-            &self.exe,
-            &self.config.plugin_dir,
-            self.config.plugin_sha256.as_ref(),
-            self.config.plugin_timeout,
-        ));
+        let host = PluginHost {
+            exe: &self.exe,
+            timeout: self.config.plugin_timeout,
+            shutdown: &self.shutdown,
+            state_dir: Some(&self.config.state_dir),
+            plugin_config: Some(&self.config.plugin_config),
+        };
+        let set = host.scan(&self.config.plugin_dir, self.config.plugin_sha256.as_ref());
+        let problems = set.pin_problems.clone();
+        self.journal.record(|j| j.pinned_not_loaded = problems);
+        self.plugins = Arc::new(set);
     }
 
     fn ask_for_task(&self, why: &str) {
@@ -366,12 +389,20 @@ impl Coordinator {
     fn on_task(&mut self, task: Task) {
         let resource_dir = self.config.resource_dir.clone();
         let offered = task.clone();
+        let plugins = self.plugins.clone();
+        // A resource installed by a plugin that answers `resagent_installed` is asked
+        // on the download thread (a child call): it is not taken as present here.
         let still_present = move |name: &str, i: &journal::Installed| {
-            install::still_present(&resource_dir, name, i)
+            let ask_plugin = i
+                .plugin
+                .as_deref()
+                .and_then(|p| plugins.named(p))
+                .is_some_and(|p| p.installed);
+            !ask_plugin && install::still_present(&resource_dir, name, i)
         };
         match self
             .journal
-            .update(|j| tasks::offer(j, offered, still_present))
+            .accept(|j| tasks::offer(j, offered, still_present))
         {
             Ok(Offer::Start) => {
                 log::info!("task {} ({} bytes) accepted", task.name, task.size);
@@ -393,7 +424,17 @@ impl Coordinator {
             Ok(Offer::DuplicateOfInFlight) => {
                 log::debug!("task {} is in flight already", task.name)
             }
-            Err(e) => log::error!("task {} not recorded: {e}", task.name),
+            Err(e) => {
+                // Nothing of the task stays in memory: it is refused, never in limbo.
+                let reason = format!("task {} not recorded: {e}", task.name);
+                self.reporter.final_report(Report::fail(
+                    Direction::Download,
+                    &task.name,
+                    0,
+                    ResultCode::Other,
+                    &reason,
+                ));
+            }
         }
     }
 
@@ -401,34 +442,45 @@ impl Coordinator {
         if code == 0 {
             return;
         }
-        if let Some(r) = &self.in_flight {
+        if let Some(Running {
+            task: Some(task),
+            cancel,
+            ..
+        }) = &self.in_flight
+        {
             log::warn!(
                 "the platform withdrew {} (result_code {code}: {msg})",
-                r.task.name
+                task.name
             );
-            r.cancel.store(true, Ordering::SeqCst);
+            cancel.store(true, Ordering::SeqCst);
         }
     }
 
-    fn on_download_finished(&mut self, task: &Task, outcome: Outcome) {
-        log::debug!("{}: {outcome:?}", task.name);
+    fn on_download_finished(&mut self, task: Option<&Task>, outcome: Outcome) {
+        if let Some(task) = task {
+            log::debug!("{}: {outcome:?}", task.name);
+        }
         self.in_flight = None;
         if outcome != Outcome::Interrupted {
             self.start_next();
         }
     }
 
-    /// Starts the journal's download in flight (or the first waiting one) if none runs.
+    /// Starts, on the download thread, the confirmation of pending installs (once per
+    /// start), else the journal's download in flight (or the first waiting one), if
+    /// nothing runs there.
     fn start_next(&mut self) {
         if self.in_flight.is_some() || self.shutdown.is_set() {
             return;
         }
-        let task = match self.journal.update(tasks::next) {
-            Ok(Some(t)) => t,
-            Ok(None) => return,
-            Err(e) => {
-                log::error!("cannot start the next download: {e}");
-                return;
+        let confirm = !self.confirmed && !self.journal.snapshot().pending.is_empty();
+        self.confirmed = true;
+        let task = if confirm {
+            None
+        } else {
+            match self.journal.record(tasks::next) {
+                Some(t) => Some(t),
+                None => return,
             }
         };
         let cancel = Arc::new(AtomicBool::new(false));
@@ -446,7 +498,13 @@ impl Coordinator {
         let spawned = std::thread::Builder::new()
             .name("download".into())
             .spawn(move || {
-                let outcome = downloader.run(&job);
+                let outcome = match &job {
+                    Some(task) => downloader.run(task),
+                    None => {
+                        downloader.confirm_pending();
+                        Outcome::Installed
+                    }
+                };
                 let _ = tx.send(Event::DownloadFinished(job, outcome));
             });
         match spawned {

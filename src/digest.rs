@@ -5,7 +5,7 @@
 //! optimisation even in size-optimised release builds (see Cargo.toml).
 
 use sha2::{Digest, Sha256};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 /// Size of one read when hashing a file.
@@ -91,12 +91,13 @@ pub(crate) fn md5_file(path: &Path) -> io::Result<String> {
     md5_reader(&mut std::fs::File::open(path)?)
 }
 
-/// SHA-256 of everything `r` yields, as hex (plugin pinning).
-pub(crate) fn sha256_reader(r: &mut impl Read) -> io::Result<String> {
+/// Copies everything `r` yields into `w`, returning its SHA-256 as hex (a plugin sealed
+/// in memory is hashed on the way, so the hash covers exactly the bytes kept).
+pub(crate) fn sha256_copy(r: &mut impl Read, w: &mut impl Write) -> io::Result<String> {
     let mut h = Sha256::new();
     read_chunks(r, u64::MAX, |c| {
         h.update(c);
-        Ok::<(), io::Error>(())
+        w.write_all(c)
     })
     .map_err(|e| match e {
         ChunkError::Read(e) | ChunkError::Sink(e) => e,
@@ -129,10 +130,12 @@ mod tests {
         assert_eq!(hash_prefix(&mut &b"abcdef"[..], 3, &mut md5).unwrap(), 3);
         assert_eq!(md5.hex(), "900150983cd24fb0d6963f7d28e17f72", "md5(abc)");
         // `printf hello | sha256sum`
+        let mut copy = Vec::new();
         assert_eq!(
-            sha256_reader(&mut &b"hello"[..]).unwrap(),
+            sha256_copy(&mut &b"hello"[..], &mut copy).unwrap(),
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
+        assert_eq!(copy, b"hello");
     }
 
     #[test]

@@ -100,6 +100,17 @@ pub(crate) struct Installed {
     pub(crate) plugin: Option<String>,
 }
 
+/// An install a plugin wrote but that takes effect after a reboot (`RESAGENT_PENDING`):
+/// its task stays open until the plugin's `resagent_confirm` answers after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PendingInstall {
+    pub(crate) task: Task,
+    /// The install plugin that returned pending (asked to confirm).
+    pub(crate) plugin: String,
+    /// Unix seconds of the install.
+    pub(crate) since: u64,
+}
+
 /// The upload in flight, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct UploadInFlight {
@@ -141,6 +152,12 @@ pub(crate) struct Journal {
     /// Outbox files whose last attempt failed, by name.
     #[serde(default)]
     pub(crate) upload_retries: BTreeMap<String, UploadRetry>,
+    /// Installs waiting for a reboot and their confirmation, by resource name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) pending: BTreeMap<String, PendingInstall>,
+    /// Pinned plugins that did not load at the last scan (downloads fail -9 meanwhile).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) pinned_not_loaded: Vec<String>,
 }
 
 impl Journal {
@@ -163,14 +180,36 @@ impl Journal {
     }
 }
 
-/// The journal shared by the agent's threads: every change goes through [`update`],
-/// which persists it before returning.
+/// The journal shared by the agent's threads. Every change is saved before the call
+/// returns, under one of two policies — the one explicit answer to a journal that cannot
+/// be written (a full or read-only `state_dir`):
+/// - [`accept`]: a change that counts only once it is on disk (a task accepted from the
+///   platform). The save is tried [`SAVE_TRIES`] times; when it still fails, memory stays
+///   as it was and the caller gets the error (and fails the task -11), so nothing waits
+///   in memory for a disk that is full.
+/// - [`record`]: a change that is already true on the device (a task installed, failed
+///   or cleared, a report acknowledged, the connection state). Memory moves forward at
+///   once; a save that fails is logged and tried again by [`retry_save`] (the
+///   coordinator calls it every few seconds) or carried by the next save.
 ///
-/// [`update`]: JournalStore::update
+/// [`accept`]: JournalStore::accept
+/// [`record`]: JournalStore::record
+/// [`retry_save`]: JournalStore::retry_save
 pub(crate) struct JournalStore {
     path: PathBuf,
-    journal: Mutex<Journal>,
+    state: Mutex<State>,
 }
+
+struct State {
+    journal: Journal,
+    /// Memory is ahead of the file: a save failed.
+    unsaved: bool,
+}
+
+/// Attempts of an [`JournalStore::accept`] save before the change is refused.
+const SAVE_TRIES: u32 = 3;
+/// Pause between those attempts.
+const SAVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Mode of the journal: it holds presigned URLs (docs/agent.md).
 const JOURNAL_MODE: u32 = 0o600;
@@ -198,34 +237,96 @@ impl JournalStore {
         };
         Ok(JournalStore {
             path: path.to_path_buf(),
-            journal: Mutex::new(journal),
+            state: Mutex::new(State {
+                journal,
+                unsaved: false,
+            }),
         })
     }
 
-    /// A copy of the journal as it is now.
+    /// A copy of the journal as it is now (in memory).
     pub(crate) fn snapshot(&self) -> Journal {
-        self.lock().clone()
+        self.lock().journal.clone()
     }
 
-    /// Applies `change` and saves the result atomically. The change stays in memory even
-    /// when saving fails (the next successful save carries it); the error says why.
-    pub(crate) fn update<R>(
+    /// Applies `change` only if it can be saved (see the type's policy): on failure after
+    /// [`SAVE_TRIES`] attempts, memory is unchanged and the error names file and cause.
+    pub(crate) fn accept<R>(
         &self,
         change: impl FnOnce(&mut Journal) -> R,
     ) -> Result<R, JournalError> {
-        let mut journal = self.lock();
-        let before = journal.clone();
-        let result = change(&mut journal);
-        if *journal != before {
-            let bytes = serde_json::to_vec_pretty(&*journal).expect("journal serialises");
-            fsutil::atomically_write_file_sync(&self.path, &bytes, JOURNAL_MODE)?;
+        let mut state = self.lock();
+        let mut next = state.journal.clone();
+        let result = change(&mut next);
+        if next != state.journal || state.unsaved {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match self.save(&next) {
+                    Ok(()) => break,
+                    Err(e) if tries >= SAVE_TRIES => return Err(e),
+                    Err(_) => std::thread::sleep(SAVE_PAUSE),
+                }
+            }
+            state.journal = next;
+            state.unsaved = false;
         }
         Ok(result)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Journal> {
+    /// Applies `change` in memory and saves it; a failed save is logged (once until a
+    /// save works again) and retried later (see the type's policy).
+    pub(crate) fn record<R>(&self, change: impl FnOnce(&mut Journal) -> R) -> R {
+        let mut state = self.lock();
+        let before = state.journal.clone();
+        let result = change(&mut state.journal);
+        if state.journal != before || state.unsaved {
+            self.save_state(&mut state);
+        }
+        result
+    }
+
+    /// Saves again what a failed save left in memory only; whether memory is now behind
+    /// nothing (true: saved, or nothing was pending).
+    pub(crate) fn retry_save(&self) -> bool {
+        let mut state = self.lock();
+        if state.unsaved {
+            self.save_state(&mut state);
+        }
+        !state.unsaved
+    }
+
+    /// Whether memory is ahead of the file.
+    pub(crate) fn unsaved(&self) -> bool {
+        self.lock().unsaved
+    }
+
+    fn save_state(&self, state: &mut State) {
+        match self.save(&state.journal) {
+            Ok(()) => {
+                if state.unsaved {
+                    log::info!("journal {} saved again", self.path.display());
+                }
+                state.unsaved = false;
+            }
+            Err(e) => {
+                if !state.unsaved {
+                    log::error!("{e}; the change is kept in memory and saved again shortly");
+                }
+                state.unsaved = true;
+            }
+        }
+    }
+
+    fn save(&self, journal: &Journal) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec_pretty(journal).expect("journal serialises");
+        fsutil::atomically_write_file_sync(&self.path, &bytes, JOURNAL_MODE)?;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic elsewhere while holding the lock leaves a journal that is still whole.
-        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -256,7 +357,7 @@ mod tests {
         let p = d.path().join("journal.json");
         let store = JournalStore::open(&p).unwrap();
         store
-            .update(|j| {
+            .accept(|j| {
                 j.installed.insert(
                     "a".into(),
                     Installed {
@@ -273,6 +374,44 @@ mod tests {
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
+        );
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_saved_refuses_accepts_and_keeps_records_until_it_can() {
+        let d = tempfile::tempdir().unwrap();
+        let folder = d.path().join("state");
+        let store = JournalStore::open(&folder.join("journal.json")).unwrap();
+        let task: Task = serde_json::from_value(serde_json::json!({
+            "name": "a", "md5sum": "1".repeat(32), "size": 1, "url": "https://s/a"
+        }))
+        .unwrap();
+        let refused = store.accept(|j| j.waiting.push(task.clone()));
+        assert!(
+            matches!(refused, Err(JournalError::Write(_))),
+            "no folder: {refused:?}"
+        );
+        assert!(store.snapshot().waiting.is_empty(), "memory unchanged");
+        assert!(!store.unsaved());
+
+        store.record(|j| j.connection.since = 7);
+        assert_eq!(store.snapshot().connection.since, 7, "memory moved forward");
+        assert!(store.unsaved());
+        assert!(!store.retry_save(), "still no folder");
+
+        std::fs::create_dir(&folder).unwrap();
+        assert!(store.retry_save());
+        assert_eq!(
+            Journal::read(&folder.join("journal.json"))
+                .unwrap()
+                .connection
+                .since,
+            7
+        );
+        store.accept(|j| j.waiting.push(task.clone())).unwrap();
+        assert_eq!(
+            Journal::read(&folder.join("journal.json")).unwrap().waiting,
+            vec![task]
         );
     }
 

@@ -38,6 +38,22 @@ impl Reporter {
         }
     }
 
+    /// An intermediate report sent as QoS 1 (the `burning` 100 of a pending install,
+    /// which `reboot_command` waits for); whether the broker acknowledged it.
+    pub(crate) fn progress_acked(&self, report: &Report) -> bool {
+        match self.publisher.publish(&report.to_message(), 1) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!(
+                    "{} report for {} not acknowledged: {e}",
+                    report.state,
+                    report.name
+                );
+                false
+            }
+        }
+    }
+
     /// A final report: recorded in the journal first, removed once acknowledged.
     /// Returns whether the broker acknowledged it now.
     pub(crate) fn final_report(&self, report: Report) -> bool {
@@ -65,15 +81,12 @@ impl Reporter {
             }
         );
         let pending = report.clone();
-        let kept = self.journal.update(|j| {
+        self.journal.record(|j| {
             change(j);
             j.unacked_reports.push(pending);
             let excess = j.unacked_reports.len().saturating_sub(MAX_UNACKED);
             j.unacked_reports.drain(..excess);
         });
-        if let Err(e) = kept {
-            log::error!("{} {}: not journaled: {e}", report.name, report.state);
-        }
         self.send_final(&report)
     }
 
@@ -96,14 +109,11 @@ impl Reporter {
     fn send_final(&self, report: &Report) -> bool {
         match self.publisher.publish(&report.to_message(), 1) {
             Ok(()) => {
-                let result = self.journal.update(|j| {
+                self.journal.record(|j| {
                     if let Some(i) = j.unacked_reports.iter().position(|r| r == report) {
                         j.unacked_reports.remove(i);
                     }
                 });
-                if let Err(e) = result {
-                    log::error!("journal after the report for {}: {e}", report.name);
-                }
                 true
             }
             Err(e) => {

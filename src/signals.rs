@@ -38,12 +38,6 @@ pub(crate) fn block() -> nix::Result<()> {
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None)
 }
 
-/// Unblocks the handled signals (in a child about to run foreign code, which must see
-/// SIGTERM: a signal mask survives exec).
-pub(crate) fn unblock() -> nix::Result<()> {
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled()), None)
-}
-
 /// Starts the signal thread; `deliver` gets each request and returning false ends the
 /// thread (it also ends after a stop).
 pub(crate) fn spawn(

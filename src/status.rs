@@ -95,6 +95,10 @@ pub(crate) fn render_json(v: &StatusView) -> Value {
             "name": name, "size": size, "state": outbox_state(v, name),
         })).collect::<Vec<_>>(),
         "unacknowledged_reports": j.unacked_reports.len(),
+        "pending_reboot": j.pending.iter().map(|(name, p)| json!({
+            "name": name, "md5sum": p.task.md5sum, "plugin": p.plugin, "since": p.since,
+        })).collect::<Vec<_>>(),
+        "pinned_not_loaded": j.pinned_not_loaded,
     })
 }
 
@@ -196,6 +200,32 @@ pub(crate) fn render_text(v: &StatusView) -> String {
                 i.md5sum,
                 human_duration(now.saturating_sub(i.installed_at))
             );
+        }
+    }
+    if !j.pending.is_empty() {
+        let _ = writeln!(
+            out,
+            "Pending:     {} install(s) wait for a reboot",
+            j.pending.len()
+        );
+        for (name, p) in &j.pending {
+            let _ = writeln!(
+                out,
+                "             {name}  md5 {}  written by {} {} ago; reboot pending",
+                p.task.md5sum,
+                p.plugin,
+                human_duration(now.saturating_sub(p.since))
+            );
+        }
+    }
+    if !j.pinned_not_loaded.is_empty() {
+        let _ = writeln!(
+            out,
+            "Plugins:     {} pinned plugin(s) not loaded; every download fails -9 until they load",
+            j.pinned_not_loaded.len()
+        );
+        for problem in &j.pinned_not_loaded {
+            let _ = writeln!(out, "             {problem}");
         }
     }
     if v.outbox.is_empty() {

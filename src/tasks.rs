@@ -3,7 +3,7 @@
 //! so every rule of docs/protocol.md ("one download at a time", "a later task for the same
 //! name replaces one that waits", "a repeated task is done at once") is tested directly.
 
-use crate::journal::{InFlight, Installed, Journal};
+use crate::journal::{InFlight, Installed, Journal, PendingInstall};
 use crate::protocol::Task;
 
 /// What became of a task offered to the queue.
@@ -30,6 +30,9 @@ pub(crate) fn offer(
 ) -> Offer {
     if let Some(current) = &journal.download {
         if current.task.same_content(&task) {
+            // The newest wish for this name is what runs now: an older one that waits
+            // behind it must not overwrite it afterwards.
+            journal.waiting.retain(|w| w.name != task.name);
             return Offer::DuplicateOfInFlight;
         }
     }
@@ -82,6 +85,22 @@ pub(crate) fn installed(journal: &mut Journal, task: &Task, plugin: Option<Strin
             size: task.size,
             installed_at: now,
             plugin,
+        },
+    );
+    // A newer install of the name supersedes one that waited for a reboot.
+    journal.pending.remove(&task.name);
+    clear_in_flight(journal, task);
+}
+
+/// Records that `plugin` wrote the download in flight, effective after a reboot: the
+/// task leaves the queue and waits, in `pending`, for the plugin's confirmation.
+pub(crate) fn pending(journal: &mut Journal, task: &Task, plugin: &str, now: u64) {
+    journal.pending.insert(
+        task.name.clone(),
+        PendingInstall {
+            task: task.clone(),
+            plugin: plugin.to_string(),
+            since: now,
         },
     );
     clear_in_flight(journal, task);
@@ -140,6 +159,24 @@ mod tests {
         assert!(j.waiting.is_empty());
         // Same name, new content: it waits for the one in flight.
         assert_eq!(offer(&mut j, task("a", '2'), PRESENT), Offer::Queued);
+    }
+
+    #[test]
+    fn the_in_flight_version_offered_again_drops_an_older_wish_waiting_behind_it() {
+        let mut j = Journal::default();
+        offer(&mut j, task("k", '1'), PRESENT);
+        offer(&mut j, task("k", '2'), PRESENT);
+        offer(&mut j, task("other", '1'), PRESENT);
+        assert_eq!(
+            offer(&mut j, task("k", '1'), PRESENT),
+            Offer::DuplicateOfInFlight
+        );
+        let names: Vec<_> = j.waiting.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["other"],
+            "the last wish for `k` is the one in flight"
+        );
     }
 
     #[test]
@@ -203,6 +240,19 @@ mod tests {
         assert!(j.waiting.is_empty());
         clear_in_flight(&mut j, &task("b", '1'));
         assert_eq!(next(&mut j), None);
+    }
+
+    #[test]
+    fn a_pending_install_leaves_the_queue_and_a_later_install_supersedes_it() {
+        let mut j = Journal::default();
+        offer(&mut j, task("fw", '1'), PRESENT);
+        offer(&mut j, task("b", '1'), PRESENT);
+        pending(&mut j, &task("fw", '1'), "acme", 9);
+        assert!(j.download.is_none());
+        assert_eq!(j.pending["fw"].plugin, "acme");
+        assert_eq!(next(&mut j).unwrap().name, "b", "other tasks go on");
+        installed(&mut j, &task("fw", '1'), Some("acme".into()), 10);
+        assert!(j.pending.is_empty());
     }
 
     #[test]

@@ -367,15 +367,11 @@ impl Uploader {
             state: ProgressState::Uploading,
             percent: 0,
         };
-        if let Err(e) = self.journal.update(|j| j.upload = Some(upload)) {
-            log::error!("{e}");
-        }
+        self.journal.record(|j| j.upload = Some(upload));
     }
 
     fn clear_in_flight(&self) {
-        if let Err(e) = self.journal.update(|j| j.upload = None) {
-            log::error!("{e}");
-        }
+        self.journal.record(|j| j.upload = None);
     }
 
     fn note_retry(&self, name: &str, w: &Waiting, reason: &str) {
@@ -385,16 +381,14 @@ impl Uploader {
             next_at,
             reason: reason.to_string(),
         };
-        if let Err(e) = self.journal.update(|j| {
+        self.journal.record(|j| {
             j.upload_retries.insert(name.to_string(), retry);
-        }) {
-            log::error!("{e}");
-        }
+        });
     }
 
     /// Forgets, in the journal, retries of files no longer waiting.
     fn sync_retries(&self, waiting: &HashMap<String, Waiting>) {
-        let _ = self.journal.update(|j| {
+        self.journal.record(|j| {
             j.upload_retries
                 .retain(|name, _| waiting.contains_key(name))
         });
@@ -404,7 +398,7 @@ impl Uploader {
     fn progress(&self, progress: &mut Progress, sent: u64, size: u64) {
         let p = percent(sent, size);
         if progress.report(ProgressState::Uploading, p) {
-            let _ = self.journal.update(|j| {
+            self.journal.record(|j| {
                 if let Some(u) = j.upload.as_mut() {
                     u.percent = p;
                 }

@@ -804,3 +804,84 @@ fn kill_loop_during_upload_ends_with_the_file_uploaded_once_whole() {
         std::fs::read(&src).unwrap()
     );
 }
+
+/// Fills the file system holding `dir` with a file there; returns its path.
+fn fill(dir: &Path) -> PathBuf {
+    let filler = dir.join("filler");
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .args(["bs=4k", "status=none"])
+        .status();
+    filler
+}
+
+#[test]
+fn a_journal_that_cannot_be_written_fails_the_task_minus_11_and_later_tasks_run() {
+    let mut rig = Rig::new();
+    let state = rig.path().join("state");
+    let _fs = Tmpfs::mount(&state, "512k");
+    let agent = rig.start_agent();
+    let dev = device();
+    let attempt = |rig: &Rig, name: &str, seed: u64| {
+        let (_, task) = rig.task(name, 64 << 10, seed);
+        rig.platform.push(&dev, &task).unwrap();
+        (rig.final_report(&agent, name, T), task)
+    };
+
+    // A full state_dir: the task cannot be recorded, so it is refused, not kept in limbo.
+    let filler = fill(&state);
+    let (r, task) = attempt(&rig, "full.bin", 21);
+    assert_eq!(state_of(&r), ("fail", -11), "{r}");
+    let msg = r["progress"]["result_msg"].as_str().unwrap();
+    assert!(
+        msg.contains("journal")
+            && msg.contains(&state.display().to_string())
+            && msg.contains("space"),
+        "names the file and the cause: {msg}"
+    );
+    assert_eq!(
+        rig.gets(&task).0,
+        0,
+        "nothing fetched for a task not recorded"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let (r, task) = attempt(&rig, "after-full.bin", 22);
+    assert_eq!(
+        state_of(&r),
+        ("done", 0),
+        "room again: no restart needed; {r}"
+    );
+    rig.assert_installed("after-full.bin", &task);
+
+    // A read-only state_dir: the same.
+    let remount = |opts: &str| {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(&state)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {opts}");
+    };
+    remount("ro");
+    let (r, _) = attempt(&rig, "ro.bin", 23);
+    assert_eq!(state_of(&r), ("fail", -11), "{r}");
+    assert!(
+        r["progress"]["result_msg"]
+            .as_str()
+            .unwrap()
+            .contains("Read-only"),
+        "{r}"
+    );
+    remount("rw");
+    let (r, task) = attempt(&rig, "after-ro.bin", 24);
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    rig.assert_installed("after-ro.bin", &task);
+    // Everything that happened while the disk refused is on disk now.
+    let journal = rig.journal();
+    assert!(
+        journal["installed"]["after-ro.bin"].is_object(),
+        "{journal}"
+    );
+    assert!(journal["download"].is_null(), "nothing in limbo: {journal}");
+}

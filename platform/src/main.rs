@@ -12,11 +12,14 @@ resagent-platform — a local stand-in for Tencent Cloud IoT Hub's resource mana
 Usage:
   resagent-platform --device PRODUCT/DEVICE [--broker tcp://127.0.0.1:1883]
                     [--listen 127.0.0.1:8080] [--uploads DIR] [--offer FILE]...
+                    [--reports FILE]
 
 Each --offer FILE becomes a download task (named after the file), one after the other
-as the device reports them done: pushed as a `download` message when it is offered, and
-answered to every get_download_task meanwhile. Uploads the device makes are stored in
-DIR (default ./platform-uploads).";
+as the device ends each (`done` or `fail`: a failure moves on too, so failures can be
+tried first): pushed as a `download` message when it is offered, and answered to every
+get_download_task meanwhile. Uploads the device makes are stored in DIR (default
+./platform-uploads). --reports FILE appends every report the device sends to FILE, one
+JSON object a line (the page at the HTTP address shows them too).";
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -51,19 +54,47 @@ fn main() {
         "storage at {}/ — open it in a browser to watch the device",
         platform.storage().base_url()
     );
+    let mut reports = match &args.reports {
+        Some(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("resagent-platform: --reports {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        },
+        None => None,
+    };
+    let mut written = 0;
     let mut next = 0;
     if let Some(t) = tasks.first() {
         offer(&platform, &args.device, t);
     }
     loop {
         std::thread::sleep(Duration::from_millis(200));
+        if let Some(out) = reports.as_mut() {
+            let received = platform.received(&args.device);
+            for m in received.iter().skip(written) {
+                let is_report = m["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("report_") && !t.ends_with("_rsp"));
+                if is_report {
+                    use std::io::Write;
+                    let _ = writeln!(out, "{m}");
+                }
+            }
+            written = received.len();
+        }
         if let Some(t) = tasks.get(next) {
             let name = t["name"].as_str().unwrap_or("");
-            let done = platform
-                .reports_for(&args.device, name)
-                .iter()
-                .any(|m| m["progress"]["state"] == "done");
-            if done {
+            let ended = platform.reports_for(&args.device, name).iter().any(|m| {
+                let state = &m["progress"]["state"];
+                state == "done" || state == "fail"
+            });
+            if ended {
                 next += 1;
                 match tasks.get(next) {
                     Some(t) => offer(&platform, &args.device, t),
@@ -92,6 +123,7 @@ struct Args {
     listen: String,
     uploads: PathBuf,
     offers: Vec<PathBuf>,
+    reports: Option<PathBuf>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -103,6 +135,7 @@ fn parse() -> Result<Args, String> {
         listen: "127.0.0.1:8080".into(),
         uploads: PathBuf::from("platform-uploads"),
         offers: Vec::new(),
+        reports: None,
     };
     let text = |p: &mut lexopt::Parser| -> Result<String, String> {
         p.value()
@@ -123,6 +156,7 @@ fn parse() -> Result<Args, String> {
                 }
                 a.offers.push(f)
             }
+            Long("reports") => a.reports = Some(PathBuf::from(text(&mut p)?)),
             Long("help") | Short('h') => {
                 println!("{USAGE}");
                 std::process::exit(0);

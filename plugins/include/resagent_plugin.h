@@ -14,6 +14,25 @@
  *   int resagent_validate(host, resource, err, err_len);   optional (one of the two)
  *   int resagent_install (host, resource, err, err_len);   optional (one of the two)
  *
+ * Firmware-grade additions, all optional (a plugin built without them behaves as before):
+ *
+ *   const char *resagent_plugin_claims(void);
+ *       static, space-separated shell patterns (`*`, `?`, `[...]`) of the resource
+ *       names this plugin owns, e.g. "fw-*.bin *.swu". A claimed resource never reaches
+ *       the default installer: when its owner declines or fails, the task fails (-5,
+ *       naming the plugin).
+ *   int resagent_installed(host, resource, err, err_len);
+ *       asked before a task equal to what resagent recorded as installed by this plugin
+ *       is reported `done` without a transfer: 0 still installed (done, no transfer),
+ *       1 no opinion (resagent's record decides), <0 not installed any more (rolled
+ *       back, reflashed, wiped): the resource is downloaded and installed again. A
+ *       downgrade to an earlier image is therefore never `done` without flashing.
+ *   int resagent_confirm(host, resource, err, err_len);
+ *       required of a plugin whose install returns RESAGENT_PENDING; called once per
+ *       start of resagent for each pending install: 0 the new image runs (`done`), <0 it
+ *       did not boot or was rolled back (`fail` -5 with the reason), RESAGENT_PENDING
+ *       still pending (asked again at the next start). resource->path is then NULL.
+ *
  * When they are called:
  *   - After a download passed its size and MD5 check, every plugin that exports
  *     resagent_validate is asked, in order; one failure rejects the resource (the task
@@ -25,7 +44,15 @@
  * Return values of resagent_validate and resagent_install:
  *    0  ok (validate: acceptable; install: installed)
  *    1  declined: not this plugin's resource (validate: no opinion)
+ *    2  install only, RESAGENT_PENDING: written, but effective after a reboot (an A/B
+ *       slot switched). resagent reports `burning` 100 with "reboot pending", keeps the
+ *       task open and reports `done` only once resagent_confirm says the image runs.
  *   <0  failed: write a NUL-terminated reason into `err`
+ *
+ * Validate may report progress too (shown as `burning`, like install's).
+ *
+ * Names in messages: log lines reach resagent's log as "[NAME] message", NAME being what
+ * resagent_plugin_name returns; a reason reaches the platform as "plugin NAME: REASON".
  *
  * The `err` buffer: owned by resagent, `err_len` bytes long (at least 256), zeroed
  * before the call. Write at most err_len bytes including the terminating NUL: truncate,
@@ -35,9 +62,15 @@
  * Isolation: every call runs in a child process (resagent re-executing itself), under
  * the configured plugin_timeout_s. A plugin that crashes, aborts, hangs or leaks fails
  * only that call: the reason names the plugin and the signal or the timeout. A plugin
- * keeps no state between calls. When resagent stops during a call, the child gets
- * SIGTERM, and SIGKILL 3 s later; the call is made again after the restart. Anything
- * the plugin prints to stdout or stderr goes to resagent's log stream.
+ * keeps no state between calls (but see private_dir). When resagent stops during a
+ * call, the child gets SIGTERM, and SIGKILL 3 s later; the call is made again after the
+ * restart. Anything the plugin prints to stdout or stderr goes to resagent's log stream.
+ * The child is a plain process: its own process group (a timeout ends the whole group,
+ * helpers the plugin forked included; so does the end of every call), default signal
+ * dispositions and an empty signal mask, no file descriptors but stdin, stdout, stderr
+ * (never resagent's network sockets), and an environment limited to PATH, LANG, LC_*,
+ * TZ and RESAGENT_CONFIG. The code loaded is exactly the file resagent checked (and
+ * hashed, when pinned): a copy sealed in memory when plugin_dir was scanned.
  *
  * Strings: every `const char *` handed to the plugin is NUL-terminated UTF-8, owned by
  * resagent and valid only for the duration of the call; copy what you keep.
@@ -69,6 +102,7 @@ extern "C" {
 /* Return values of resagent_validate and resagent_install. */
 #define RESAGENT_OK 0
 #define RESAGENT_DECLINED 1
+#define RESAGENT_PENDING 2
 #define RESAGENT_FAILED (-1)
 
 /* Whether `ptr` (a struct with a leading struct_size) carries `field`. */
@@ -89,6 +123,13 @@ struct resagent_host {
      * dest's folder. src and dest must be on one file system. A symlink at dest is
      * replaced, never followed. Returns 0, or a negative errno. */
     int (*atomic_replace)(const char *src, const char *dest);
+    /* Appended fields: read them only when RESAGENT_HAS_FIELD says they are there. */
+    /* The plugin's entry of `plugin_config` in resagent's configuration (keyed by the
+     * plugin's name), as a JSON object text; NULL when there is none. */
+    const char *config_json;
+    /* A folder of the plugin's own, state_dir/plugins/NAME/ (created 0700), kept across
+     * calls, updates and reboots: version records and the like. */
+    const char *private_dir;
 };
 
 /* The resource a call is about. */
@@ -115,6 +156,11 @@ const char *resagent_plugin_name(void);
 int resagent_validate(const struct resagent_host *host, const struct resagent_resource *resource,
                       char *err, size_t err_len);
 int resagent_install(const struct resagent_host *host, const struct resagent_resource *resource,
+                     char *err, size_t err_len);
+const char *resagent_plugin_claims(void);
+int resagent_installed(const struct resagent_host *host, const struct resagent_resource *resource,
+                       char *err, size_t err_len);
+int resagent_confirm(const struct resagent_host *host, const struct resagent_resource *resource,
                      char *err, size_t err_len);
 
 #ifdef __cplusplus

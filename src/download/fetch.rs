@@ -125,16 +125,13 @@ fn check_free_space(d: &Downloader, task: &Task, have: u64) -> Result<(), Downlo
 /// the same content) and when this attempt started (`status`'s rate and ETA).
 fn note_attempt(d: &Downloader, task: &Task, have: u64, etag: Option<String>) {
     let now = journal::unix_now_ms();
-    let noted = d.journal.update(|j| {
+    d.journal.record(|j| {
         if let Some(dl) = j.download.as_mut().filter(|dl| dl.task.same_content(task)) {
             dl.attempt_started_ms = now;
             dl.attempt_start_bytes = have;
             dl.etag = etag;
         }
     });
-    if let Err(e) = noted {
-        log::error!("{}: {e}", task.name);
-    }
 }
 
 /// One GET from the bytes on disk and the streaming of its body into the staging file.

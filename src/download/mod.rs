@@ -15,10 +15,10 @@ mod staging;
 
 use crate::config::Config;
 use crate::fsutil::FsError;
-use crate::install::chain::{Chain, ChainStop, InstalledBy};
+use crate::install::chain::{Chain, ChainEnd, ChainStop, InstalledBy};
 use crate::install::{self, Paths};
 use crate::journal::{self, JournalStore, Phase};
-use crate::plugin::{PluginFailure, PluginSet, ResourceArgs};
+use crate::plugin::{CallOutcome, Op, PluginFailure, PluginHost, PluginSet, ResourceArgs};
 use crate::protocol::{percent, Direction, ProgressState, Report, ResultCode, Task};
 use crate::report::{Progress, Reporter};
 use crate::shutdown::Shutdown;
@@ -34,6 +34,9 @@ use thiserror::Error;
 pub(crate) enum Outcome {
     /// Installed and `done` reported.
     Installed,
+    /// Written by a plugin, effective after a reboot: `burning` 100 reported, the task
+    /// waits in the journal for the plugin's confirmation.
+    Pending,
     /// `fail` reported.
     Failed,
     /// The platform withdrew the task: staged bytes removed, nothing reported.
@@ -88,6 +91,12 @@ pub(crate) enum DownloadError {
     /// The install plugin that took the resource failed.
     #[error("{0}")]
     PluginInstall(PluginFailure),
+    /// A pinned plugin is absent or refused: nothing is installed until it loads.
+    #[error("pinned plugins not loaded: {}", problems.join("; "))]
+    PinnedNotLoaded { problems: Vec<String> },
+    /// The plugin claiming the resource declined it (or exports no install).
+    #[error("plugin {plugin}: {name} is claimed by this plugin, which did not install it")]
+    ClaimedNotInstalled { plugin: String, name: String },
     /// The default installer could not place the file.
     #[error("install {name}: {source}")]
     Install { name: String, source: FsError },
@@ -105,10 +114,12 @@ impl DownloadError {
                 source.result_code()
             }
             DownloadError::Thread(_) => ResultCode::Other,
-            DownloadError::Rejected(_) => ResultCode::ValidateRejected,
-            DownloadError::PluginInstall(_) | DownloadError::Install { .. } => {
-                ResultCode::InstallFailed
+            DownloadError::Rejected(_) | DownloadError::PinnedNotLoaded { .. } => {
+                ResultCode::ValidateRejected
             }
+            DownloadError::PluginInstall(_)
+            | DownloadError::ClaimedNotInstalled { .. }
+            | DownloadError::Install { .. } => ResultCode::InstallFailed,
         }
     }
 }
@@ -153,16 +164,15 @@ impl Downloader {
     pub(crate) fn run(&self, task: &Task) -> Outcome {
         let paths = install::paths(&self.config.resource_dir, &task.name);
         match self.bring_and_install(task, &paths) {
-            Ok(by) => self.report_installed(task, by),
+            Ok(ChainEnd::Installed(by)) => self.report_installed(task, by),
+            Ok(ChainEnd::Pending { plugin }) => self.report_pending(task, &plugin),
             Err(Stop::Interrupted) => {
                 log::info!("{}: stopped; it resumes after restart", task.name);
                 Outcome::Interrupted
             }
             Err(Stop::Cancelled) => {
                 install::discard_staging(&paths.staging);
-                if let Err(e) = self.journal.update(|j| tasks::clear_in_flight(j, task)) {
-                    log::error!("{}: {e}", task.name);
-                }
+                self.journal.record(|j| tasks::clear_in_flight(j, task));
                 log::info!(
                     "{}: cancelled by the platform; staged bytes removed",
                     task.name
@@ -173,14 +183,20 @@ impl Downloader {
         }
     }
 
-    fn bring_and_install(&self, task: &Task, paths: &Paths) -> Result<InstalledBy, Stop> {
-        if let Some(by) = self.already_installed(task) {
+    fn bring_and_install(&self, task: &Task, paths: &Paths) -> Result<ChainEnd, Stop> {
+        if let Some(by) = self.already_installed(task)? {
             log::info!(
                 "{} with md5 {} is installed already",
                 task.name,
                 task.md5sum
             );
-            return Ok(by);
+            return Ok(ChainEnd::Installed(by));
+        }
+        if !self.plugins.pin_problems.is_empty() {
+            return Err(DownloadError::PinnedNotLoaded {
+                problems: self.plugins.pin_problems.clone(),
+            }
+            .into());
         }
         let phase = self
             .journal
@@ -190,37 +206,94 @@ impl Downloader {
             .map(|d| d.phase)
             .unwrap_or_default();
         let verified = phase == Phase::Verified && staged_file_complete(paths, task);
-        if phase == Phase::Verified && !verified && installed_before_kill(paths, task) {
-            return Ok(InstalledBy::Default);
+        if phase == Phase::Verified
+            && !verified
+            && self.plugins.owner_of(&task.name).is_none()
+            && installed_before_kill(paths, task)
+        {
+            return Ok(ChainEnd::Installed(InstalledBy::Default));
         }
         if !verified {
             fetch::fetch(self, task, paths)?;
-            let marked = self.journal.update(|j| {
+            self.journal.record(|j| {
                 if let Some(d) = j.download.as_mut().filter(|d| d.task.same_content(task)) {
                     d.phase = Phase::Verified;
                 }
             });
-            if let Err(e) = marked {
-                log::error!("{}: {e}", task.name);
-            }
         }
         self.install(task, paths)
     }
 
-    /// A task that waited behind another version of its name may find itself installed
-    /// (and the file in place) by the time it runs: then there is nothing to transfer.
-    fn already_installed(&self, task: &Task) -> Option<InstalledBy> {
+    /// Whether the task is what is installed already, so nothing is transferred: the
+    /// journal's record says so, and the plugin that installed it (when it answers
+    /// `resagent_installed`) agrees — a rolled-back or reflashed image is installed again.
+    fn already_installed(&self, task: &Task) -> Result<Option<InstalledBy>, Stop> {
         let journal = self.journal.snapshot();
-        let i = journal.installed.get(&task.name)?;
-        let present = install::still_present(&self.config.resource_dir, &task.name, i);
-        (i.md5sum == task.md5sum && present).then(|| match &i.plugin {
-            Some(p) => InstalledBy::Plugin(p.clone()),
-            None => InstalledBy::Default,
-        })
+        let Some(i) = journal.installed.get(&task.name) else {
+            return Ok(None);
+        };
+        if i.md5sum != task.md5sum {
+            return Ok(None);
+        }
+        let Some(name) = &i.plugin else {
+            let present = install::still_present(&self.config.resource_dir, &task.name, i);
+            return Ok(present.then_some(InstalledBy::Default));
+        };
+        let by = InstalledBy::Plugin(name.clone());
+        let Some(plugin) = self.plugins.named(name).filter(|p| p.installed) else {
+            return Ok(Some(by));
+        };
+        let resource = self.resource_args(
+            task,
+            &install::paths(&self.config.resource_dir, &task.name),
+            None,
+        );
+        match self
+            .plugin_host()
+            .call(plugin, Op::Installed, &resource, |_| {})
+        {
+            CallOutcome::Ok | CallOutcome::Declined | CallOutcome::Pending => Ok(Some(by)),
+            CallOutcome::Interrupted => Err(Stop::Interrupted),
+            CallOutcome::Failed(f) => {
+                log::warn!(
+                    "{}: recorded as installed, but {f}; installing it again",
+                    task.name
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// How plugins are called for this agent.
+    fn plugin_host(&self) -> PluginHost<'_> {
+        PluginHost {
+            exe: &self.exe,
+            timeout: self.config.plugin_timeout,
+            shutdown: &self.shutdown,
+            state_dir: Some(&self.config.state_dir),
+            plugin_config: Some(&self.config.plugin_config),
+        }
+    }
+
+    /// The resource as plugins see it; `path` is the verified file (None: gone).
+    fn resource_args(&self, task: &Task, paths: &Paths, path: Option<PathBuf>) -> ResourceArgs {
+        ResourceArgs {
+            name: task.name.clone(),
+            path,
+            dest: paths.dest.clone(),
+            md5sum: task.md5sum.clone(),
+            size: task.size,
+            installed_md5sum: self
+                .journal
+                .snapshot()
+                .installed
+                .get(&task.name)
+                .map(|i| i.md5sum.clone()),
+        }
     }
 
     /// The validate/install chain on the verified file, reporting `burning`.
-    fn install(&self, task: &Task, paths: &Paths) -> Result<InstalledBy, Stop> {
+    fn install(&self, task: &Task, paths: &Paths) -> Result<ChainEnd, Stop> {
         if self.shutdown.is_set() {
             return Err(Stop::Interrupted);
         }
@@ -231,24 +304,11 @@ impl Downloader {
             self.config.progress_interval,
         );
         progress.report(ProgressState::Burning, 0);
-        let resource = ResourceArgs {
-            name: task.name.clone(),
-            path: paths.staging.clone(),
-            dest: paths.dest.clone(),
-            md5sum: task.md5sum.clone(),
-            size: task.size,
-            installed_md5sum: self
-                .journal
-                .snapshot()
-                .installed
-                .get(&task.name)
-                .map(|i| i.md5sum.clone()),
-        };
+        let resource = self.resource_args(task, paths, Some(paths.staging.clone()));
+        let host = self.plugin_host();
         let chain = Chain {
             plugins: &self.plugins,
-            exe: &self.exe,
-            timeout: self.config.plugin_timeout,
-            shutdown: &self.shutdown,
+            host: &host,
         };
         chain
             .run(&resource, paths, |p| {
@@ -258,6 +318,11 @@ impl Downloader {
                 ChainStop::Interrupted => Stop::Interrupted,
                 ChainStop::Rejected(f) => DownloadError::Rejected(f).into(),
                 ChainStop::PluginFailed(f) => DownloadError::PluginInstall(f).into(),
+                ChainStop::ClaimedNotInstalled { plugin } => DownloadError::ClaimedNotInstalled {
+                    plugin,
+                    name: task.name.clone(),
+                }
+                .into(),
                 ChainStop::DefaultFailed(source) => DownloadError::Install {
                     name: task.name.clone(),
                     source,
@@ -286,6 +351,84 @@ impl Downloader {
                 tasks::installed(j, task, by.plugin(), now)
             });
         Outcome::Installed
+    }
+
+    /// Records the pending install (the task leaves the queue) and reports `burning` 100
+    /// "reboot pending", acknowledged; then runs `reboot_command`, if configured.
+    fn report_pending(&self, task: &Task, plugin: &str) -> Outcome {
+        let now = journal::unix_now();
+        log::info!(
+            "{} written by plugin {plugin}; it takes effect after a reboot",
+            task.name
+        );
+        self.journal
+            .record(|j| tasks::pending(j, task, plugin, now));
+        let mut report =
+            Report::progress(Direction::Download, &task.name, ProgressState::Burning, 100);
+        report.result_msg = format!("reboot pending (plugin {plugin})");
+        let acked = self.reporter.progress_acked(&report);
+        match (&self.config.reboot_command, acked) {
+            (Some(cmd), true) => run_reboot_command(cmd),
+            (Some(_), false) => log::warn!(
+                "{}: the pending report was not acknowledged; reboot_command not run",
+                task.name
+            ),
+            (None, _) => log::info!("{}: a reboot is pending (no reboot_command)", task.name),
+        }
+        Outcome::Pending
+    }
+
+    /// Asks the plugin of each pending install whether its image runs now (once per
+    /// start): `done`, `fail` -5 with the plugin's reason, or still pending.
+    pub(crate) fn confirm_pending(&self) {
+        for (name, pending) in self.journal.snapshot().pending {
+            if self.shutdown.is_set() {
+                return;
+            }
+            let Some(plugin) = self.plugins.named(&pending.plugin) else {
+                log::error!(
+                    "{name}: pending a confirmation by plugin {}, which is not loaded; still pending",
+                    pending.plugin
+                );
+                continue;
+            };
+            let paths = install::paths(&self.config.resource_dir, &name);
+            let resource = self.resource_args(&pending.task, &paths, None);
+            let outcome = if plugin.confirm {
+                self.plugin_host()
+                    .call(plugin, Op::Confirm, &resource, |_| {})
+            } else {
+                CallOutcome::Failed(PluginFailure::Refused {
+                    plugin: plugin.name.clone(),
+                    reason: "returned pending but exports no resagent_confirm".into(),
+                })
+            };
+            let task = &pending.task;
+            match outcome {
+                CallOutcome::Ok => {
+                    log::info!("{name}: plugin {} confirms the new image runs", plugin.name);
+                    self.report_installed(task, InstalledBy::Plugin(plugin.name.clone()));
+                }
+                CallOutcome::Pending | CallOutcome::Declined => {
+                    log::info!("{name}: still pending a reboot (plugin {})", plugin.name)
+                }
+                CallOutcome::Interrupted => return,
+                CallOutcome::Failed(f) => {
+                    let e = DownloadError::PluginInstall(f);
+                    log::error!("{name}: the pending install did not take: {e}");
+                    let report = Report::fail(
+                        Direction::Download,
+                        &name,
+                        100,
+                        e.result_code(),
+                        &e.to_string(),
+                    );
+                    self.reporter.final_report_with(report, |j| {
+                        j.pending.remove(&name);
+                    });
+                }
+            }
+        }
     }
 
     /// Drops the staged bytes, clears the task and reports `fail`, in one journal write.
@@ -317,6 +460,28 @@ impl Downloader {
         } else {
             Ok(())
         }
+    }
+}
+
+/// Runs `reboot_command` through `/bin/sh -c`, without waiting for it (a reboot ends
+/// this process); its exit is logged if it comes back.
+fn run_reboot_command(cmd: &str) {
+    log::info!("running reboot_command `{cmd}`");
+    match std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .spawn()
+    {
+        Ok(mut child) => {
+            let _ = std::thread::Builder::new()
+                .name("reboot".into())
+                .spawn(move || match child.wait() {
+                    Ok(st) if st.success() => log::info!("reboot_command finished"),
+                    Ok(st) => log::error!("reboot_command ended with {st}"),
+                    Err(e) => log::error!("reboot_command: {e}"),
+                });
+        }
+        Err(e) => log::error!("cannot run reboot_command `{cmd}`: {e}"),
     }
 }
 

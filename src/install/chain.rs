@@ -1,15 +1,14 @@
 //! The validate/install chain (docs/plugins.md, "How the agent calls them"), beside the
 //! default installer it falls back to: every validate plugin is asked in file-name
 //! order (a failure rejects the resource), then the first install plugin that does not
-//! decline owns it (its failure fails the install); when all decline, the default
-//! installer places the file. Each call runs in a child process (`plugin::call`).
+//! decline owns it (its failure fails the install). A resource a plugin claims
+//! (`resagent_plugin_claims`) never reaches the default installer: when its owner
+//! declines or fails, the install fails. Only when no plugin claims it and all decline
+//! does the default installer place the file. Each call runs in a child process.
 
 use super::{discard_staging, install_default, Paths};
 use crate::fsutil::FsError;
-use crate::plugin::{self, CallOutcome, Op, Plugin, PluginFailure, PluginSet, ResourceArgs};
-use crate::shutdown::Shutdown;
-use std::path::Path;
-use std::time::Duration;
+use crate::plugin::{CallOutcome, Op, Plugin, PluginFailure, PluginHost, PluginSet, ResourceArgs};
 
 /// Who installed a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +29,16 @@ impl InstalledBy {
     }
 }
 
+/// How the chain ended when nothing failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ChainEnd {
+    Installed(InstalledBy),
+    /// The install plugin of this name wrote the image; it takes effect after a reboot.
+    Pending {
+        plugin: String,
+    },
+}
+
 /// Why the chain did not install.
 #[derive(Debug)]
 pub(crate) enum ChainStop {
@@ -37,19 +46,18 @@ pub(crate) enum ChainStop {
     Rejected(PluginFailure),
     /// The install plugin that took the resource failed: -5.
     PluginFailed(PluginFailure),
+    /// The plugin claiming the resource declined it or exports no install: -5.
+    ClaimedNotInstalled { plugin: String },
     /// The default installer could not place the file: -5.
     DefaultFailed(FsError),
     /// The agent is stopping: the chain runs again after the restart.
     Interrupted,
 }
 
-/// What the chain needs to call plugins.
+/// The plugins and how to call them.
 pub(crate) struct Chain<'a> {
     pub(crate) plugins: &'a PluginSet,
-    /// resagent's own executable, re-run as each call's child.
-    pub(crate) exe: &'a Path,
-    pub(crate) timeout: Duration,
-    pub(crate) shutdown: &'a Shutdown,
+    pub(crate) host: &'a PluginHost<'a>,
 }
 
 impl Chain<'_> {
@@ -60,27 +68,45 @@ impl Chain<'_> {
         resource: &ResourceArgs,
         paths: &Paths,
         mut on_progress: impl FnMut(u8),
-    ) -> Result<InstalledBy, ChainStop> {
+    ) -> Result<ChainEnd, ChainStop> {
         for p in self.plugins.validators() {
             match self.call(p, Op::Validate, resource, &mut on_progress) {
-                CallOutcome::Ok | CallOutcome::Declined => {}
+                // (A 2 from validate is a failure: `PluginHost::call` maps it so.)
+                CallOutcome::Ok | CallOutcome::Declined | CallOutcome::Pending => {}
                 CallOutcome::Interrupted => return Err(ChainStop::Interrupted),
                 CallOutcome::Failed(f) => return Err(ChainStop::Rejected(f)),
             }
         }
+        let owner = self.plugins.owner_of(&resource.name);
         for p in self.plugins.installers() {
             match self.call(p, Op::Install, resource, &mut on_progress) {
+                CallOutcome::Declined if p.claims(&resource.name) => {
+                    return Err(ChainStop::ClaimedNotInstalled {
+                        plugin: p.name.clone(),
+                    })
+                }
                 CallOutcome::Declined => {}
                 CallOutcome::Ok => {
                     discard_staging(&paths.staging);
-                    return Ok(InstalledBy::Plugin(p.name.clone()));
+                    return Ok(ChainEnd::Installed(InstalledBy::Plugin(p.name.clone())));
+                }
+                CallOutcome::Pending => {
+                    discard_staging(&paths.staging);
+                    return Ok(ChainEnd::Pending {
+                        plugin: p.name.clone(),
+                    });
                 }
                 CallOutcome::Interrupted => return Err(ChainStop::Interrupted),
                 CallOutcome::Failed(f) => return Err(ChainStop::PluginFailed(f)),
             }
         }
+        if let Some(owner) = owner {
+            return Err(ChainStop::ClaimedNotInstalled {
+                plugin: owner.name.clone(),
+            });
+        }
         install_default(paths)
-            .map(|()| InstalledBy::Default)
+            .map(|()| ChainEnd::Installed(InstalledBy::Default))
             .map_err(ChainStop::DefaultFailed)
     }
 
@@ -92,15 +118,9 @@ impl Chain<'_> {
         on_progress: &mut impl FnMut(u8),
     ) -> CallOutcome {
         log::info!("{}: plugin {} {}", resource.name, plugin.name, op.as_str());
-        let outcome = plugin::call(
-            self.exe,
-            plugin,
-            op,
-            resource,
-            self.timeout,
-            self.shutdown,
-            |p| on_progress(p.min(100) as u8),
-        );
+        let outcome = self
+            .host
+            .call(plugin, op, resource, |p| on_progress(p.min(100) as u8));
         log::info!(
             "{}: plugin {} {}: {outcome:?}",
             resource.name,

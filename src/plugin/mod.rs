@@ -1,29 +1,30 @@
-//! Vendor plugins (docs/plugins.md): the checks a plugin file must pass, discovery in file-name
-//! order, and every call made in a child process — resagent re-executing itself with the
-//! internal `__plugin` subcommand — under `plugin_timeout_s`, so a plugin that crashes,
-//! aborts or hangs fails one call and never the agent. The daemon itself never loads a
-//! plugin; only the child does (see [`child`]).
+//! Vendor plugins (docs/plugins.md): the checks a plugin and `plugin_dir` must pass,
+//! pinning (failing closed), discovery in file-name order, and every probe and call made
+//! in a child process — resagent re-executing itself with the internal `__plugin`
+//! subcommand — under `plugin_timeout_s`, so a plugin that crashes, aborts or hangs fails
+//! one call and never the agent. The daemon itself never loads a plugin: [`image`] seals
+//! the checked bytes in memory, [`host`] runs the child as a plain process, and only the
+//! child ([`child`]) loads them.
 
 pub(crate) mod child;
+pub(crate) mod glob;
+mod host;
+mod image;
 
 use crate::shutdown::Shutdown;
+use host::{run_child, ChildCall};
+pub(crate) use image::Image;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 
-/// The ABI version this resagent speaks (docs/plugins.md, "The ABI, version 1").
+/// The ABI version this resagent speaks (docs/plugins.md, "ABI version 1").
 pub(crate) const ABI_VERSION: u32 = resagent_plugin_sdk::ABI_VERSION;
 /// The internal subcommand the child runs.
 pub(crate) const CHILD_COMMAND: &str = "__plugin";
-/// How long a plugin's child has between SIGTERM and SIGKILL when the agent stops.
-const TERM_GRACE: Duration = Duration::from_secs(3);
 /// Longest log line or reason taken from a plugin.
 pub(crate) const MAX_PLUGIN_TEXT: usize = 1024;
 
@@ -57,6 +58,9 @@ pub(crate) enum PluginError {
     /// Loading it in a child failed: not a shared library, missing symbols, a crash.
     #[error("{}: {reason}", path.display())]
     Load { path: PathBuf, reason: String },
+    /// `plugin_sha256` lists a plugin that is not in `plugin_dir`.
+    #[error("{file}: pinned in plugin_sha256 but not in plugin_dir")]
+    PinnedAbsent { file: String },
     /// It reports another ABI version.
     #[error("{}: ABI version {abi}, this resagent speaks {ABI_VERSION}", path.display())]
     Abi { path: PathBuf, abi: u32 },
@@ -69,21 +73,60 @@ pub(crate) struct Probe {
     pub(crate) name: String,
     pub(crate) validate: bool,
     pub(crate) install: bool,
+    #[serde(default)]
+    pub(crate) installed: bool,
+    #[serde(default)]
+    pub(crate) confirm: bool,
+    /// What `resagent_plugin_claims` returns, if exported.
+    #[serde(default)]
+    pub(crate) claims: Option<String>,
 }
 
-/// A plugin that passed every check.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A plugin that passed every check, with its sealed bytes.
+#[derive(Debug, Clone)]
 pub(crate) struct Plugin {
     pub(crate) path: PathBuf,
+    /// What `resagent_plugin_name` returns.
     pub(crate) name: String,
+    pub(crate) image: Image,
     pub(crate) validate: bool,
     pub(crate) install: bool,
+    pub(crate) installed: bool,
+    pub(crate) confirm: bool,
+    /// The patterns of the resource names it owns.
+    pub(crate) claims: Vec<String>,
 }
 
-/// The plugins of `plugin_dir`, in file-name order.
+impl Plugin {
+    /// Whether this plugin owns resource `name` (`resagent_plugin_claims`).
+    pub(crate) fn claims(&self, name: &str) -> bool {
+        glob::any_matches(&self.claims, name)
+    }
+
+    /// What it exports, for `plugin check`.
+    pub(crate) fn exports(&self) -> Vec<&'static str> {
+        [
+            ("validate", self.validate),
+            ("install", self.install),
+            ("installed", self.installed),
+            ("confirm", self.confirm),
+            ("claims", !self.claims.is_empty()),
+        ]
+        .iter()
+        .filter(|(_, has)| *has)
+        .map(|(n, _)| *n)
+        .collect()
+    }
+}
+
+/// The plugins of `plugin_dir`, in file-name order, and the pinned plugins that are
+/// missing or refused.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PluginSet {
     pub(crate) plugins: Vec<Plugin>,
+    /// One line per pinned plugin that did not load: while any is here, downloads fail
+    /// -9 (docs/plugins.md, "Fail closed on pins").
+    pub(crate) pin_problems: Vec<String>,
 }
 
 impl PluginSet {
@@ -93,17 +136,36 @@ impl PluginSet {
     pub(crate) fn installers(&self) -> impl Iterator<Item = &Plugin> {
         self.plugins.iter().filter(|p| p.install)
     }
+    /// The first plugin that claims resource `name`.
+    pub(crate) fn owner_of(&self, name: &str) -> Option<&Plugin> {
+        self.plugins.iter().find(|p| p.claims(name))
+    }
+    /// The plugin called `name` (as `resagent_plugin_name` returns it).
+    pub(crate) fn named(&self, name: &str) -> Option<&Plugin> {
+        self.plugins.iter().find(|p| p.name == name)
+    }
 }
 
 /// What a plugin call is about (the child builds `struct resagent_resource` from it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ResourceArgs {
     pub(crate) name: String,
-    pub(crate) path: PathBuf,
+    /// None for `confirm` (the file is long gone).
+    pub(crate) path: Option<PathBuf>,
     pub(crate) dest: PathBuf,
     pub(crate) md5sum: String,
     pub(crate) size: u64,
     pub(crate) installed_md5sum: Option<String>,
+}
+
+/// Everything the child needs for one call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CallInput {
+    pub(crate) resource: ResourceArgs,
+    /// The plugin's `plugin_config` entry, as JSON text.
+    pub(crate) config_json: Option<String>,
+    /// `state_dir/plugins/NAME/`.
+    pub(crate) private_dir: Option<PathBuf>,
 }
 
 /// Which entry point to call.
@@ -111,6 +173,8 @@ pub(crate) struct ResourceArgs {
 pub(crate) enum Op {
     Validate,
     Install,
+    Installed,
+    Confirm,
 }
 
 impl Op {
@@ -118,7 +182,15 @@ impl Op {
         match self {
             Op::Validate => "validate",
             Op::Install => "install",
+            Op::Installed => "installed",
+            Op::Confirm => "confirm",
         }
+    }
+
+    pub(crate) fn from_mode(mode: &str) -> Option<Op> {
+        [Op::Validate, Op::Install, Op::Installed, Op::Confirm]
+            .into_iter()
+            .find(|op| op.as_str() == mode)
     }
 }
 
@@ -127,8 +199,10 @@ impl Op {
 pub(crate) enum CallOutcome {
     /// The plugin returned 0.
     Ok,
-    /// The plugin returned 1: not its resource.
+    /// The plugin returned 1: not its resource (or, for `installed`, no opinion).
     Declined,
+    /// The plugin returned 2 (`RESAGENT_PENDING`): effective after a reboot.
+    Pending,
     /// The plugin failed, crashed, hung or could not run.
     Failed(PluginFailure),
     /// The agent is stopping: the call was ended and is made again after the restart.
@@ -167,117 +241,253 @@ pub(crate) enum ChildMessage {
     Result { code: i32, reason: String },
 }
 
-/// The file checks of docs/plugins.md, and the pin when `pins` is set. Returns the SHA-256.
-pub(crate) fn check_file(
-    path: &Path,
-    pins: Option<&BTreeMap<String, String>>,
-) -> Result<String, PluginError> {
-    let meta = std::fs::symlink_metadata(path).map_err(|source| PluginError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !meta.file_type().is_file() {
-        return Err(PluginError::NotRegular {
+/// What calls need from the agent: where to find resagent, the limits, and what each
+/// plugin is given (its `plugin_config` entry and a private folder in `state_dir`).
+pub(crate) struct PluginHost<'a> {
+    /// resagent's own executable, re-run as each call's child.
+    pub(crate) exe: &'a Path,
+    pub(crate) timeout: Duration,
+    pub(crate) shutdown: &'a Shutdown,
+    /// `state_dir`, for `state_dir/plugins/NAME/` (None: no private folders).
+    pub(crate) state_dir: Option<&'a Path>,
+    pub(crate) plugin_config: Option<&'a BTreeMap<String, Value>>,
+}
+
+impl PluginHost<'_> {
+    /// Checks, seals and probes the plugin at `path`: the verdict the daemon would reach.
+    pub(crate) fn inspect(
+        &self,
+        path: &Path,
+        pins: Option<&BTreeMap<String, String>>,
+    ) -> Result<Plugin, PluginError> {
+        let image = image::load(path)?;
+        check_pin(path, &image.sha256, pins)?;
+        let load = |reason: String| PluginError::Load {
             path: path.to_path_buf(),
-        });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(PluginError::Writable {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    let uid = meta.uid();
-    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
-        return Err(PluginError::Owner {
-            path: path.to_path_buf(),
-            uid,
-        });
-    }
-    let sha = sha256_file(path)?;
-    if let Some(pins) = pins {
-        let file_name = path
+            reason,
+        };
+        let label = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match pins.get(&file_name) {
-            None => {
-                return Err(PluginError::NotPinned {
-                    path: path.to_path_buf(),
-                })
-            }
-            Some(expected) if *expected != sha => {
-                return Err(PluginError::HashMismatch {
-                    path: path.to_path_buf(),
-                    expected: expected.clone(),
-                    actual: sha,
-                })
-            }
-            Some(_) => {}
+        let call = ChildCall {
+            exe: self.exe,
+            image: &image,
+            label: &label,
+            mode: "probe",
+            input: b"",
+            timeout: self.timeout,
+            shutdown: self.shutdown,
+        };
+        let run = run_child(&call, |_| {}).map_err(load)?;
+        if run.interrupted {
+            return Err(load("probe interrupted: the agent is stopping".into()));
         }
-    }
-    Ok(sha)
-}
-
-fn sha256_file(path: &Path) -> Result<String, PluginError> {
-    std::fs::File::open(path)
-        .and_then(|mut f| crate::digest::sha256_reader(&mut f))
-        .map_err(|source| PluginError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-/// Checks `path` and probes it in a child: the verdict the daemon would reach.
-pub(crate) fn inspect(
-    exe: &Path,
-    path: &Path,
-    pins: Option<&BTreeMap<String, String>>,
-    timeout: Duration,
-) -> Result<(Plugin, String), PluginError> {
-    let sha = check_file(path, pins)?;
-    let load = |reason: String| PluginError::Load {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let run =
-        run_child(exe, path, "probe", None, timeout, &Shutdown::new(), |_| {}).map_err(load)?;
-    let probe = match (run.probe, run.result) {
-        (Some(p), _) => p,
-        (None, Some((_, reason))) => return Err(load(reason)),
-        (None, None) => return Err(load(run.status)),
-    };
-    if probe.abi != ABI_VERSION {
-        return Err(PluginError::Abi {
-            path: path.to_path_buf(),
-            abi: probe.abi,
-        });
-    }
-    if !probe.validate && !probe.install {
-        return Err(load(
-            "exports neither resagent_validate nor resagent_install".into(),
-        ));
-    }
-    Ok((
-        Plugin {
+        let probe = match (run.probe, run.result) {
+            (Some(p), _) => p,
+            (None, Some((_, reason))) => return Err(load(reason)),
+            (None, None) => return Err(load(run.status)),
+        };
+        if probe.abi != ABI_VERSION {
+            return Err(PluginError::Abi {
+                path: path.to_path_buf(),
+                abi: probe.abi,
+            });
+        }
+        if !probe.validate && !probe.install {
+            return Err(load(
+                "exports neither resagent_validate nor resagent_install".into(),
+            ));
+        }
+        Ok(Plugin {
             path: path.to_path_buf(),
             name: probe.name,
+            image,
             validate: probe.validate,
             install: probe.install,
-        },
-        sha,
-    ))
+            installed: probe.installed,
+            confirm: probe.confirm,
+            claims: probe
+                .claims
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+
+    /// Every `*.so` in `dir` that passes the checks, in file-name order; each refusal is
+    /// logged with its reason, and a pinned plugin that did not load is recorded.
+    pub(crate) fn scan(&self, dir: &Path, pins: Option<&BTreeMap<String, String>>) -> PluginSet {
+        let mut set = PluginSet::default();
+        let mut refused: BTreeMap<String, String> = BTreeMap::new();
+        let files = match image::check_dir(dir).and_then(|()| list(dir)) {
+            Ok(files) => files,
+            Err(e) => {
+                log::error!("plugin_dir refused: {e}");
+                for file in pins.into_iter().flat_map(|p| p.keys()) {
+                    refused.insert(file.clone(), format!("{file}: not loaded: {e}"));
+                }
+                Vec::new()
+            }
+        };
+        for f in files {
+            if self.shutdown.is_set() {
+                break;
+            }
+            let file = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match self.inspect(&f, pins) {
+                Ok(p) => {
+                    log::info!(
+                        "plugin {} loaded from {} ({})",
+                        p.name,
+                        f.display(),
+                        p.exports().join(", ")
+                    );
+                    set.plugins.push(p);
+                }
+                Err(e) => {
+                    log::error!("plugin refused: {e}");
+                    refused.insert(file, e.to_string());
+                }
+            }
+        }
+        for file in pins.into_iter().flat_map(|p| p.keys()) {
+            let loaded = set.plugins.iter().any(|p| {
+                p.path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy() == *file)
+            });
+            if loaded {
+                continue;
+            }
+            let problem = refused
+                .remove(file)
+                .unwrap_or_else(|| PluginError::PinnedAbsent { file: file.clone() }.to_string());
+            log::error!("pinned plugin not loaded, downloads fail until it is: {problem}");
+            set.pin_problems.push(problem);
+        }
+        set
+    }
+
+    /// The pinned plugins of `dir` that the file checks or their pin refuse, or that are
+    /// absent — without loading any (`plugin check`'s view of failing closed).
+    pub(crate) fn pin_problems(dir: &Path, pins: &BTreeMap<String, String>) -> Vec<String> {
+        if let Err(e) = image::check_dir(dir) {
+            return pins
+                .keys()
+                .map(|f| format!("{f}: not loaded: {e}"))
+                .collect();
+        }
+        pins.keys()
+            .filter_map(|file| {
+                let path = dir.join(file);
+                if std::fs::symlink_metadata(&path).is_err() {
+                    return Some(PluginError::PinnedAbsent { file: file.clone() }.to_string());
+                }
+                image::load(&path)
+                    .and_then(|image| check_pin(&path, &image.sha256, Some(pins)))
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// Calls `op` of `plugin` about `resource` in a child; `on_progress` gets its progress.
+    pub(crate) fn call(
+        &self,
+        plugin: &Plugin,
+        op: Op,
+        resource: &ResourceArgs,
+        on_progress: impl FnMut(u32),
+    ) -> CallOutcome {
+        let plugin_name = || plugin.name.clone();
+        let input = CallInput {
+            resource: resource.clone(),
+            config_json: self
+                .plugin_config
+                .and_then(|c| c.get(&plugin.name))
+                .map(Value::to_string),
+            private_dir: self.private_dir(&plugin.name),
+        };
+        let input = serde_json::to_vec(&input).expect("call input serialises");
+        let call = ChildCall {
+            exe: self.exe,
+            image: &plugin.image,
+            label: &plugin.name,
+            mode: op.as_str(),
+            input: &input,
+            timeout: self.timeout,
+            shutdown: self.shutdown,
+        };
+        let run = match run_child(&call, on_progress) {
+            Ok(r) => r,
+            Err(reason) => {
+                return CallOutcome::Failed(PluginFailure::Spawn {
+                    plugin: plugin_name(),
+                    reason,
+                })
+            }
+        };
+        if run.interrupted {
+            return CallOutcome::Interrupted;
+        }
+        match run.result {
+            Some((0, _)) => CallOutcome::Ok,
+            Some((1, _)) => CallOutcome::Declined,
+            Some((2, _)) if matches!(op, Op::Install | Op::Confirm) => CallOutcome::Pending,
+            Some((code, reason)) if code >= 0 => CallOutcome::Failed(PluginFailure::Refused {
+                plugin: plugin_name(),
+                reason: format!("{} returned {code}{}", op.as_str(), with_reason(&reason)),
+            }),
+            Some((code, reason)) if reason.is_empty() => CallOutcome::Failed(PluginFailure::Code {
+                plugin: plugin_name(),
+                op: op.as_str(),
+                code,
+            }),
+            Some((_, reason)) => CallOutcome::Failed(PluginFailure::Refused {
+                plugin: plugin_name(),
+                reason,
+            }),
+            None => CallOutcome::Failed(PluginFailure::NoAnswer {
+                plugin: plugin_name(),
+                how: run.status,
+            }),
+        }
+    }
+
+    /// `state_dir/plugins/NAME/`, created 0700; None when the name is not a safe folder
+    /// name or the folder cannot be made (logged).
+    fn private_dir(&self, name: &str) -> Option<PathBuf> {
+        let state_dir = self.state_dir?;
+        if crate::protocol::validate_name(name).is_err() || name.starts_with('.') {
+            log::warn!("plugin name `{name}` is no folder name: no private folder");
+            return None;
+        }
+        let dir = state_dir.join("plugins").join(name);
+        match crate::fsutil::ensure_dir(&dir, 0o700) {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                log::error!("plugin {name}: {e}");
+                None
+            }
+        }
+    }
 }
 
-/// Every `*.so` in `dir` that passes the checks, in file-name order; each refusal is
-/// logged with its reason.
-pub(crate) fn scan(
-    exe: &Path,
-    dir: &Path,
-    pins: Option<&BTreeMap<String, String>>,
-    timeout: Duration,
-) -> PluginSet {
+fn with_reason(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}
+
+/// The `*.so` files of `dir`, sorted by name.
+fn list(dir: &Path) -> Result<Vec<PathBuf>, PluginError> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .flatten()
@@ -285,217 +495,38 @@ pub(crate) fn scan(
             .filter(|p| p.extension().is_some_and(|e| e == "so"))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            log::error!("cannot read plugin_dir {}: {e}", dir.display());
-            Vec::new()
-        }
-    };
-    files.sort();
-    let mut plugins = Vec::new();
-    for f in files {
-        match inspect(exe, &f, pins, timeout) {
-            Ok((p, _)) => {
-                log::info!(
-                    "plugin {} loaded from {} ({})",
-                    p.name,
-                    f.display(),
-                    match (p.validate, p.install) {
-                        (true, true) => "validate, install",
-                        (true, false) => "validate",
-                        _ => "install",
-                    }
-                );
-                plugins.push(p);
-            }
-            Err(e) => log::error!("plugin refused: {e}"),
-        }
-    }
-    PluginSet { plugins }
-}
-
-/// Calls `op` of `plugin` on `resource` in a child; `on_progress` gets its progress.
-pub(crate) fn call(
-    exe: &Path,
-    plugin: &Plugin,
-    op: Op,
-    resource: &ResourceArgs,
-    timeout: Duration,
-    shutdown: &Shutdown,
-    on_progress: impl FnMut(u32),
-) -> CallOutcome {
-    let input = serde_json::to_vec(resource).expect("resource serialises");
-    let plugin_name = || plugin.name.clone();
-    let run = match run_child(
-        exe,
-        &plugin.path,
-        op.as_str(),
-        Some(&input),
-        timeout,
-        shutdown,
-        on_progress,
-    ) {
-        Ok(r) => r,
-        Err(reason) => {
-            return CallOutcome::Failed(PluginFailure::Spawn {
-                plugin: plugin_name(),
-                reason,
+        Err(source) => {
+            return Err(PluginError::Read {
+                path: dir.to_path_buf(),
+                source,
             })
         }
     };
-    if run.interrupted {
-        return CallOutcome::Interrupted;
-    }
-    match run.result {
-        Some((0, _)) => CallOutcome::Ok,
-        Some((1, _)) => CallOutcome::Declined,
-        Some((code, reason)) if reason.is_empty() => CallOutcome::Failed(PluginFailure::Code {
-            plugin: plugin_name(),
-            op: op.as_str(),
-            code,
-        }),
-        Some((_, reason)) => CallOutcome::Failed(PluginFailure::Refused {
-            plugin: plugin_name(),
-            reason,
-        }),
-        None => CallOutcome::Failed(PluginFailure::NoAnswer {
-            plugin: plugin_name(),
-            how: run.status,
-        }),
-    }
+    files.sort();
+    Ok(files)
 }
 
-/// What a child run produced.
-struct ChildRun {
-    probe: Option<Probe>,
-    result: Option<(i32, String)>,
-    /// How the child ended, in words ("killed by SIGSEGV", "timed out after 5 s").
-    status: String,
-    interrupted: bool,
-}
-
-/// Runs `resagent __plugin MODE FILE` with `input` on stdin, relaying its log lines and
-/// progress, under `timeout`; on shutdown: SIGTERM, then SIGKILL after [`TERM_GRACE`].
-fn run_child(
-    exe: &Path,
-    plugin: &Path,
-    mode: &str,
-    input: Option<&[u8]>,
-    timeout: Duration,
-    shutdown: &Shutdown,
-    mut on_progress: impl FnMut(u32),
-) -> Result<ChildRun, String> {
-    let mut child = Command::new(exe)
-        .arg(CHILD_COMMAND)
-        .arg(mode)
-        .arg(plugin)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A plugin that dies before reading is reported through its exit status.
-        let _ = stdin.write_all(input.unwrap_or(b"{}"));
-    }
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::Builder::new()
-        .name("plugin-io".into())
-        .spawn(move || {
-            for line in BufReader::new(stdout.take(1 << 20)).lines() {
-                let Ok(line) = line else { break };
-                match serde_json::from_str::<ChildMessage>(&line) {
-                    Ok(m) => {
-                        if tx.send(m).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => log::debug!("plugin child: unexpected line"),
-                }
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    let plugin_name = plugin
+/// The pin of `plugin_sha256` for `path`, when pins are configured.
+fn check_pin(
+    path: &Path,
+    sha: &str,
+    pins: Option<&BTreeMap<String, String>>,
+) -> Result<(), PluginError> {
+    let Some(pins) = pins else { return Ok(()) };
+    let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let started = Instant::now();
-    let mut run = ChildRun {
-        probe: None,
-        result: None,
-        status: String::new(),
-        interrupted: false,
-    };
-    let mut handle = |m: ChildMessage, run: &mut ChildRun| match m {
-        ChildMessage::Log { level, message } => {
-            let level = match level {
-                1 => log::Level::Error,
-                2 => log::Level::Warn,
-                3 => log::Level::Info,
-                _ => log::Level::Debug,
-            };
-            log::log!(level, "[{plugin_name}] {message}");
-        }
-        ChildMessage::Progress { percent } => on_progress(percent.min(100)),
-        ChildMessage::Probe(p) => run.probe = Some(p),
-        ChildMessage::Result { code, reason } => run.result = Some((code, reason)),
-    };
-    let status = loop {
-        while let Ok(m) = rx.recv_timeout(Duration::from_millis(20)) {
-            handle(m, &mut run);
-        }
-        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
-            break st;
-        }
-        if shutdown.is_set() {
-            run.interrupted = true;
-            break terminate(&mut child);
-        }
-        if started.elapsed() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            run.status = format!("timed out after {} s", timeout.as_secs());
-            let _ = reader.join();
-            return Ok(run);
-        }
-    };
-    let _ = reader.join();
-    while let Ok(m) = rx.try_recv() {
-        handle(m, &mut run);
-    }
-    run.status = describe(status);
-    Ok(run)
-}
-
-/// SIGTERM, then SIGKILL after [`TERM_GRACE`].
-fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + TERM_GRACE;
-    while Instant::now() < deadline {
-        if let Ok(Some(st)) = child.try_wait() {
-            return st;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child
-        .wait()
-        .unwrap_or_else(|_| std::process::ExitStatus::from_raw(9))
-}
-
-fn describe(status: std::process::ExitStatus) -> String {
-    if let Some(sig) = status.signal() {
-        let name = nix::sys::signal::Signal::try_from(sig)
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_else(|_| format!("signal {sig}"));
-        format!("crashed ({name})")
-    } else {
-        match status.code() {
-            Some(0) => "ended without an answer".to_string(),
-            Some(c) => format!("exited with status {c} without an answer"),
-            None => "ended".to_string(),
-        }
+    match pins.get(&file_name) {
+        None => Err(PluginError::NotPinned {
+            path: path.to_path_buf(),
+        }),
+        Some(expected) if expected != sha => Err(PluginError::HashMismatch {
+            path: path.to_path_buf(),
+            expected: expected.clone(),
+            actual: sha.to_string(),
+        }),
+        Some(_) => Ok(()),
     }
 }
 
@@ -504,42 +535,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn file_checks_refuse_writable_symlinked_and_unpinned() {
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("10-x.so");
-        std::fs::write(&f, b"not really").unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let sha = check_file(&f, None).unwrap();
-        assert_eq!(sha.len(), 64);
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o775)).unwrap();
-        assert!(matches!(
-            check_file(&f, None),
-            Err(PluginError::Writable { .. })
-        ));
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o757)).unwrap();
-        assert!(matches!(
-            check_file(&f, None),
-            Err(PluginError::Writable { .. })
-        ));
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let link = d.path().join("20-link.so");
-        std::os::unix::fs::symlink(&f, &link).unwrap();
-        assert!(matches!(
-            check_file(&link, None),
-            Err(PluginError::NotRegular { .. })
-        ));
+    fn pins_refuse_unlisted_and_mismatched() {
+        let p = Path::new("/x/10-x.so");
+        assert!(check_pin(p, "aa", None).is_ok());
         let mut pins = BTreeMap::new();
         assert!(matches!(
-            check_file(&f, Some(&pins)),
+            check_pin(p, "aa", Some(&pins)),
             Err(PluginError::NotPinned { .. })
         ));
-        pins.insert("10-x.so".to_string(), "0".repeat(64));
+        pins.insert("10-x.so".to_string(), "bb".to_string());
         assert!(matches!(
-            check_file(&f, Some(&pins)),
+            check_pin(p, "aa", Some(&pins)),
             Err(PluginError::HashMismatch { .. })
         ));
-        pins.insert("10-x.so".to_string(), sha.clone());
-        assert_eq!(check_file(&f, Some(&pins)).unwrap(), sha);
+        assert!(check_pin(p, "bb", Some(&pins)).is_ok());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub use resagent_platform::rig::{free_port, write_random, Mosquitto};
 use resagent_platform::Platform;
 use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -298,4 +299,64 @@ pub fn state_of(report: &Value) -> (&str, i64) {
         report["progress"]["state"].as_str().unwrap_or(""),
         report["progress"]["result_code"].as_i64().unwrap_or(0),
     )
+}
+
+pub fn project() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Compiles a C plugin with the system compiler, from `resagent_plugin.h` alone.
+pub fn cc(src: &Path, out: &Path, std: &str, defines: &[&str]) {
+    cc_against(&project().join("plugins/include"), src, out, std, defines)
+}
+
+/// Compiles a C plugin against the header in `include` (an older header, for the ABI
+/// compatibility test).
+pub fn cc_against(include: &Path, src: &Path, out: &Path, std: &str, defines: &[&str]) {
+    let output = Command::new("cc")
+        .args([std, "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I"])
+        .arg(include)
+        .args(defines.iter().map(|d| format!("-D{d}")))
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("cc runs");
+    assert!(
+        output.status.success(),
+        "cc {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+pub fn plugin_dir(rig: &Rig) -> PathBuf {
+    let d = rig.path().join("plugins");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A test plugin from `tests/plugins/NAME.c`, installed as `FILE` in the rig's plugin_dir.
+pub fn fixture(rig: &Rig, src: &str, file: &str, defines: &[&str]) -> PathBuf {
+    let out = plugin_dir(rig).join(file);
+    cc(
+        &project().join("tests/plugins").join(src),
+        &out,
+        "-std=gnu99",
+        defines,
+    );
+    out
+}
+
+pub fn wait_log(agent: &Agent, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agent.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` in log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

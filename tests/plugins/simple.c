@@ -1,4 +1,5 @@
-/* Test plugin: ABI version ABI (default 1); install declines everything; a constructor
+/* Test plugin: ABI version ABI (default 1); install declines everything (claiming the
+ * names of CLAIMS when defined); a constructor
  * leaves a marker file when LOAD_MARKER is set, to show whether it was ever loaded. */
 #include <stdio.h>
 #include "resagent_plugin.h"
@@ -15,6 +16,10 @@ __attribute__((constructor)) static void loaded(void) {
 #endif
 
 uint32_t resagent_plugin_abi(void) { return ABI; }
+
+#ifdef CLAIMS
+const char *resagent_plugin_claims(void) { return CLAIMS; }
+#endif
 const char *resagent_plugin_name(void) { return PLUGIN_NAME; }
 
 int resagent_install(const struct resagent_host *h, const struct resagent_resource *r, char *e, size_t n) {

@@ -38,6 +38,7 @@ pub const LOG_DEBUG: c_int = 4;
 /// `RESAGENT_OK`, `RESAGENT_DECLINED`, `RESAGENT_FAILED`: what validate and install return.
 pub const OK: c_int = 0;
 pub const DECLINED: c_int = 1;
+pub const PENDING: c_int = 2;
 pub const FAILED: c_int = -1;
 
 /// `struct resagent_host`: the host's functions during a call.
@@ -51,7 +52,15 @@ pub struct Host {
     pub progress: extern "C" fn(u32),
     /// fsync(src), rename(src, dest), fsync of dest's folder; 0 or a negative errno.
     pub atomic_replace: extern "C" fn(*const c_char, *const c_char) -> c_int,
+    /// Appended: the plugin's `plugin_config` entry as JSON text, or NULL.
+    pub config_json: *const c_char,
+    /// Appended: the plugin's private folder, `state_dir/plugins/NAME/`.
+    pub private_dir: *const c_char,
 }
+
+/// The size of `struct resagent_host` before the firmware-grade fields were appended:
+/// what a plugin built against the first header knows.
+pub const HOST_SIZE_V1: u32 = 32;
 
 /// `struct resagent_resource`: the resource a call is about.
 #[repr(C)]
@@ -79,6 +88,9 @@ pub const SYMBOL_ABI: &[u8] = b"resagent_plugin_abi\0";
 pub const SYMBOL_NAME: &[u8] = b"resagent_plugin_name\0";
 pub const SYMBOL_VALIDATE: &[u8] = b"resagent_validate\0";
 pub const SYMBOL_INSTALL: &[u8] = b"resagent_install\0";
+pub const SYMBOL_CLAIMS: &[u8] = b"resagent_plugin_claims\0";
+pub const SYMBOL_INSTALLED: &[u8] = b"resagent_installed\0";
+pub const SYMBOL_CONFIRM: &[u8] = b"resagent_confirm\0";
 
 /// What a successful validate or install says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +99,8 @@ pub enum Verdict {
     Ok,
     /// Not this plugin's resource.
     Declined,
+    /// Install only: written, effective after a reboot (`RESAGENT_PENDING`).
+    Pending,
 }
 
 /// The host's functions, safely.
@@ -100,6 +114,31 @@ impl HostApi<'_> {
         let text = message.split('\0').next().unwrap_or_default();
         if let Ok(c) = CString::new(text) {
             (self.host.log)(level, c.as_ptr());
+        }
+    }
+
+    /// The plugin's `plugin_config` entry as JSON text, when resagent gives one.
+    pub fn config_json(&self) -> Option<String> {
+        self.appended(self.host.config_json)
+    }
+
+    /// The plugin's private folder, when resagent gives one.
+    pub fn private_dir(&self) -> Option<PathBuf> {
+        self.appended(self.host.private_dir).map(PathBuf::from)
+    }
+
+    /// An appended string field, read only when `struct_size` says it is there.
+    fn appended(&self, field: *const c_char) -> Option<String> {
+        if self.host.struct_size as usize >= std::mem::size_of::<Host>() && !field.is_null() {
+            // SAFETY: the field is present (struct_size) and, when not NULL, a
+            // NUL-terminated string valid for the call (the header).
+            Some(
+                unsafe { CStr::from_ptr(field) }
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        } else {
+            None
         }
     }
 
@@ -170,6 +209,7 @@ pub unsafe fn call(
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&api, &view))) {
         Ok(Ok(Verdict::Ok)) => OK,
         Ok(Ok(Verdict::Declined)) => DECLINED,
+        Ok(Ok(Verdict::Pending)) => PENDING,
         Ok(Err(reason)) => {
             // SAFETY: as above.
             unsafe { write_err(err, err_len, &reason) };
@@ -243,6 +283,8 @@ mod tests {
             log,
             progress,
             atomic_replace: replace,
+            config_json: std::ptr::null(),
+            private_dir: std::ptr::null(),
         };
         let name = CString::new("fw.bin").unwrap();
         let path = CString::new("/tmp/fw.bin").unwrap();

@@ -41,7 +41,8 @@ const C_PROGRAM: &str = r#"
 int main(void) {
     printf("resagent_host %zu\n", sizeof(struct resagent_host));
     F(resagent_host, struct_size); F(resagent_host, log); F(resagent_host, progress);
-    F(resagent_host, atomic_replace);
+    F(resagent_host, atomic_replace); F(resagent_host, config_json);
+    F(resagent_host, private_dir);
     printf("resagent_resource %zu\n", sizeof(struct resagent_resource));
     F(resagent_resource, struct_size); F(resagent_resource, name);
     F(resagent_resource, path); F(resagent_resource, dest); F(resagent_resource, md5sum);
@@ -49,7 +50,9 @@ int main(void) {
     printf("ABI %u\n", RESAGENT_PLUGIN_ABI);
     printf("LOG %d %d %d %d\n", RESAGENT_LOG_ERROR, RESAGENT_LOG_WARN, RESAGENT_LOG_INFO,
            RESAGENT_LOG_DEBUG);
-    printf("RETURNS %d %d %d\n", RESAGENT_OK, RESAGENT_DECLINED, RESAGENT_FAILED);
+    printf("RETURNS %d %d %d %d\n", RESAGENT_OK, RESAGENT_DECLINED, RESAGENT_PENDING,
+           RESAGENT_FAILED);
+    printf("HOST_V1 %zu\n", offsetof(struct resagent_host, config_json));
     return 0;
 }
 "#;
@@ -100,6 +103,16 @@ fn rust_layout() -> String {
         offset!(Host, atomic_replace),
         field_size!(Host, atomic_replace),
     );
+    f(
+        "resagent_host.config_json",
+        offset!(Host, config_json),
+        field_size!(Host, config_json),
+    );
+    f(
+        "resagent_host.private_dir",
+        offset!(Host, private_dir),
+        field_size!(Host, private_dir),
+    );
     lines.push(std::mem::take(&mut s).trim_end().to_string());
     lines.push(format!("resagent_resource {}", size_of::<Resource>()));
     let mut f = |name: &str, off: usize, size: usize| s += &format!("{name} {off} {size}\n");
@@ -141,7 +154,8 @@ fn rust_layout() -> String {
     lines.push(s.trim_end().to_string());
     lines.push(format!("ABI {ABI_VERSION}"));
     lines.push(format!("LOG {LOG_ERROR} {LOG_WARN} {LOG_INFO} {LOG_DEBUG}"));
-    lines.push(format!("RETURNS {OK} {DECLINED} {FAILED}"));
+    lines.push(format!("RETURNS {OK} {DECLINED} {PENDING} {FAILED}"));
+    lines.push(format!("HOST_V1 {HOST_SIZE_V1}"));
     lines.join("\n") + "\n"
 }
 

@@ -1,0 +1,886 @@
+//! Firmware-grade plugins end to end (docs/plugins.md, "Firmware-grade additions"): the
+//! example firmware plugin (`plugins/examples/firmware.c`) and misbehaving test plugins
+//! (`tests/plugins/rogue.c`), compiled from the header by the test, with the real
+//! binary, mosquitto and the local platform. Each test is one way a fleet could hear
+//! `done` for firmware that was never flashed, or vendor code could slip its checks.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+/// CRC-32 (IEEE), as the image header carries it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & 0u32.wrapping_sub(crc & 1));
+        }
+    }
+    !crc
+}
+
+/// An RSFW image: magic, header version 1, payload length, CRC-32, payload.
+fn image(seed: u8, len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let mut out = b"RSFW".to_vec();
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&crc32(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Serves `bytes` as resource `name`; the task for it.
+fn serve(rig: &Rig, name: &str, bytes: &[u8]) -> Value {
+    let dir = rig.path().join("served");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{name}.{}", bytes.len()));
+    std::fs::write(&p, bytes).unwrap();
+    rig.platform
+        .task_served_as(name, &p, &format!("{name}-{:08x}", crc32(bytes)))
+}
+
+/// The firmware example built as a vendor would, at `out`.
+fn build_firmware(out: &Path) {
+    cc(
+        &project().join("plugins/examples/firmware.c"),
+        out,
+        "-std=c99",
+        &[],
+    );
+}
+
+/// A rig with the firmware plugin's configuration: its partition file and, for A/B,
+/// the file the boot process writes with the running image's MD5.
+fn firmware_rig(ab: bool) -> (Rig, PathBuf, PathBuf) {
+    let mut rig = Rig::new();
+    let partition = rig.path().join("partition.img");
+    let booted = rig.path().join("booted");
+    rig.config["plugin_config"] = json!({"firmware": {
+        "partition": partition, "ab": ab, "booted_file": booted
+    }});
+    (rig, partition, booted)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn msg(r: &Value) -> String {
+    r["progress"]["result_msg"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The final report for `name` after `after` earlier final reports of that name.
+fn nth_final(rig: &Rig, agent: &Agent, name: &str, n: usize) -> Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let finals: Vec<Value> = rig
+            .platform
+            .reports_for(&device(), name)
+            .into_iter()
+            .filter(|m| matches!(m["progress"]["state"].as_str(), Some("done" | "fail")))
+            .collect();
+        if let Some(r) = finals.get(n) {
+            return r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no final report #{n} for {name}; log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_pinned_plugin_absent_or_altered_fails_every_download_minus_9_until_it_is_right() {
+    let (mut rig, partition, _) = firmware_rig(false);
+    let dir = plugin_dir(&rig);
+    let good = rig.path().join("20-firmware.so");
+    build_firmware(&good);
+    rig.config["plugin_sha256"] = json!({"20-firmware.so": sha256(&good)});
+    let agent = rig.start_agent();
+    wait_log(&agent, "pinned plugin not loaded");
+
+    // Absent: a firmware image must not fall through to the default installer.
+    let fw1 = image(1, 4000);
+    rig.platform
+        .push(&device(), &serve(&rig, "fw-1.bin", &fw1))
+        .unwrap();
+    let r = nth_final(&rig, &agent, "fw-1.bin", 0);
+    assert_eq!(state_of(&r), ("fail", -9), "{r}");
+    assert!(
+        msg(&r).contains("20-firmware.so") && msg(&r).contains("not in plugin_dir"),
+        "{r}"
+    );
+    assert!(!rig.resource("fw-1.bin").exists() && !partition.exists());
+    let (_, status, _) = rig.cli(&["status"]);
+    assert!(status.contains("20-firmware.so"), "{status}");
+    let (_, status, _) = rig.cli(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["pinned_not_loaded"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+
+    // Altered: another build (one byte more) hashes differently.
+    let mut altered = std::fs::read(&good).unwrap();
+    altered.push(0);
+    let installed = dir.join("20-firmware.so");
+    std::fs::write(&installed, &altered).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_log(&agent, "differs from the pinned");
+    rig.platform
+        .push(&device(), &serve(&rig, "fw-1.bin", &fw1))
+        .unwrap();
+    let r = nth_final(&rig, &agent, "fw-1.bin", 1);
+    assert_eq!(state_of(&r), ("fail", -9), "{r}");
+    assert!(msg(&r).contains("differs from the pinned"), "{r}");
+    assert!(!partition.exists());
+
+    // Fixed, SIGHUP: the same task now flashes.
+    std::fs::copy(&good, &installed).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_log(&agent, "plugin firmware loaded");
+    rig.platform
+        .push(&device(), &serve(&rig, "fw-1.bin", &fw1))
+        .unwrap();
+    let r = nth_final(&rig, &agent, "fw-1.bin", 2);
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    assert_eq!(std::fs::read(&partition).unwrap(), fw1);
+    assert!(
+        !rig.resource("fw-1.bin").exists(),
+        "never the default installer"
+    );
+    assert_eq!(rig.journal()["installed"]["fw-1.bin"]["plugin"], "firmware");
+}
+
+#[test]
+fn a_claimed_resource_its_owner_declines_fails_minus_5_with_nothing_installed() {
+    let mut rig = Rig::new();
+    fixture(
+        &rig,
+        "simple.c",
+        "20-claimer.so",
+        &["PLUGIN_NAME=\"claimer\"", "CLAIMS=\"fw-*.bin *.swu\""],
+    );
+    let agent = rig.start_agent();
+    wait_log(&agent, "plugin claimer loaded");
+    rig.platform
+        .push(&device(), &serve(&rig, "fw-9.bin", &image(9, 100)))
+        .unwrap();
+    let r = rig.final_report(&agent, "fw-9.bin", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(msg(&r).contains("plugin claimer"), "{r}");
+    assert!(
+        !rig.resource("fw-9.bin").exists(),
+        "nothing in resource_dir"
+    );
+    // A name nobody claims still reaches the default installer.
+    let (_, other) = rig.task("notes.txt", 100, 3);
+    rig.platform.push(&device(), &other).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "notes.txt", T)),
+        ("done", 0)
+    );
+    rig.assert_installed("notes.txt", &other);
+}
+
+#[test]
+fn a_downgrade_and_a_rollback_are_flashed_again_not_reported_done() {
+    let (mut rig, partition, _) = firmware_rig(false);
+    build_firmware(&plugin_dir(&rig).join("20-firmware.so"));
+    let agent = rig.start_agent();
+    wait_log(&agent, "plugin firmware loaded");
+    let (v1, v2) = (image(1, 6000), image(2, 7000));
+    let (t1, t2) = (serve(&rig, "fw-1.bin", &v1), serve(&rig, "fw-2.bin", &v2));
+    rig.platform.push(&device(), &t1).unwrap();
+    assert_eq!(
+        state_of(&nth_final(&rig, &agent, "fw-1.bin", 0)),
+        ("done", 0)
+    );
+    rig.platform.push(&device(), &t2).unwrap();
+    assert_eq!(
+        state_of(&nth_final(&rig, &agent, "fw-2.bin", 0)),
+        ("done", 0)
+    );
+    assert_eq!(std::fs::read(&partition).unwrap(), v2);
+
+    // Downgrade: fw-1.bin equals the journal's record of that name, but the partition
+    // holds fw-2: the plugin says so and v1 is flashed again.
+    rig.platform.push(&device(), &t1).unwrap();
+    let r = nth_final(&rig, &agent, "fw-1.bin", 1);
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    assert_eq!(
+        std::fs::read(&partition).unwrap(),
+        v1,
+        "flashed, not just reported"
+    );
+    assert_eq!(rig.gets(&t1).0, 2, "downloaded again");
+
+    // An equal re-offer while it is really installed transfers nothing.
+    rig.platform.push(&device(), &t1).unwrap();
+    assert_eq!(
+        state_of(&nth_final(&rig, &agent, "fw-1.bin", 2)),
+        ("done", 0)
+    );
+    assert_eq!(rig.gets(&t1).0, 2, "still installed: no transfer");
+
+    // A rollback behind the agent's back: the bootloader went back to the other slot,
+    // so the partition holds v2 again while the journal still records fw-1.bin.
+    std::fs::write(&partition, &v2).unwrap();
+    rig.platform.push(&device(), &t1).unwrap();
+    assert_eq!(
+        state_of(&nth_final(&rig, &agent, "fw-1.bin", 3)),
+        ("done", 0)
+    );
+    assert_eq!(
+        std::fs::read(&partition).unwrap(),
+        v1,
+        "reflashed after the rollback"
+    );
+    assert_eq!(rig.gets(&t1).0, 3);
+}
+
+#[test]
+fn a_pending_install_reports_burning_100_then_done_or_fail_after_a_restart() {
+    let (mut rig, partition, booted) = firmware_rig(true);
+    let marker = rig.path().join("rebooted");
+    rig.config["reboot_command"] = json!(format!("touch {}", marker.display()));
+    build_firmware(&plugin_dir(&rig).join("20-firmware.so"));
+    let mut agent = rig.start_agent();
+    let v3 = image(3, 5000);
+    let t3 = serve(&rig, "fw-3.bin", &v3);
+    rig.platform.push(&device(), &t3).unwrap();
+    let pending = rig
+        .platform
+        .wait_for(&device(), T, |m| {
+            m["name"] == "fw-3.bin"
+                && m["progress"]["state"] == "burning"
+                && m["progress"]["percent"] == 100
+                && msg(m).contains("reboot pending")
+        })
+        .unwrap_or_else(|| panic!("no pending report; log:\n{}", agent.log_text()));
+    assert_eq!(pending["progress"]["result_code"], 0);
+    assert_eq!(
+        std::fs::read(&partition).unwrap(),
+        v3,
+        "the slot is written"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "reboot_command ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        rig.platform
+            .wait_final(&device(), "fw-3.bin", Duration::from_millis(10))
+            .is_none(),
+        "no done before the new image ran"
+    );
+    assert_eq!(rig.journal()["pending"]["fw-3.bin"]["plugin"], "firmware");
+    let (_, status, _) = rig.cli(&["status"]);
+    assert!(
+        status.contains("fw-3.bin") && status.contains("reboot"),
+        "{status}"
+    );
+
+    // "Reboot": the boot process records the running image; the agent starts again.
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+    std::fs::write(&booted, md5_of(&v3)).unwrap();
+    let mut agent = rig.spawn_agent();
+    let r = rig.final_report(&agent, "fw-3.bin", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    let journal = rig.journal();
+    assert_eq!(journal["installed"]["fw-3.bin"]["plugin"], "firmware");
+    assert!(journal["pending"].is_null(), "{journal}");
+
+    // A second image that the device does not keep (rolled back to v3): fail -5.
+    let v4 = image(4, 5000);
+    rig.platform
+        .push(&device(), &serve(&rig, "fw-4.bin", &v4))
+        .unwrap();
+    rig.platform
+        .wait_for(&device(), T, |m| {
+            m["name"] == "fw-4.bin" && msg(m).contains("reboot pending")
+        })
+        .expect("pending");
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+    let agent = rig.spawn_agent();
+    let r = rig.final_report(&agent, "fw-4.bin", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(
+        msg(&r).contains("plugin firmware") && msg(&r).contains("did not stay"),
+        "{r}"
+    );
+    assert!(rig.journal()["pending"].is_null());
+}
+
+fn md5_of(bytes: &[u8]) -> String {
+    let p = std::env::temp_dir().join(format!("resagent-md5-{}", std::process::id()));
+    std::fs::write(&p, bytes).unwrap();
+    let m = md5_hex(&p);
+    let _ = std::fs::remove_file(p);
+    m
+}
+
+#[test]
+fn a_plugin_swapped_or_rewritten_after_the_scan_never_runs() {
+    let mut rig = Rig::new();
+    let dir = plugin_dir(&rig);
+    let installed = dir.join("20-copy.so");
+    cc(
+        &project().join("tests/plugins/copyinstall.c"),
+        &installed,
+        "-std=gnu99",
+        &[],
+    );
+    let agent = rig.start_agent();
+    wait_log(&agent, "plugin copyinstall loaded");
+    let marker = rig.path().join("rogue-loaded");
+    let rogue = rig.path().join("rogue.so");
+    cc(
+        &project().join("tests/plugins/rogue.c"),
+        &rogue,
+        "-std=gnu99",
+        &[
+            "PLUGIN_NAME=\"rogue\"",
+            &format!("LOAD_MARKER=\"{}\"", marker.display()),
+        ],
+    );
+    // Renamed over the checked file.
+    let swap = dir.join(".swap");
+    std::fs::copy(&rogue, &swap).unwrap();
+    std::fs::rename(&swap, &installed).unwrap();
+    let (_, a) = rig.task("a.cfg", 1000, 1);
+    rig.platform.push(&device(), &a).unwrap();
+    assert_eq!(state_of(&rig.final_report(&agent, "a.cfg", T)), ("done", 0));
+    assert_eq!(rig.journal()["installed"]["a.cfg"]["plugin"], "copyinstall");
+    // Rewritten in place (same inode).
+    std::fs::write(&installed, std::fs::read(&rogue).unwrap()).unwrap();
+    let (_, b) = rig.task("b.cfg", 1000, 2);
+    rig.platform.push(&device(), &b).unwrap();
+    assert_eq!(state_of(&rig.final_report(&agent, "b.cfg", T)), ("done", 0));
+    assert_eq!(rig.journal()["installed"]["b.cfg"]["plugin"], "copyinstall");
+    assert!(!marker.exists(), "the swapped code was never loaded");
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn helper_pid(file: &Path) -> i32 {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(pid) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "the helper wrote its pid");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_forked_helper_holds_nothing_the_group_ends_with_the_call() {
+    let mut rig = Rig::new();
+    rig.config["plugin_timeout_s"] = json!(2);
+    let hang_pid = rig.path().join("hang-helper");
+    let quick_pid = rig.path().join("quick-helper");
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-hang.so",
+        &[
+            "PLUGIN_NAME=\"hang\"",
+            &format!("HELPER_PID=\"{}\"", hang_pid.display()),
+            "HANG",
+        ],
+    );
+    let agent = rig.start_agent();
+    let (_, t) = rig.task("slow.bin", 1000, 1);
+    rig.platform.push(&device(), &t).unwrap();
+    wait_log(&agent, "slow.bin: plugin hang install");
+    let started = Instant::now();
+    let r = rig.final_report(&agent, "slow.bin", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(msg(&r).contains("timed out"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2 + 3 + 1),
+        "report after {:?}, not when the 25 s helper ends",
+        started.elapsed()
+    );
+    let helper = helper_pid(&hang_pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!alive(helper), "the helper is gone with the group");
+
+    // A plugin that answers at once but leaves a helper behind: done at once, helper gone.
+    std::fs::remove_file(plugin_dir(&rig).join("10-hang.so")).unwrap();
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-quick.so",
+        &[
+            "PLUGIN_NAME=\"quick\"",
+            &format!("HELPER_PID=\"{}\"", quick_pid.display()),
+        ],
+    );
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_log(&agent, "plugin quick loaded");
+    let (_, q) = rig.task("quick.bin", 1000, 2);
+    rig.platform.push(&device(), &q).unwrap();
+    wait_log(&agent, "quick.bin: plugin quick install");
+    let started = Instant::now();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "quick.bin", T)),
+        ("done", 0)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let helper = helper_pid(&quick_pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!alive(helper), "the helper is gone with the group");
+}
+
+/// Socket inodes among `pid`'s descriptors.
+fn sockets_of(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.display().to_string())
+        .filter(|t| t.starts_with("socket:"))
+        .collect()
+}
+
+#[test]
+fn the_plugin_child_is_a_plain_process_without_the_agents_sockets_or_secrets() {
+    let mut rig = Rig::new();
+    let seen = rig.path().join("seen.txt");
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-inspect.so",
+        &[
+            "PLUGIN_NAME=\"inspect\"",
+            &format!("INSPECT=\"{}\"", seen.display()),
+        ],
+    );
+    let agent = rig.spawn_agent_under(
+        &[
+            "env",
+            "https_proxy=http://user:proxy-password@127.0.0.1:9",
+            "AWS_SECRET_ACCESS_KEY=do-not-leak",
+            "LANG=C.UTF-8",
+        ],
+        "info",
+    );
+    wait_log(&agent, "plugin inspect loaded");
+    let agent_sockets = sockets_of(agent.pid());
+    assert!(!agent_sockets.is_empty(), "the agent holds its MQTT socket");
+    let (_, t) = rig.task("x.bin", 1000, 1);
+    rig.platform.push(&device(), &t).unwrap();
+    assert_eq!(state_of(&rig.final_report(&agent, "x.bin", T)), ("done", 0));
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let fds: Vec<(&str, &str)> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("fd "))
+        .filter_map(|l| l.split_once(' '))
+        // (the file the plugin writes this into is its own)
+        .filter(|(_, target)| !target.ends_with("seen.txt"))
+        .collect();
+    let numbers: Vec<&str> = fds.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        numbers,
+        ["0", "1", "2", "3"],
+        "stdio and the host channel only: {seen}"
+    );
+    assert!(
+        fds[0].1.contains("memfd:resagent-plugin"),
+        "stdin is the sealed image: {seen}"
+    );
+    for (_, target) in &fds {
+        assert!(
+            !agent_sockets.iter().any(|s| s == target),
+            "the agent's socket {target} reached the plugin"
+        );
+    }
+    let env: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("env "))
+        .collect();
+    for var in &env {
+        let key = var.split('=').next().unwrap();
+        assert!(
+            matches!(key, "PATH" | "LANG" | "TZ" | "RESAGENT_CONFIG") || key.starts_with("LC_"),
+            "{key} reached the plugin"
+        );
+    }
+    assert!(
+        env.contains(&"LANG=C.UTF-8"),
+        "allowed variables pass: {env:?}"
+    );
+    assert!(!seen.contains("proxy-password") && !seen.contains("do-not-leak"));
+    assert!(seen.contains("SigBlk:\t0000000000000000"), "{seen}");
+    let ignored = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:\t"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    // Signals 32 and 33 are the C library's own (no program can use them); every other
+    // signal has its default disposition.
+    assert_eq!(ignored & !0x1_8000_0000, 0, "{seen}");
+    let ids: Vec<&str> = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("pgid "))
+        .unwrap()
+        .split(' ')
+        .collect();
+    assert_eq!(ids[0], ids[2], "its own process group: {ids:?}");
+}
+
+#[test]
+fn raised_signals_and_abort_are_crashes_never_declines() {
+    let mut rig = Rig::new();
+    let cases = [
+        ("RAISE=SIGSEGV", "segv.bin", "SIGSEGV"),
+        ("RAISE=SIGBUS", "bus.bin", "SIGBUS"),
+        ("ABORT", "abort.bin", "SIGABRT"),
+    ];
+    let agent = rig.start_agent();
+    for (define, name, signal) in cases {
+        for f in std::fs::read_dir(plugin_dir(&rig)).unwrap().flatten() {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+        fixture(
+            &rig,
+            "rogue.c",
+            "10-crash.so",
+            &["PLUGIN_NAME=\"crasher\"", define],
+        );
+        agent.signal(nix::sys::signal::Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(300));
+        let (_, t) = rig.task(name, 1000, 1);
+        rig.platform.push(&device(), &t).unwrap();
+        let r = rig.final_report(&agent, name, T);
+        assert_eq!(state_of(&r), ("fail", -5), "{define}: {r}");
+        assert!(
+            msg(&r).contains("plugin crasher") && msg(&r).contains(&format!("crashed ({signal})")),
+            "{define}: {r}"
+        );
+        assert!(
+            !rig.resource(name).exists(),
+            "{define}: not installed by default"
+        );
+    }
+}
+
+/// User + system CPU seconds of process `pid` so far.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn a_flood_of_progress_and_log_calls_never_loses_the_answer_or_spins_the_agent() {
+    let mut rig = Rig::new();
+    // The default interval: each percent is not a message of its own (with 0, every
+    // change would be published, and a flood of them is what the user asked for).
+    rig.config["progress_interval_s"] = json!(1);
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-flood.so",
+        &["PLUGIN_NAME=\"flood\"", "FLOOD"],
+    );
+    let agent = rig.spawn_agent_under(&[], "info");
+    wait_log(&agent, "plugin flood loaded");
+    let before = cpu_seconds(agent.pid());
+    let (_, t) = rig.task("loud.bin", 1000, 1);
+    rig.platform.push(&device(), &t).unwrap();
+    let r = rig.final_report(&agent, "loud.bin", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    let used = cpu_seconds(agent.pid()) - before;
+    assert!(
+        used < 10.0,
+        "the agent used {used:.1} s of CPU for one call"
+    );
+    let log = agent.log_text();
+    assert!(
+        log.contains("more log lines of this call not shown"),
+        "bounded log"
+    );
+    assert!(
+        log.lines().count() < 5000,
+        "{} log lines",
+        log.lines().count()
+    );
+}
+
+#[test]
+fn sigterm_during_the_start_up_probes_ends_the_agent_within_5_s() {
+    let mut rig = Rig::new();
+    rig.config["plugin_timeout_s"] = json!(120);
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-stuck.so",
+        &["PLUGIN_NAME=\"stuck\"", "HANG_IN_ABI"],
+    );
+    let mut agent = rig.spawn_agent();
+    wait_log(&agent, "started for");
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)),
+        Some(Some(0)),
+        "{}",
+        agent.log_text()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn plugin_run_installs_and_refuses_at_the_desk_without_broker_or_daemon() {
+    let (rig, partition, _) = firmware_rig(false);
+    let so = rig.path().join("20-firmware.so");
+    build_firmware(&so);
+    let good = rig.path().join("good.img");
+    std::fs::write(&good, image(5, 3000)).unwrap();
+    let mut bad = image(6, 3000);
+    bad[100] ^= 1;
+    let bad_file = rig.path().join("bad.img");
+    std::fs::write(&bad_file, &bad).unwrap();
+    let so_s = so.to_str().unwrap();
+
+    let (code, out, err) = rig.cli(&[
+        "plugin",
+        "run",
+        so_s,
+        good.to_str().unwrap(),
+        "--name",
+        "fw-5.bin",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("validate: accepted") && out.contains("verdict:  installed"),
+        "{out}"
+    );
+    assert!(out.contains("progress: 100%"), "{out}");
+    assert_eq!(
+        std::fs::read(&partition).unwrap(),
+        std::fs::read(&good).unwrap()
+    );
+
+    let (code, out, err) = rig.cli(&[
+        "plugin",
+        "run",
+        so_s,
+        bad_file.to_str().unwrap(),
+        "--name",
+        "fw-6.bin",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("CRC-32") && out.contains("refused"), "{out}");
+    assert_eq!(
+        std::fs::read(&partition).unwrap(),
+        std::fs::read(&good).unwrap(),
+        "untouched"
+    );
+
+    let (code, out, _) = rig.cli(&[
+        "plugin",
+        "run",
+        so_s,
+        good.to_str().unwrap(),
+        "--name",
+        "notes.txt",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("declined"), "{out}");
+}
+
+#[test]
+fn a_plugin_built_against_the_first_header_loads_and_installs_as_before() {
+    let mut rig = Rig::new();
+    let out = plugin_dir(&rig).join("20-copy.so");
+    cc_against(
+        &project().join("tests/plugins/abi1"),
+        &project().join("tests/plugins/copyinstall.c"),
+        &out,
+        "-std=gnu99",
+        &[],
+    );
+    let agent = rig.start_agent();
+    wait_log(&agent, "plugin copyinstall loaded");
+    let (_, t) = rig.task("old.cfg", 5000, 1);
+    rig.platform.push(&device(), &t).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "old.cfg", T)),
+        ("done", 0)
+    );
+    rig.assert_installed("old.cfg", &t);
+    assert_eq!(
+        rig.journal()["installed"]["old.cfg"]["plugin"],
+        "copyinstall"
+    );
+    let burning: Vec<u64> = rig
+        .platform
+        .reports_for(&device(), "old.cfg")
+        .iter()
+        .filter(|m| m["progress"]["state"] == "burning")
+        .map(|m| m["progress"]["percent"].as_u64().unwrap())
+        .collect();
+    assert!(burning.contains(&50), "{burning:?}");
+}
+
+/// Kills a child process when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_local_platform_moves_on_after_a_fail_and_writes_its_reports_as_json_lines() {
+    let d = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(d.path(), "");
+    let bad = d.path().join("board.fw");
+    std::fs::write(&bad, b"not a firmware image").unwrap();
+    let good = d.path().join("notes.txt");
+    std::fs::write(&good, b"some notes").unwrap();
+    let plugins = d.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    cc(
+        &project().join("plugins/examples/fwcheck.c"),
+        &plugins.join("10-fwcheck.so"),
+        "-std=c99",
+        &[],
+    );
+    let reports = d.path().join("reports.jsonl");
+    let platform_exe =
+        Path::new(env!("CARGO_BIN_EXE_resagent")).with_file_name("resagent-platform");
+    let _platform = Running(
+        Command::new(&platform_exe)
+            .args(["--device", &device(), "--broker", &broker.uri()])
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--uploads")
+            .arg(d.path().join("uploads"))
+            .arg("--offer")
+            .arg(&bad)
+            .arg("--offer")
+            .arg(&good)
+            .arg("--reports")
+            .arg(&reports)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", platform_exe.display())),
+    );
+    let config = d.path().join("config.json");
+    std::fs::write(
+        &config,
+        json!({
+            "productId": PRODUCT, "deviceName": DEVICE,
+            "key_deviceinfo": {"deviceSecret": SECRET_B64},
+            "broker": broker.uri(), "allow_http": true, "progress_interval_s": 0,
+            "resource_dir": d.path().join("res"), "state_dir": d.path().join("state"),
+            "outbox_dir": d.path().join("outbox"), "plugin_dir": plugins,
+            "pid_file": d.path().join("resagent.pid"),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let _agent = Running(
+        Command::new(env!("CARGO_BIN_EXE_resagent"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Both offers end, the failed one first; the file holds the reports.
+    let deadline = Instant::now() + T;
+    let finals = loop {
+        let lines: Vec<Value> = std::fs::read_to_string(&reports)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let finals: Vec<(String, (String, i64))> = lines
+            .iter()
+            .filter(|m| matches!(m["progress"]["state"].as_str(), Some("done" | "fail")))
+            .map(|m| {
+                let (s, c) = state_of(m);
+                (m["name"].as_str().unwrap().to_string(), (s.to_string(), c))
+            })
+            .collect();
+        if finals.len() >= 2 {
+            assert!(lines
+                .iter()
+                .all(|m| m["type"] == "report_download_progress"));
+            break finals;
+        }
+        assert!(Instant::now() < deadline, "reports so far: {lines:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        finals[0],
+        ("board.fw".to_string(), ("fail".to_string(), -9))
+    );
+    assert_eq!(
+        finals[1],
+        ("notes.txt".to_string(), ("done".to_string(), 0))
+    );
+    assert_eq!(
+        std::fs::read(d.path().join("res/notes.txt")).unwrap(),
+        b"some notes"
+    );
+}
