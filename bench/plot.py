@@ -20,7 +20,13 @@ def mib_per_s(size_mib, secs):
 
 def main():
     res = json.load(open(sys.argv[1]))
-    fig, (dl, up) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fleet = res.get("fleet", {})
+    hist = bool(fleet.get("first_poll_s") or fleet.get("reconnect_s"))
+    if hist:
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+        dl, up, fl = axes
+    else:
+        fig, (dl, up) = plt.subplots(1, 2, figsize=(11, 4.2))
     sizes = [c["size_mib"] for c in res["download"]]
     dl.plot(sizes, [mib_per_s(c["size_mib"], c["resagent_s"]) for c in res["download"]], "o-", label="resagent (task to done, installed, fsynced)")
     dl.plot(sizes, [mib_per_s(c["size_mib"], c["baseline_s"]) for c in res["download"]], "s--", label="curl + md5sum + sync + mv + sync")
@@ -38,6 +44,17 @@ def main():
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if hist:
+        n = fleet.get("daemons")
+        fl.hist(fleet.get("first_poll_s", []), bins=30, alpha=0.7,
+                label=f"first task poll after start (poll_jitter_s {fleet.get('poll_jitter_s', 30)})")
+        fl.hist(fleet.get("reconnect_s", []), bins=30, alpha=0.7,
+                label="reconnect after a broker restart (full jitter)")
+        fl.set_title(f"Fleet of {n} daemons")
+        fl.set_xlabel("seconds")
+        fl.set_ylabel("daemons")
+        fl.grid(alpha=0.3)
+        fl.legend(fontsize=8)
     m = res["machine"]
     fig.suptitle(f"resagent vs. the scripted baseline — {res['date']}, {m['cores']} cores, {m['cpu']}", fontsize=9)
     fig.tight_layout()

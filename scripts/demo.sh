@@ -50,6 +50,7 @@ cat > "$demo/config.json" <<JSON
   "plugin_dir": "$demo/plugins",
   "pid_file": "$demo/resagent.pid",
   "allow_http": true,
+  "poll_jitter_s": 0,
   "max_bytes_per_s": 8388608
 }
 JSON

@@ -1,8 +1,8 @@
 //! Retry delays, one policy for every retry in the agent: reconnects (1 s doubling to
-//! 5 min), upload retries (2 s doubling to 5 min) and a download's transient failures
-//! (2 s doubling to 32 s). Each delay is drawn from the upper half of its step, so that a
-//! fleet that failed together does not retry together; the random bits come from the
-//! caller, so the rule is testable without randomness or sleeping.
+//! 5 min, full jitter: anywhere in the window), upload retries (2 s doubling to 5 min)
+//! and a download's transient failures (2 s doubling to 32 s), those two drawn from the
+//! upper half of their step. A fleet that failed together does not retry together; the
+//! random bits come from the caller, so the rule is testable without randomness.
 
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     step: Duration,
+    /// Draw from the whole window (0..step) rather than its upper half.
+    full_jitter: bool,
 }
 
 impl Backoff {
@@ -20,18 +22,24 @@ impl Backoff {
             min,
             max: max.max(min),
             step: min,
+            full_jitter: false,
         }
     }
 
-    /// Reconnects to the broker (docs/agent.md, "Connection life"): 1 s doubling to 5 min.
+    /// Reconnects to the broker (docs/agent.md, "Connection life"): 1 s doubling to
+    /// 5 min, each wait drawn from the whole window (full jitter), so a fleet that lost
+    /// its broker together comes back spread over the window, not in its last half.
     pub(crate) fn reconnect() -> Self {
-        Self::new(Duration::from_secs(1), Duration::from_secs(300))
+        Backoff {
+            full_jitter: true,
+            ..Self::new(Duration::from_secs(1), Duration::from_secs(300))
+        }
     }
 
     /// The next delay, given 64 random bits; the step then doubles up to the cap.
     pub(crate) fn next_delay(&mut self, random: u64) -> Duration {
         let step_ms = self.step.as_millis() as u64;
-        let half = step_ms / 2;
+        let half = if self.full_jitter { 0 } else { step_ms / 2 };
         let delay = Duration::from_millis(half + random % (step_ms - half + 1));
         self.step = (self.step * 2).min(self.max);
         delay
@@ -48,21 +56,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reconnect_delays_double_to_the_cap_with_jitter_and_reset() {
+    fn reconnect_delays_use_the_whole_window_double_to_the_cap_and_reset() {
         let max = Duration::from_secs(300);
         let mut b = Backoff::reconnect();
-        assert_eq!(b.next_delay(0), Duration::from_millis(500));
-        let d = b.next_delay(u64::MAX);
-        assert!(
-            d >= Duration::from_secs(1) && d <= Duration::from_secs(2),
-            "{d:?}"
-        );
+        assert_eq!(b.next_delay(0), Duration::ZERO, "full jitter: from 0");
+        assert_eq!(b.next_delay(2000), Duration::from_secs(2), "up to the step");
         for _ in 0..20 {
-            assert!(b.next_delay(u64::MAX) <= max);
+            assert!(b.next_delay(u64::MAX) <= max, "never past the cap");
         }
-        assert!(b.next_delay(7) >= max / 2);
+        assert_eq!(b.next_delay(7), Duration::from_millis(7));
         b.reset();
         assert!(b.next_delay(3) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn retries_draw_from_the_upper_half() {
+        let mut b = Backoff::new(Duration::from_secs(2), Duration::from_secs(32));
+        assert_eq!(b.next_delay(0), Duration::from_secs(1));
+        assert!(b.next_delay(u64::MAX) >= Duration::from_secs(2));
     }
 
     #[test]

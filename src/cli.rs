@@ -11,6 +11,23 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// `println!` that ends quietly when stdout is closed (`resagent status | head -1`):
+/// the rest is dropped and the command still ends 0, instead of a panic on EPIPE.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!`, likewise.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 resagent — resource agent for Tencent Cloud IoT Hub
 
@@ -168,11 +185,11 @@ pub fn main() -> ExitCode {
     };
     match command {
         Command::Help => {
-            println!("{USAGE}");
+            say!("{USAGE}");
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!("resagent {}", env!("CARGO_PKG_VERSION"));
+            say!("resagent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Command::Run { config } => match daemon::run(&config::config_path(config)) {
@@ -184,9 +201,9 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Check { config } => with_config(config, |c| {
-            let pid = pidfile::signal_daemon(&c.pid_file, nix::sys::signal::Signal::SIGUSR1)
+            let pid = pidfile::signal_daemon(&c.state_dir, nix::sys::signal::Signal::SIGUSR1)
                 .map_err(|e| e.to_string())?;
-            println!("asked resagent (pid {pid}) to check for a download task");
+            say!("asked resagent (pid {pid}) to check for a download task");
             Ok(())
         }),
         Command::Upload {
@@ -207,9 +224,9 @@ pub fn main() -> ExitCode {
         Command::Status { config, json } => with_config(config, |c| {
             let view = status::gather(c).map_err(|e| e.to_string())?;
             if json {
-                println!("{:#}", status::render_json(&view));
+                say!("{:#}", status::render_json(&view));
             } else {
-                print!("{}", status::render_text(&view));
+                say_raw!("{}", status::render_text(&view));
             }
             Ok(())
         }),
@@ -238,15 +255,15 @@ fn upload(
             return ExitCode::from(1);
         }
     };
-    println!(
+    say!(
         "queued {} ({} bytes, md5 {md5sum}) in {}",
         entry.name,
         entry.size,
         config.outbox_dir.display()
     );
-    match pidfile::signal_daemon(&config.pid_file, nix::sys::signal::Signal::SIGUSR2) {
-        Ok(pid) => println!("told resagent (pid {pid}) to upload it"),
-        Err(e) => println!("{e}; it is uploaded when the daemon starts"),
+    match pidfile::signal_daemon(&config.state_dir, nix::sys::signal::Signal::SIGUSR2) {
+        Ok(pid) => say!("told resagent (pid {pid}) to upload it"),
+        Err(e) => say!("{e}; it is uploaded when the daemon starts"),
     }
     ExitCode::SUCCESS
 }
@@ -274,7 +291,7 @@ fn plugin_settings(config: Option<PathBuf>) -> Result<PluginSettings, ExitCode> 
         }),
         Err(e) if explicit => Err(config_error(&e)),
         Err(e) => {
-            println!("note:     no configuration read ({e}); plugin_sha256 not checked");
+            say!("note:     no configuration read ({e}); plugin_sha256 not checked");
             Ok(PluginSettings {
                 pins: None,
                 timeout: Duration::from_secs(300),
@@ -313,23 +330,23 @@ fn plugin_check(config: Option<PathBuf>, file: &Path) -> ExitCode {
         state_dir: None,
         plugin_config: None,
     };
-    println!("plugin:   {}", file.display());
+    say!("plugin:   {}", file.display());
     let verdict = match host.inspect(file, settings.pins.as_ref()) {
         Ok(p) => {
             let sha = &p.image.sha256;
-            println!("name:     {}", p.name);
-            println!("exports:  {}", p.exports().join(", "));
+            say!("name:     {}", p.name);
+            say!("exports:  {}", p.exports().join(", "));
             if !p.claims.is_empty() {
-                println!("claims:   {}", p.claims.join(" "));
+                say!("claims:   {}", p.claims.join(" "));
             }
-            println!("sha256:   {sha}");
+            say!("sha256:   {sha}");
             let file_name = file.file_name().unwrap_or_default().to_string_lossy();
-            println!("pin:      \"plugin_sha256\": {{\"{file_name}\": \"{sha}\"}}");
-            println!("verdict:  loads (ABI {})", plugin::ABI_VERSION);
+            say!("pin:      \"plugin_sha256\": {{\"{file_name}\": \"{sha}\"}}");
+            say!("verdict:  loads (ABI {})", plugin::ABI_VERSION);
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("verdict:  refused: {e}");
+            say!("verdict:  refused: {e}");
             ExitCode::from(1)
         }
     };
@@ -338,10 +355,10 @@ fn plugin_check(config: Option<PathBuf>, file: &Path) -> ExitCode {
     if let (Some(pins), Some(dir)) = (settings.pins.as_ref(), settings.plugin_dir.as_ref()) {
         let problems = PluginHost::pin_problems(dir, pins);
         for problem in &problems {
-            println!("pinned:   not loading: {problem}");
+            say!("pinned:   not loading: {problem}");
         }
         if !problems.is_empty() {
-            println!("          (the daemon fails every download -9 until these load)");
+            say!("          (the daemon fails every download -9 until these load)");
         }
     }
     verdict
@@ -398,7 +415,7 @@ fn plugin_run(
     let plugin = match host.inspect(plugin_file, settings.pins.as_ref()) {
         Ok(p) => p,
         Err(e) => {
-            println!("verdict:  refused: {e}");
+            say!("verdict:  refused: {e}");
             return ExitCode::from(1);
         }
     };
@@ -410,46 +427,46 @@ fn plugin_run(
         size,
         installed_md5sum: None,
     };
-    println!("plugin:   {} ({})", plugin.name, plugin_file.display());
-    println!("resource: {name} ({size} bytes, md5 {})", resource.md5sum);
-    let progress = |p: u32| println!("progress: {p}%");
+    say!("plugin:   {} ({})", plugin.name, plugin_file.display());
+    say!("resource: {name} ({size} bytes, md5 {})", resource.md5sum);
+    let progress = |p: u32| say!("progress: {p}%");
     if plugin.validate {
         match host.call(&plugin, plugin::Op::Validate, &resource, progress) {
             plugin::CallOutcome::Ok | plugin::CallOutcome::Declined => {
-                println!("validate: accepted")
+                say!("validate: accepted")
             }
             other => {
-                println!("validate: {}", describe_outcome(&other));
-                println!("verdict:  refused (the daemon reports fail -9)");
+                say!("validate: {}", describe_outcome(&other));
+                say!("verdict:  refused (the daemon reports fail -9)");
                 return ExitCode::from(1);
             }
         }
     }
     if !plugin.install {
-        println!("verdict:  accepted (validate only; the next installer places it)");
+        say!("verdict:  accepted (validate only; the next installer places it)");
         return ExitCode::SUCCESS;
     }
     let outcome = host.call(&plugin, plugin::Op::Install, &resource, progress);
-    println!("install:  {}", describe_outcome(&outcome));
+    say!("install:  {}", describe_outcome(&outcome));
     match outcome {
         plugin::CallOutcome::Ok => {
-            println!("verdict:  installed (the daemon reports done)");
+            say!("verdict:  installed (the daemon reports done)");
             ExitCode::SUCCESS
         }
         plugin::CallOutcome::Pending => {
-            println!("verdict:  pending a reboot (the daemon reports burning 100, then asks resagent_confirm after the restart)");
+            say!("verdict:  pending a reboot (the daemon reports burning 100, then asks resagent_confirm after the restart)");
             ExitCode::SUCCESS
         }
         plugin::CallOutcome::Declined if plugin.claims(&name) => {
-            println!("verdict:  not installed: {name} is claimed by this plugin, which declined (the daemon reports fail -5)");
+            say!("verdict:  not installed: {name} is claimed by this plugin, which declined (the daemon reports fail -5)");
             ExitCode::from(1)
         }
         plugin::CallOutcome::Declined => {
-            println!("verdict:  declined (the daemon would ask the next plugin, then its default installer)");
+            say!("verdict:  declined (the daemon would ask the next plugin, then its default installer)");
             ExitCode::from(1)
         }
         _ => {
-            println!("verdict:  failed (the daemon reports fail -5)");
+            say!("verdict:  failed (the daemon reports fail -5)");
             ExitCode::from(1)
         }
     }

@@ -32,6 +32,7 @@ const KNOWN_KEYS: &[&str] = &[
     "transfer_timeout_s",
     "plugin_timeout_s",
     "plugin_config",
+    "poll_jitter_s",
     "reboot_command",
     "max_resource_bytes",
     "max_bytes_per_s",
@@ -162,6 +163,8 @@ pub(crate) struct Config {
     pub(crate) plugin_dir: PathBuf,
     pub(crate) pid_file: PathBuf,
     pub(crate) poll_interval: Duration,
+    /// The first task poll after start waits a random time within this.
+    pub(crate) poll_jitter: Duration,
     pub(crate) progress_interval: Duration,
     pub(crate) transfer_timeout: Duration,
     pub(crate) plugin_timeout: Duration,
@@ -371,6 +374,25 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         }
     };
 
+    check_folders(
+        &keys,
+        &[
+            (
+                "resource_dir",
+                &keys.path_or("resource_dir", DEFAULT_RESOURCE_DIR)?,
+            ),
+            (
+                "outbox_dir",
+                &keys.path_or("outbox_dir", DEFAULT_OUTBOX_DIR)?,
+            ),
+            (
+                "plugin_dir",
+                &keys.path_or("plugin_dir", DEFAULT_PLUGIN_DIR)?,
+            ),
+            ("state_dir", &keys.path_or("state_dir", DEFAULT_STATE_DIR)?),
+        ],
+    )?;
+
     const DAY: u64 = 86_400;
     Ok(Config {
         path: path.to_path_buf(),
@@ -379,12 +401,13 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         credentials_path,
         broker,
         ca_file: keys.path_or("ca_file", "/etc/ssl/certs/ca-certificates.crt")?,
-        resource_dir: keys.path_or("resource_dir", "/var/lib/resagent/resources")?,
-        state_dir: keys.path_or("state_dir", "/var/lib/resagent")?,
-        outbox_dir: keys.path_or("outbox_dir", "/var/spool/resagent/outbox")?,
-        plugin_dir: keys.path_or("plugin_dir", "/usr/lib/resagent/plugins")?,
+        resource_dir: keys.path_or("resource_dir", DEFAULT_RESOURCE_DIR)?,
+        state_dir: keys.path_or("state_dir", DEFAULT_STATE_DIR)?,
+        outbox_dir: keys.path_or("outbox_dir", DEFAULT_OUTBOX_DIR)?,
+        plugin_dir: keys.path_or("plugin_dir", DEFAULT_PLUGIN_DIR)?,
         pid_file: keys.path_or("pid_file", "/run/resagent.pid")?,
         poll_interval: keys.secs_in("poll_interval_s", 3600, 1, 30 * DAY)?,
+        poll_jitter: keys.secs_in("poll_jitter_s", 30, 0, 3600)?,
         progress_interval: keys.secs_in("progress_interval_s", 1, 0, 3600)?,
         transfer_timeout: keys.secs_in("transfer_timeout_s", 60, 1, DAY)?,
         plugin_timeout: keys.secs_in("plugin_timeout_s", 300, 1, DAY)?,
@@ -464,6 +487,61 @@ fn read_identity(keys: &Keys, base: Option<&Path>) -> Result<(DeviceId, Auth), C
         },
         auth,
     ))
+}
+
+const DEFAULT_RESOURCE_DIR: &str = "/var/lib/resagent/resources";
+const DEFAULT_STATE_DIR: &str = "/var/lib/resagent";
+const DEFAULT_OUTBOX_DIR: &str = "/var/spool/resagent/outbox";
+const DEFAULT_PLUGIN_DIR: &str = "/usr/lib/resagent/plugins";
+
+/// `path` with `.` and `..` resolved lexically (the folders may not exist yet).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Folders that would let one feed another are refused (docs/agent.md, "What never
+/// wedges"): no two may be the same, and nothing may live inside `resource_dir` or
+/// `outbox_dir`, whose entries are named by the network and by users (a task `x.so`
+/// landing in `plugin_dir`, a resource unpacked into the outbox). `resource_dir` inside
+/// `state_dir` (the default layout) is fine: the agent names everything it writes there.
+fn check_folders(keys: &Keys, dirs: &[(&str, &PathBuf)]) -> Result<(), ConfigError> {
+    for (i, (a, pa)) in dirs.iter().enumerate() {
+        for (b, pb) in dirs.iter().skip(i + 1) {
+            let (la, lb) = (lexical(pa), lexical(pb));
+            let receives = |name: &str| matches!(name, "resource_dir" | "outbox_dir");
+            let problem = if la == lb {
+                Some(format!("{a} and {b} are the same folder {}", la.display()))
+            } else if receives(a) && lb.starts_with(&la) {
+                Some(format!(
+                    "{b} {} lies inside {a} {}",
+                    lb.display(),
+                    la.display()
+                ))
+            } else if receives(b) && la.starts_with(&lb) {
+                Some(format!(
+                    "{a} {} lies inside {b} {}",
+                    la.display(),
+                    lb.display()
+                ))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return Err(keys.invalid(b, format!("{p}: one would feed the other")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_pins(
@@ -612,6 +690,51 @@ mod tests {
         let e = load(&p).unwrap_err();
         assert!(matches!(&e, ConfigError::UnknownKey { key, .. } if key == "poll_intervall_s"));
         assert!(e.to_string().contains("poll_intervall_s"));
+    }
+
+    #[test]
+    fn folders_that_would_feed_one_another_are_refused() {
+        let d = tmp();
+        let base = serde_json::json!({"productId":"P","deviceName":"d","key_deviceinfo":{"deviceSecret":"eA=="}});
+        let with = |extra: serde_json::Value| {
+            let mut v = base.clone();
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            load(&write(d.path(), "c.json", v))
+        };
+        for (extra, key) in [
+            (
+                serde_json::json!({"resource_dir": "/x/p", "plugin_dir": "/x/p/"}),
+                "plugin_dir",
+            ),
+            (
+                serde_json::json!({"resource_dir": "/x/r", "outbox_dir": "/x/r/../r"}),
+                "outbox_dir",
+            ),
+            (
+                serde_json::json!({"resource_dir": "/x/r", "plugin_dir": "/x/r/plugins"}),
+                "plugin_dir",
+            ),
+            (
+                serde_json::json!({"outbox_dir": "/x/o", "state_dir": "/x/o/state"}),
+                "state_dir",
+            ),
+            (
+                serde_json::json!({"resource_dir": "/x/s", "state_dir": "/x/s"}),
+                "state_dir",
+            ),
+        ] {
+            let e = with(extra.clone()).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Invalid { key: k, .. } if k == key),
+                "{extra}: {e}"
+            );
+            assert!(e.to_string().contains("feed"), "{e}");
+        }
+        // The default layout (resources inside the state folder) is fine.
+        with(serde_json::json!({})).unwrap();
+        with(serde_json::json!({"state_dir": "/x/s", "resource_dir": "/x/s/resources"})).unwrap();
     }
 
     #[test]

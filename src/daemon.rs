@@ -8,9 +8,11 @@ use crate::fsutil::{self, FsError};
 use crate::install;
 use crate::journal::{self, ConnState, JournalError, JournalStore};
 use crate::mqtt::{LinkEvent, MqttError, Publisher, Session};
-use crate::pidfile::{PidError, PidFile};
+use crate::notify::Notifier;
+use crate::pidfile::{Instance, PidError};
 use crate::plugin::{PluginHost, PluginSet};
-use crate::protocol::{self, Direction, DownMessage, Report, ResultCode, Task};
+use crate::protocol::{self, Direction, DownMessage, Report, ResultCode, Task, MAX_MESSAGE_BYTES};
+use crate::random;
 use crate::report::Reporter;
 use crate::shutdown::Shutdown;
 use crate::signals::{self, Request};
@@ -18,7 +20,7 @@ use crate::tasks::{self, Offer};
 use crate::upload::{UploadSignal, Uploader};
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +32,8 @@ const EVENT_QUEUE: usize = 256;
 /// Capacity of the channel to the upload thread; when it is full (the thread is busy
 /// and a storm of answers arrives) the coordinator drops rather than waits.
 const UPLOAD_QUEUE: usize = 64;
+/// The longest a stop may take (docs/agent.md: exit within 5 s of SIGTERM).
+const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 /// How often a journal that could not be saved is tried again (docs/agent.md, "What
 /// never wedges").
 const JOURNAL_RETRY: Duration = Duration::from_secs(5);
@@ -84,10 +88,16 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
             file.display()
         );
     }
-    fsutil::ensure_dir(&config.state_dir, 0o700)?;
-    fsutil::ensure_dir(&config.resource_dir, 0o755)?;
-    let _pid = PidFile::claim(&config.pid_file)?;
+    fsutil::ensure_configured_dir(&config.state_dir, 0o700)?;
+    fsutil::ensure_configured_dir(&config.resource_dir, 0o755)?;
+    let _instance = Instance::claim(&config.state_dir, &config.pid_file)?;
     let journal = Arc::new(JournalStore::open(&config.journal_path())?);
+    for dropped in journal.record(|j| tasks::sanitize(j, &config.task_limits())) {
+        log::error!(
+            "journal {}: dropped {dropped}",
+            config.journal_path().display()
+        );
+    }
     let exe = std::env::current_exe().map_err(DaemonError::OwnExe)?;
     let session = Session::new(&config)?;
     let publisher = session.publisher();
@@ -99,9 +109,11 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     let stop = shutdown.clone();
     signals::spawn(move |r| {
         // A stop takes effect at once, even while the coordinator waits on something
-        // (the plugin probes at start or on SIGHUP).
+        // (the plugin probes at start or on SIGHUP), and ends the process in time
+        // whatever the broker does.
         if r == Request::Stop {
             stop.trigger();
+            start_stop_deadline();
         }
         tx.send(Event::Signal(r)).is_ok()
     })
@@ -113,6 +125,7 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let connected = Arc::new(AtomicBool::new(false));
     let upload_cancel = Arc::new(AtomicBool::new(false));
+    let upload_answers = Arc::new(AtomicU64::new(0));
     let (uploads, upload_inbox) = mpsc::sync_channel(UPLOAD_QUEUE);
     let uploader = Uploader {
         config: config.clone(),
@@ -122,6 +135,8 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
         shutdown: shutdown.clone(),
         connected: connected.clone(),
         cancel: upload_cancel.clone(),
+        answers: upload_answers.clone(),
+        reports: AtomicU64::new(0),
         inbox: upload_inbox,
     };
     std::thread::Builder::new()
@@ -137,7 +152,11 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
         config.device.client_id(),
         config.broker.uri()
     );
+    let mut notifier = Notifier::from_env();
+    // The journal is open and the first connection attempt has started.
+    notifier.ready(&format!("started; connecting to {}", config.broker.uri()));
     let mut coordinator = Coordinator {
+        notifier,
         config,
         journal,
         reporter,
@@ -149,12 +168,33 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
         connected,
         uploads,
         upload_cancel,
+        upload_answers,
         plugins: Arc::new(PluginSet::default()),
         exe,
     };
     coordinator.rescan_plugins();
     coordinator.run(inbox);
     Ok(())
+}
+
+/// Ends the process [`STOP_DEADLINE`] after a stop began, if it has not ended by then
+/// (a broker that stopped answering keeps a QoS 1 publish or the DISCONNECT waiting).
+/// Nothing is lost: every state change is in the journal before it counts, and final
+/// reports not acknowledged are sent again by the next run.
+fn start_stop_deadline() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("stop-deadline".into())
+            .spawn(|| {
+                std::thread::sleep(STOP_DEADLINE);
+                log::error!(
+                    "stopping took over {} s (the broker does not answer); exiting now",
+                    STOP_DEADLINE.as_secs_f32()
+                );
+                std::process::exit(0);
+            });
+    });
 }
 
 /// Starts the `mqtt` thread: the session's connect/reconnect loop, feeding `events`.
@@ -191,12 +231,16 @@ struct Coordinator {
     shutdown: Shutdown,
     events: SyncSender<Event>,
     in_flight: Option<Running>,
+    /// systemd's notify socket and watchdog (nothing without `NOTIFY_SOCKET`).
+    notifier: Notifier,
     /// Whether the pending installs were confirmed since the start.
     confirmed: bool,
     /// Shared with the upload thread, which uploads only while connected.
     connected: Arc<AtomicBool>,
     uploads: SyncSender<UploadSignal>,
     upload_cancel: Arc<AtomicBool>,
+    /// Every `report_upload_progress_rsp`, counted (the upload thread's verdict).
+    upload_answers: Arc<AtomicU64>,
     plugins: Arc<PluginSet>,
     /// resagent's own executable, re-run for each plugin call.
     exe: PathBuf,
@@ -208,30 +252,64 @@ impl Coordinator {
         // A download interrupted by a kill or a reboot resumes now, connected or not.
         self.start_next();
         let mut next_poll = Instant::now() + self.config.poll_interval;
+        let mut first_connect = true;
+        let mut next_ping = self.notifier.ping_every().map(|p| Instant::now() + p);
         loop {
             let mut wait = next_poll.saturating_duration_since(Instant::now());
             if self.journal.unsaved() {
                 wait = wait.min(JOURNAL_RETRY);
             }
-            match inbox.recv_timeout(wait) {
+            if let Some(at) = next_ping {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
+            }
+            let event = inbox.recv_timeout(wait);
+            if let (Some(at), Some(every)) = (next_ping, self.notifier.ping_every()) {
+                if Instant::now() >= at {
+                    self.notifier.watchdog(self.in_flight.is_some());
+                    next_ping = Some(Instant::now() + every);
+                }
+            }
+            self.notifier.status(&self.status_line());
+            match event {
                 Ok(Event::Signal(Request::Stop)) => break,
                 Ok(Event::Signal(r)) => self.on_signal(r),
                 Ok(Event::Link(LinkEvent::Connected)) => {
-                    self.on_connected();
-                    next_poll = Instant::now() + self.config.poll_interval;
+                    // The first poll after start waits a random time within
+                    // poll_jitter_s, so a fleet powered on together does not ask together.
+                    let jitter = if first_connect {
+                        let max = self.config.poll_jitter.as_millis() as u64;
+                        Duration::from_millis(random::random_u64() % (max + 1))
+                    } else {
+                        Duration::ZERO
+                    };
+                    first_connect = false;
+                    self.on_connected(jitter.is_zero());
+                    next_poll = Instant::now()
+                        + if jitter.is_zero() {
+                            self.config.poll_interval
+                        } else {
+                            log::info!(
+                                "first task poll in {:.1} s (poll_jitter_s)",
+                                jitter.as_secs_f64()
+                            );
+                            jitter
+                        };
                 }
                 Ok(Event::Link(LinkEvent::Disconnected)) => {
                     self.connected.store(false, Ordering::SeqCst);
                     self.record_connection(ConnState::Disconnected);
                 }
                 Ok(Event::Link(LinkEvent::Message(bytes))) => self.on_message(&bytes),
+                Ok(Event::Link(LinkEvent::Oversized(len))) => log::warn!(
+                    "refused a message from the platform: {len} bytes is over the {MAX_MESSAGE_BYTES} byte limit"
+                ),
                 Ok(Event::DownloadFinished(task, outcome)) => {
                     self.on_download_finished(task.as_ref(), outcome)
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.journal.retry_save();
                     if Instant::now() >= next_poll {
-                        self.ask_for_task("poll_interval_s");
+                        self.ask_for_task("poll");
                         next_poll = Instant::now() + self.config.poll_interval;
                     }
                 }
@@ -243,6 +321,7 @@ impl Coordinator {
 
     fn stop(&mut self) {
         log::info!("stopping");
+        self.notifier.stopping();
         self.shutdown.trigger();
         if let Some(handle) = self.in_flight.as_mut().and_then(|r| r.thread.take()) {
             let deadline = Instant::now() + STOP_GRACE;
@@ -253,6 +332,32 @@ impl Coordinator {
         self.publisher.disconnect();
         self.record_connection(ConnState::Disconnected);
         log::info!("stopped");
+    }
+
+    /// What systemd shows for the agent: the connection, and the download in flight
+    /// with its percent (from the bytes staged).
+    fn status_line(&self) -> String {
+        let link = if self.connected.load(Ordering::SeqCst) {
+            format!("connected to {}", self.config.broker.uri())
+        } else {
+            format!("not connected ({})", self.config.broker.uri())
+        };
+        let journal = self.journal.snapshot();
+        let Some(d) = journal.download else {
+            return format!("{link}; idle");
+        };
+        if d.phase == journal::Phase::Verified {
+            return format!("{link}; installing {}", d.task.name);
+        }
+        let staged =
+            std::fs::metadata(install::paths(&self.config.resource_dir, &d.task.name).staging)
+                .map(|m| m.len())
+                .unwrap_or(0);
+        format!(
+            "{link}; downloading {} {}%",
+            d.task.name,
+            protocol::percent(staged, d.task.size)
+        )
     }
 
     fn record_connection(&self, state: ConnState) {
@@ -267,11 +372,15 @@ impl Coordinator {
         });
     }
 
-    fn on_connected(&mut self) {
+    /// A connection was accepted; `ask`: poll for a task now (not on the first connect
+    /// after start, whose poll is jittered).
+    fn on_connected(&mut self, ask: bool) {
         self.connected.store(true, Ordering::SeqCst);
         self.record_connection(ConnState::Connected);
         self.reporter.resend_unacked();
-        self.ask_for_task("connect");
+        if ask {
+            self.ask_for_task("connect");
+        }
         self.to_uploader(UploadSignal::Wake {
             reset_backoff: false,
         });
@@ -358,15 +467,19 @@ impl Coordinator {
                 result_code,
                 result_msg,
             }) => {
-                // Only a refusal matters to the upload thread; the many zeros that answer
-                // progress reports would crowd its queue.
+                // Counted for the upload thread's verdict on `done` — after the signal
+                // is queued, so a count that includes a refusal is never seen before
+                // the refusal itself; a refusal also stops a PUT in flight.
                 if result_code != 0 {
                     log::warn!(
                         "the platform answered an upload report with {result_code}: {result_msg}"
                     );
                     self.upload_cancel.store(true, Ordering::SeqCst);
                     self.to_uploader(UploadSignal::ProgressRsp(result_code));
+                } else {
+                    self.to_uploader(UploadSignal::Answered);
                 }
+                self.upload_answers.fetch_add(1, Ordering::SeqCst);
             }
             Ok(DownMessage::UploadResult { result_code }) => {
                 self.to_uploader(UploadSignal::UploadResult(result_code))
@@ -424,6 +537,20 @@ impl Coordinator {
             Ok(Offer::DuplicateOfInFlight) => {
                 log::debug!("task {} is in flight already", task.name)
             }
+            Ok(Offer::QueueFull) => {
+                let reason = format!(
+                    "task {} refused: {} tasks wait already",
+                    task.name,
+                    tasks::MAX_WAITING
+                );
+                self.reporter.final_report(Report::fail(
+                    Direction::Download,
+                    &task.name,
+                    0,
+                    ResultCode::Other,
+                    &reason,
+                ));
+            }
             Err(e) => {
                 // Nothing of the task stays in memory: it is refused, never in limbo.
                 let reason = format!("task {} not recorded: {e}", task.name);
@@ -448,6 +575,16 @@ impl Coordinator {
             ..
         }) = &self.in_flight
         {
+            if let Some(other) = self
+                .reporter
+                .recent_final_about_another(Direction::Download, &task.name)
+            {
+                log::info!(
+                    "result_code {code} ({msg}) may answer the report about {other}: {} goes on",
+                    task.name
+                );
+                return;
+            }
             log::warn!(
                 "the platform withdrew {} (result_code {code}: {msg})",
                 task.name

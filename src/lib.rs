@@ -22,6 +22,7 @@
 //! | `digest` | every read-and-hash (MD5, SHA-256) |
 //! | `backoff`, `pace` | retry delays and the rate cap |
 //! | `fsutil` | durable file operations (fsync, rename, fsync of the folder) |
+//! | `notify` | systemd's notify protocol and watchdog |
 //! | `pidfile`, `signals`, `shutdown`, `logging`, `random` | process plumbing |
 
 mod backoff;
@@ -35,6 +36,7 @@ mod install;
 mod journal;
 mod logging;
 mod mqtt;
+mod notify;
 mod outbox;
 mod pace;
 mod pidfile;

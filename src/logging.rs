@@ -36,11 +36,16 @@ impl Log for Guarded {
     }
 }
 
-/// Installs the logger; call once, first thing in `main`.
+/// Installs the logger; call once, first thing in `main`. Under journald
+/// (`JOURNAL_STREAM` set) lines carry no timestamp of their own: the journal adds one.
 pub(crate) fn init() {
-    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .build();
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    builder.format_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format_timestamp(None);
+    }
+    let inner = builder.build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(Guarded { inner })).is_ok() {
         log::set_max_level(max.max(LevelFilter::Error));

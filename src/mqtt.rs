@@ -5,7 +5,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::{Auth, Config, SignMethod};
-use crate::protocol::{DeviceId, SDK_APP_ID};
+use crate::protocol::{DeviceId, MAX_MESSAGE_BYTES, SDK_APP_ID};
 use crate::random;
 use crate::shutdown::Shutdown;
 use hmac::{Hmac, Mac};
@@ -123,40 +123,65 @@ pub(crate) enum LinkEvent {
     Disconnected,
     /// A message on the down topic (not yet parsed: untrusted bytes).
     Message(Vec<u8>),
+    /// A message over [`MAX_MESSAGE_BYTES`], of this many bytes: not copied.
+    Oversized(usize),
 }
 
 /// Publishes on the up topic; cheap to clone and shared by every thread.
 #[derive(Clone)]
 pub(crate) struct Publisher {
-    client: paho_mqtt::Client,
+    client: paho_mqtt::AsyncClient,
     topic: String,
 }
 
 impl Publisher {
-    /// Publishes `msg` with `qos`; for QoS 1, returns once the broker acknowledged it.
+    /// Publishes `msg` with `qos`. QoS 1 returns once the broker acknowledged it (at most
+    /// [`REQUEST_TIMEOUT`]); QoS 0 (intermediate progress) is handed to Paho and not
+    /// waited for, so a slow or stalled broker never holds a transfer.
     pub(crate) fn publish(&self, msg: &Value, qos: i32) -> Result<(), MqttError> {
         let m = paho_mqtt::Message::new(self.topic.clone(), msg.to_string(), qos);
-        self.client.publish(m).map_err(|source| MqttError::Publish {
+        let error = |source| MqttError::Publish {
             topic: self.topic.clone(),
             source,
-        })
+        };
+        if !self.client.is_connected() {
+            return Err(error(paho_mqtt::Error::Disconnected));
+        }
+        let token = self.client.publish(m);
+        if qos == 0 {
+            return Ok(());
+        }
+        token.wait_for(REQUEST_TIMEOUT).map_err(error)
     }
 }
 
 impl Publisher {
-    /// Ends the session cleanly (DISCONNECT), waiting at most half a second.
+    /// Ends the session cleanly (DISCONNECT), waiting at most a second: a broker that
+    /// stopped answering must not hold the stop (the client's own wait is longer).
     pub(crate) fn disconnect(&self) {
-        let _ = self.client.disconnect(
-            paho_mqtt::DisconnectOptionsBuilder::new()
-                .timeout(Duration::from_millis(500))
-                .finalize(),
-        );
+        let client = self.client.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("disconnect".into())
+            .spawn(move || {
+                let _ = client
+                    .disconnect(
+                        paho_mqtt::DisconnectOptionsBuilder::new()
+                            .timeout(Duration::from_millis(500))
+                            .finalize(),
+                    )
+                    .wait_for(Duration::from_secs(1));
+                let _ = done.send(());
+            });
+        if spawned.is_ok() {
+            let _ = finished.recv_timeout(Duration::from_secs(1));
+        }
     }
 }
 
 /// The session: a Paho client and what is needed to (re)connect it.
 pub(crate) struct Session {
-    client: paho_mqtt::Client,
+    client: paho_mqtt::AsyncClient,
     config: Config,
 }
 
@@ -168,9 +193,8 @@ impl Session {
             .client_id(config.device.client_id())
             .persistence(paho_mqtt::PersistenceType::None)
             .finalize();
-        let mut client =
-            paho_mqtt::Client::new(create).map_err(|source| MqttError::Create { uri, source })?;
-        client.set_timeout(REQUEST_TIMEOUT);
+        let client = paho_mqtt::AsyncClient::new(create)
+            .map_err(|source| MqttError::Create { uri, source })?;
         Ok(Session {
             client,
             config: config.clone(),
@@ -260,9 +284,10 @@ impl Session {
         let opts = self.connect_options().map_err(|e| e.to_string())?;
         self.client
             .connect(opts)
+            .wait_for(CONNECT_TIMEOUT + REQUEST_TIMEOUT)
             .map_err(|e| self.explain_connect_error(e))?;
-        if let Err(e) = self.client.subscribe(down, 1) {
-            let _ = self.client.disconnect(None);
+        if let Err(e) = self.client.subscribe(down, 1).wait_for(REQUEST_TIMEOUT) {
+            let _ = self.client.disconnect(None).wait_for(REQUEST_TIMEOUT);
             return Err(format!("subscribe to {down}: {e}"));
         }
         Ok(())
@@ -297,7 +322,16 @@ impl Session {
         loop {
             match rx.recv_timeout(LINK_CHECK) {
                 Ok(Some(msg)) => {
-                    if !deliver(LinkEvent::Message(msg.payload().to_vec())) {
+                    // Paho holds the message once; one over the limit is refused here,
+                    // before any copy of ours (docs/protocol.md, "Bad input").
+                    let len = msg.payload().len();
+                    let event = if len > MAX_MESSAGE_BYTES {
+                        LinkEvent::Oversized(len)
+                    } else {
+                        LinkEvent::Message(msg.payload().to_vec())
+                    };
+                    drop(msg);
+                    if !deliver(event) {
                         return false;
                     }
                 }

@@ -61,8 +61,12 @@ struct Digest {
     ino: u64,
 }
 
+/// Where the MD5 of entry `name` is kept: a dot-name of fixed length (the MD5 of the
+/// name), so it fits beside a name of 255 bytes.
 fn digest_path(outbox: &Path, name: &str) -> PathBuf {
-    outbox.join(format!(".{name}.md5"))
+    let mut key = crate::digest::Md5::new();
+    key.consume(name.as_bytes());
+    outbox.join(format!(".md5-{}", key.hex()))
 }
 
 fn ctime_ns(m: &std::fs::Metadata) -> i128 {
@@ -114,7 +118,7 @@ pub(crate) fn enqueue(
             kind: kind_of(meta.file_type()),
         });
     }
-    fsutil::ensure_dir(outbox, 0o750)?;
+    fsutil::ensure_configured_dir(outbox, 0o750)?;
     let dest = outbox.join(&name);
     if std::fs::symlink_metadata(&dest).is_ok() {
         return Err(OutboxError::AlreadyQueued {
@@ -144,8 +148,13 @@ fn copy_hashing(src: &Path, outbox: &Path, name: &str, dest: &Path) -> Result<St
         path: src.to_path_buf(),
         source: e,
     })?;
-    let tmp = outbox.join(format!(".{name}.incoming"));
-    let _ = std::fs::remove_file(&tmp);
+    // A short dot-name of its own (a 255-byte name leaves no room for a suffix, and two
+    // `resagent upload` at once must not share it).
+    let tmp = outbox.join(format!(
+        ".incoming-{}-{}",
+        std::process::id(),
+        crate::random::alphanumeric(8)
+    ));
     let result = (|| {
         let mut out = OpenOptions::new()
             .write(true)
@@ -173,8 +182,9 @@ fn copy_hashing(src: &Path, outbox: &Path, name: &str, dest: &Path) -> Result<St
             Err(ChunkError::Sink(e)) => return Err(FsError::new("write", &tmp, e).into()),
         }
         drop(flusher);
+        out.sync_all().map_err(|e| FsError::new("fsync", &tmp, e))?;
         drop(out);
-        fsutil::atomic_replace(&tmp, dest)?;
+        place_new(&tmp, dest, name, outbox)?;
         Ok(ctx.hex())
     })();
     if result.is_err() {
@@ -185,8 +195,17 @@ fn copy_hashing(src: &Path, outbox: &Path, name: &str, dest: &Path) -> Result<St
 
 /// Renames the file into the outbox (same file system only) and hashes it there.
 fn move_in(src: &Path, outbox: &Path, dest: &Path) -> Result<String, OutboxError> {
-    match std::fs::rename(src, dest) {
+    match rename_noreplace(src, dest) {
         Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => {
+            return Err(OutboxError::AlreadyQueued {
+                name: dest
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                outbox: outbox.to_path_buf(),
+            })
+        }
         Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
             return Err(OutboxError::CrossDevice {
                 src: src.to_path_buf(),
@@ -202,6 +221,42 @@ fn move_in(src: &Path, outbox: &Path, dest: &Path) -> Result<String, OutboxError
     crate::digest::md5_file(dest).map_err(|e| FsError::new("read", dest, e).into())
 }
 
+/// `rename(2)` that never replaces: two `resagent upload` of one name at once cannot
+/// overwrite each other — the second finds the first (EEXIST). File systems without
+/// `RENAME_NOREPLACE` (FUSE, some network file systems) get `link` + `unlink`, which
+/// fails the same way; where hard links are refused too, a check before the rename
+/// (which narrows the race to an instant, no more).
+fn rename_noreplace(src: &Path, dest: &Path) -> std::io::Result<()> {
+    use nix::errno::Errno;
+    let flags = nix::fcntl::RenameFlags::RENAME_NOREPLACE;
+    match nix::fcntl::renameat2(None, src, None, dest, flags) {
+        Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {}
+        other => return other.map_err(std::io::Error::from),
+    }
+    match std::fs::hard_link(src, dest) {
+        Ok(()) => return std::fs::remove_file(src),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(e),
+        Err(_) => {}
+    }
+    if std::fs::symlink_metadata(dest).is_ok() {
+        return Err(std::io::Error::from_raw_os_error(nix::libc::EEXIST));
+    }
+    std::fs::rename(src, dest)
+}
+
+/// Moves the synced temporary copy to its name (never over another file) and makes the
+/// folder entry durable.
+fn place_new(tmp: &Path, dest: &Path, name: &str, outbox: &Path) -> Result<(), OutboxError> {
+    match rename_noreplace(tmp, dest) {
+        Ok(()) => Ok(fsutil::fsync_dir(outbox)?),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => Err(OutboxError::AlreadyQueued {
+            name: name.to_string(),
+            outbox: outbox.to_path_buf(),
+        }),
+        Err(e) => Err(FsError::new("rename into the outbox", tmp, e).into()),
+    }
+}
+
 fn write_digest(outbox: &Path, name: &str, md5sum: &str, meta: &std::fs::Metadata) {
     let d = Digest {
         md5sum: md5sum.to_string(),
@@ -215,27 +270,98 @@ fn write_digest(outbox: &Path, name: &str, md5sum: &str, meta: &std::fs::Metadat
     }
 }
 
-/// The MD5 of an outbox file: the saved one while it still fits the file, else computed
-/// (streamed) and saved.
-pub(crate) fn md5_of_entry(outbox: &Path, entry: &Entry) -> io::Result<String> {
-    let meta = std::fs::metadata(&entry.path)?;
-    if let Ok(bytes) = std::fs::read(digest_path(outbox, &entry.name)) {
-        if let Ok(d) = serde_json::from_slice::<Digest>(&bytes) {
-            if d.size == meta.len() && d.ctime_ns == ctime_ns(&meta) && d.ino == meta.ino() {
-                return Ok(d.md5sum);
-            }
-        }
-    }
-    let md5sum = crate::digest::md5_file(&entry.path)?;
-    write_digest(outbox, &entry.name, &md5sum, &meta);
-    Ok(md5sum)
+/// An outbox entry opened for its upload: one descriptor, opened without following a
+/// symlink or blocking on a FIFO, checked with `fstat`; its MD5, the PUT and the final
+/// removal all go through it (docs/agent.md, "What never wedges"), so a file swapped in
+/// under the name is never read in its place.
+pub(crate) struct Opened {
+    pub(crate) file: File,
+    pub(crate) size: u64,
+    pub(crate) md5sum: String,
+    dev: u64,
+    ino: u64,
 }
 
-/// Removes an uploaded file and its saved MD5.
-pub(crate) fn remove(outbox: &Path, entry: &Entry) -> Result<(), FsError> {
+/// Opens `entry` for its upload and gets its MD5 (the saved one while it still fits the
+/// file, else computed from the descriptor and saved).
+pub(crate) fn open_entry(outbox: &Path, entry: &Entry) -> Result<Opened, OutboxError> {
+    let source = |e| OutboxError::Source {
+        path: entry.path.clone(),
+        source: e,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&entry.path)
+        .map_err(source)?;
+    let meta = file.metadata().map_err(source)?;
+    if !meta.file_type().is_file() {
+        return Err(OutboxError::NotRegular {
+            path: entry.path.clone(),
+            kind: kind_of(meta.file_type()),
+        });
+    }
+    let saved = std::fs::read(digest_path(outbox, &entry.name))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Digest>(&b).ok())
+        .filter(|d| d.size == meta.len() && d.ctime_ns == ctime_ns(&meta) && d.ino == meta.ino());
+    let md5sum = match saved {
+        Some(d) => d.md5sum,
+        None => {
+            let md5sum = crate::digest::md5_reader(&mut file).map_err(source)?;
+            use std::io::Seek;
+            file.rewind().map_err(source)?;
+            write_digest(outbox, &entry.name, &md5sum, &meta);
+            md5sum
+        }
+    };
+    Ok(Opened {
+        file,
+        size: meta.len(),
+        md5sum,
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// Removes an uploaded entry and its saved MD5 — only while the name still refers to the
+/// file that was uploaded: one renamed over it meanwhile stays, and is uploaded next.
+pub(crate) fn remove(outbox: &Path, entry: &Entry, uploaded: &Opened) -> Result<(), FsError> {
+    let now =
+        std::fs::symlink_metadata(&entry.path).map_err(|e| FsError::new("stat", &entry.path, e))?;
+    if now.dev() != uploaded.dev || now.ino() != uploaded.ino {
+        log::info!(
+            "{}: a new file took its name during the upload; it is uploaded next",
+            entry.name
+        );
+        return Ok(());
+    }
     std::fs::remove_file(&entry.path).map_err(|e| FsError::new("remove", &entry.path, e))?;
     let _ = std::fs::remove_file(digest_path(outbox, &entry.name));
     fsutil::fsync_dir(outbox)
+}
+
+/// Removes the temporary copies (`.incoming-PID-…`) of `resagent upload` runs that died
+/// mid-copy (their process is gone); called by the upload thread at start.
+pub(crate) fn remove_abandoned_copies(outbox: &Path) {
+    let Ok(rd) = std::fs::read_dir(outbox) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".incoming-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive {
+            log::info!("removing {}: an interrupted `resagent upload` copy", name);
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The files waiting, oldest arrival first (change time: a rename into the outbox sets it).
@@ -280,13 +406,14 @@ mod tests {
         assert_eq!(e.name, "log.txt");
         assert_eq!(std::fs::read(&src).unwrap(), b"hello");
         assert_eq!(std::fs::read(&e.path).unwrap(), b"hello");
-        assert_eq!(md5_of_entry(&outbox, &e).unwrap(), md5);
+        let opened = open_entry(&outbox, &e).unwrap();
+        assert_eq!(opened.md5sum, md5);
         assert_eq!(scan(&outbox).unwrap(), vec![e.clone()]);
         assert!(matches!(
             enqueue(&outbox, &src, None, Handover::Copy),
             Err(OutboxError::AlreadyQueued { .. })
         ));
-        remove(&outbox, &e).unwrap();
+        remove(&outbox, &e, &opened).unwrap();
         assert!(scan(&outbox).unwrap().is_empty());
         assert_eq!(std::fs::read_dir(&outbox).unwrap().count(), 0);
     }
@@ -302,9 +429,66 @@ mod tests {
         assert_eq!(md5, "900150983cd24fb0d6963f7d28e17f72");
         std::fs::write(&e.path, b"abcd").unwrap();
         assert_eq!(
-            md5_of_entry(&outbox, &e).unwrap(),
+            open_entry(&outbox, &e).unwrap().md5sum,
             "e2fc714c4727ee9395f324cd2e7f331f"
         );
+    }
+
+    #[test]
+    fn an_entry_is_used_through_one_descriptor_never_a_swapped_file() {
+        let d = tempfile::tempdir().unwrap();
+        let outbox = d.path().join("outbox");
+        let src = d.path().join("a.log");
+        std::fs::write(&src, b"first").unwrap();
+        let (e, _) = enqueue(&outbox, &src, None, Handover::Copy).unwrap();
+        let opened = open_entry(&outbox, &e).unwrap();
+        // A new version renamed over the entry after it was opened: not removed.
+        let newer = d.path().join("newer");
+        std::fs::write(&newer, b"second").unwrap();
+        std::fs::rename(&newer, &e.path).unwrap();
+        remove(&outbox, &e, &opened).unwrap();
+        assert_eq!(
+            std::fs::read(&e.path).unwrap(),
+            b"second",
+            "kept for its own upload"
+        );
+        // A symlink (to a file only root may read) or a FIFO in its place is never read.
+        let secret = d.path().join("secret");
+        std::fs::write(&secret, b"root only").unwrap();
+        std::fs::remove_file(&e.path).unwrap();
+        std::os::unix::fs::symlink(&secret, &e.path).unwrap();
+        assert!(open_entry(&outbox, &e).is_err());
+        std::fs::remove_file(&e.path).unwrap();
+        nix::unistd::mkfifo(&e.path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            open_entry(&outbox, &e),
+            Err(OutboxError::NotRegular { kind: "a FIFO", .. })
+        ));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "no hang"
+        );
+    }
+
+    #[test]
+    fn long_names_and_concurrent_enqueues_of_one_name() {
+        let d = tempfile::tempdir().unwrap();
+        let outbox = d.path().join("outbox");
+        let src = d.path().join("s");
+        std::fs::write(&src, b"x").unwrap();
+        let long = "n".repeat(255);
+        let (e, _) = enqueue(&outbox, &src, Some(&long), Handover::Copy).unwrap();
+        assert_eq!(e.name.len(), 255);
+        assert_eq!(open_entry(&outbox, &e).unwrap().size, 1);
+        // The name taken between the check and the rename: refused, never replaced.
+        let tmp = outbox.join(".t");
+        std::fs::write(&tmp, b"late").unwrap();
+        assert!(matches!(
+            place_new(&tmp, &e.path, &e.name, &outbox),
+            Err(OutboxError::AlreadyQueued { .. })
+        ));
+        assert_eq!(std::fs::read(&e.path).unwrap(), b"x");
     }
 
     #[test]

@@ -9,6 +9,8 @@ use thiserror::Error;
 
 /// Largest message accepted from the broker; anything bigger is bad input (docs/protocol.md).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Longest URL accepted (a presigned URL is a few hundred bytes).
+pub(crate) const MAX_URL_BYTES: usize = 8 * 1024;
 /// Longest resource name a file system takes as one path component (NAME_MAX).
 pub(crate) const MAX_NAME_BYTES: usize = 255;
 /// Longest `name` string echoed back in a `fail` report for a task that was refused.
@@ -511,6 +513,12 @@ pub(crate) fn normalize_md5(s: &str) -> Result<String, String> {
 
 /// Only `https`, or `http` when `allow_http` is set, and a host must be present.
 pub(crate) fn check_url_scheme(url: &str, allow_http: bool) -> Result<(), String> {
+    if url.len() > MAX_URL_BYTES {
+        return Err(format!(
+            "url of {} bytes is over the {MAX_URL_BYTES} byte limit",
+            url.len()
+        ));
+    }
     let parsed =
         url::Url::parse(url).map_err(|e| format!("url `{}` is not valid: {e}", redact_url(url)))?;
     match parsed.scheme() {
@@ -576,7 +584,18 @@ fn parse_upload_task_rsp(value: &Value) -> Result<UploadTaskRsp, BadMessage> {
 /// there, so this is the only form of a URL that may reach a log, a report or `status`.
 pub(crate) fn redact_url(url: &str) -> String {
     let end = url.find(['?', '#']).unwrap_or(url.len());
-    let mut out = truncate_for_log(&url[..end], 200);
+    // `user:password@` (a proxy's, a storage's) goes too.
+    let without_userinfo = match url[..end].split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+                None => url[..end].to_string(),
+            }
+        }
+        None => url[..end].to_string(),
+    };
+    let mut out = truncate_for_log(&without_userinfo, 200);
     if end < url.len() {
         out.push_str("?…");
     }
@@ -765,6 +784,15 @@ mod tests {
             "https://cos.example/a/b?…"
         );
         assert_eq!(redact_url("https://h/x"), "https://h/x");
+        assert_eq!(
+            redact_url("http://user:proxy-secret@proxy:3128"),
+            "http://…@proxy:3128"
+        );
+        assert_eq!(
+            redact_url("https://u:p@h/a@b?x=1"),
+            "https://…@h/a@b?…",
+            "only the authority's userinfo"
+        );
     }
 
     /// A deterministic generator for the property tests below (no extra dependency).

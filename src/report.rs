@@ -20,7 +20,13 @@ pub(crate) struct Reporter {
     /// Serialises final reports, so a re-send after connect and a new final report do not
     /// interleave their journal updates.
     finals: Mutex<()>,
+    /// Final reports published lately (direction, name, when): an answer arriving now
+    /// may belong to one of them.
+    recent: Mutex<Vec<(Direction, String, Instant)>>,
 }
+
+/// How long after a final report an answer may still be the platform's answer to it.
+const ANSWER_WINDOW: Duration = Duration::from_secs(5);
 
 impl Reporter {
     pub(crate) fn new(publisher: Publisher, journal: Arc<JournalStore>) -> Self {
@@ -28,13 +34,19 @@ impl Reporter {
             publisher,
             journal,
             finals: Mutex::new(()),
+            recent: Mutex::new(Vec::new()),
         }
     }
 
     /// An intermediate report, QoS 0: a stale percent is not worth a retransmission.
-    pub(crate) fn progress(&self, report: &Report) {
-        if let Err(e) = self.publisher.publish(&report.to_message(), 0) {
-            log::debug!("progress report for {} not sent: {e}", report.name);
+    /// Whether it was handed to the broker connection.
+    pub(crate) fn progress(&self, report: &Report) -> bool {
+        match self.publisher.publish(&report.to_message(), 0) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("progress report for {} not sent: {e}", report.name);
+                false
+            }
         }
     }
 
@@ -105,8 +117,30 @@ impl Reporter {
         }
     }
 
+    /// A final report of `direction` about another resource than `name`, published
+    /// within the last few seconds: an answer now may be the platform's answer to it
+    /// (answers carry no name), so it must not cancel `name` (docs/protocol.md).
+    pub(crate) fn recent_final_about_another(
+        &self,
+        direction: Direction,
+        name: &str,
+    ) -> Option<String> {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|(_, _, at)| at.elapsed() < ANSWER_WINDOW);
+        recent
+            .iter()
+            .rev()
+            .find(|(d, n, _)| *d == direction && n != name)
+            .map(|(_, n, _)| n.clone())
+    }
+
     /// Publishes with QoS 1; on PUBACK forgets the report. Returns whether it was acked.
     fn send_final(&self, report: &Report) -> bool {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.retain(|(_, _, at)| at.elapsed() < ANSWER_WINDOW);
+            recent.push((report.direction, report.name.clone(), Instant::now()));
+        }
         match self.publisher.publish(&report.to_message(), 1) {
             Ok(()) => {
                 self.journal.record(|j| {
@@ -182,14 +216,13 @@ impl<'a> Progress<'a> {
         }
     }
 
-    /// Reports `state` at `percent` if the throttle lets it through; whether it did.
+    /// Reports `state` at `percent` if the throttle lets it through; whether a report
+    /// went out.
     pub(crate) fn report(&mut self, state: ProgressState, percent: u8) -> bool {
         let due = self.throttle.due(state, percent, Instant::now());
-        if due {
-            self.reporter
-                .progress(&Report::progress(self.direction, self.name, state, percent));
-        }
-        due
+        due && self
+            .reporter
+            .progress(&Report::progress(self.direction, self.name, state, percent))
     }
 }
 

@@ -38,7 +38,7 @@ pub(crate) fn gather(config: &Config) -> Result<StatusView, JournalError> {
         .map(|e| (e.name, e.size))
         .collect();
     Ok(StatusView {
-        daemon_pid: pidfile::running(&config.pid_file).ok(),
+        daemon_pid: pidfile::running(&config.state_dir).ok(),
         outbox,
         journal,
         staged_bytes,
@@ -155,7 +155,7 @@ pub(crate) fn render_text(v: &StatusView) -> String {
             let _ = write!(
                 out,
                 "Download:    {} — {}% ({} of {})",
-                d.task.name,
+                shown(&d.task.name),
                 percent(done, d.task.size),
                 human_bytes(done),
                 human_bytes(d.task.size)
@@ -180,7 +180,12 @@ pub(crate) fn render_text(v: &StatusView) -> String {
     } else {
         let _ = writeln!(out, "Waiting:     {}", j.waiting.len());
         for t in &j.waiting {
-            let _ = writeln!(out, "             {} ({})", t.name, human_bytes(t.size));
+            let _ = writeln!(
+                out,
+                "             {} ({})",
+                shown(&t.name),
+                human_bytes(t.size)
+            );
         }
     }
     if j.installed.is_empty() {
@@ -195,7 +200,8 @@ pub(crate) fn render_text(v: &StatusView) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "             {name}  {}  md5 {}  {} ago{by}",
+                "             {}  {}  md5 {}  {} ago{by}",
+                shown(name),
                 human_bytes(i.size),
                 i.md5sum,
                 human_duration(now.saturating_sub(i.installed_at))
@@ -211,7 +217,8 @@ pub(crate) fn render_text(v: &StatusView) -> String {
         for (name, p) in &j.pending {
             let _ = writeln!(
                 out,
-                "             {name}  md5 {}  written by {} {} ago; reboot pending",
+                "             {}  md5 {}  written by {} {} ago; reboot pending",
+                shown(name),
                 p.task.md5sum,
                 p.plugin,
                 human_duration(now.saturating_sub(p.since))
@@ -235,7 +242,8 @@ pub(crate) fn render_text(v: &StatusView) -> String {
         for (name, size) in &v.outbox {
             let _ = writeln!(
                 out,
-                "             {name}  {}  {}",
+                "             {}  {}  {}",
+                shown(name),
                 human_bytes(*size),
                 outbox_state(v, name)
             );
@@ -249,6 +257,20 @@ pub(crate) fn render_text(v: &StatusView) -> String {
         );
     }
     out
+}
+
+/// A name as a terminal may show it: control characters escaped (`\u{1b}` → `\u{1b}`
+/// as text), so a hostile name cannot move the cursor or clear the screen.
+fn shown(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `1.5 MiB`-style sizes.
@@ -279,6 +301,12 @@ pub(crate) fn human_duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_in_names_are_shown_escaped() {
+        assert_eq!(shown("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        assert_eq!(shown("fw-1.2.bin ü"), "fw-1.2.bin ü");
+    }
+
     use super::*;
 
     fn view() -> StatusView {

@@ -4,7 +4,11 @@
 //! name replaces one that waits", "a repeated task is done at once") is tested directly.
 
 use crate::journal::{InFlight, Installed, Journal, PendingInstall};
-use crate::protocol::Task;
+use crate::protocol::{validate_name, validate_task, Task, TaskLimits};
+
+/// Tasks that may wait behind the one in flight; a further one fails -11
+/// (docs/agent.md, "What never wedges": a bounded journal).
+pub(crate) const MAX_WAITING: usize = 64;
 
 /// What became of a task offered to the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +23,8 @@ pub(crate) enum Offer {
     AlreadyInstalled,
     /// The same name and md5sum are in flight now: nothing to do.
     DuplicateOfInFlight,
+    /// [`MAX_WAITING`] tasks wait already: this one is refused.
+    QueueFull,
 }
 
 /// Offers `task` to the journal's queue. `still_present` tells whether an installed
@@ -62,8 +68,67 @@ pub(crate) fn offer(
         *slot = task;
         return Offer::ReplacedWaiting;
     }
+    if journal.waiting.len() >= MAX_WAITING {
+        return Offer::QueueFull;
+    }
     journal.waiting.push(task);
     Offer::Queued
+}
+
+/// Checks what the journal read back from disk holds as if it came from the network
+/// (a journal edited or damaged must not write outside `resource_dir`): tasks that fail
+/// the checks of docs/protocol.md are dropped, installed and pending records whose name
+/// is not a safe name too, and the waiting list is cut to [`MAX_WAITING`]. Returns one
+/// line per thing dropped, for the log.
+pub(crate) fn sanitize(journal: &mut Journal, limits: &TaskLimits) -> Vec<String> {
+    let check = |t: &Task| -> Result<(), String> {
+        let value = serde_json::to_value(t).map_err(|e| e.to_string())?;
+        validate_task(&value, limits).map(|_| ())
+    };
+    let mut dropped = Vec::new();
+    if let Some(d) = &journal.download {
+        if let Err(e) = check(&d.task) {
+            dropped.push(format!("the download in flight: {e}"));
+            journal.download = None;
+        }
+    }
+    journal.waiting.retain(|t| match check(t) {
+        Ok(()) => true,
+        Err(e) => {
+            dropped.push(format!("a waiting task: {e}"));
+            false
+        }
+    });
+    if journal.waiting.len() > MAX_WAITING {
+        dropped.push(format!(
+            "{} waiting tasks over the {MAX_WAITING} kept",
+            journal.waiting.len() - MAX_WAITING
+        ));
+        journal.waiting.truncate(MAX_WAITING);
+    }
+    journal
+        .installed
+        .retain(|name, _| match validate_name(name) {
+            Ok(()) => true,
+            Err(e) => {
+                dropped.push(format!("an installed record: {e}"));
+                false
+            }
+        });
+    journal.pending.retain(|name, p| match check(&p.task) {
+        Ok(()) if *name == p.task.name => true,
+        Ok(()) => {
+            dropped.push(format!(
+                "a pending install filed under another name `{name}`"
+            ));
+            false
+        }
+        Err(e) => {
+            dropped.push(format!("a pending install: {e}"));
+            false
+        }
+    });
+    dropped
 }
 
 /// Moves the first waiting task in flight when nothing is; returns the task in flight.
@@ -253,6 +318,56 @@ mod tests {
         assert_eq!(next(&mut j).unwrap().name, "b", "other tasks go on");
         installed(&mut j, &task("fw", '1'), Some("acme".into()), 10);
         assert!(j.pending.is_empty());
+    }
+
+    #[test]
+    fn the_waiting_list_is_bounded() {
+        let mut j = Journal::default();
+        offer(&mut j, task("first", '1'), PRESENT);
+        for i in 0..MAX_WAITING {
+            assert_eq!(
+                offer(&mut j, task(&format!("t{i}"), '1'), PRESENT),
+                Offer::Queued
+            );
+        }
+        assert_eq!(
+            offer(&mut j, task("one-more", '1'), PRESENT),
+            Offer::QueueFull
+        );
+        assert_eq!(j.waiting.len(), MAX_WAITING);
+        assert_eq!(
+            offer(&mut j, task("t3", '2'), PRESENT),
+            Offer::ReplacedWaiting,
+            "replacing a waiting one still works"
+        );
+    }
+
+    #[test]
+    fn a_journal_from_disk_is_checked_like_the_network() {
+        let limits = TaskLimits {
+            max_resource_bytes: 1 << 30,
+            allow_http: false,
+        };
+        let mut j = journal(json!({
+            "download": {"task": {"name":"../escape","md5sum":"1".repeat(32),"size":10,"url":"https://s/x"}},
+            "waiting": [
+                {"name":"ok","md5sum":"2".repeat(32),"size":5,"url":"https://s/ok"},
+                {"name":"plain","md5sum":"2".repeat(32),"size":5,"url":"http://s/plain"},
+                {"name":"a/b","md5sum":"2".repeat(32),"size":5,"url":"https://s/ab"}
+            ],
+            "installed": {"../../etc/x": {"md5sum": "1".repeat(32), "size": 1, "installed_at": 1},
+                          "good": {"md5sum": "1".repeat(32), "size": 1, "installed_at": 1}}
+        }));
+        let dropped = sanitize(&mut j, &limits);
+        assert_eq!(dropped.len(), 4, "{dropped:?}");
+        assert!(j.download.is_none());
+        let names: Vec<_> = j.waiting.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["ok"]);
+        assert_eq!(j.installed.keys().collect::<Vec<_>>(), ["good"]);
+        assert!(
+            sanitize(&mut j, &limits).is_empty(),
+            "a clean journal stays as it is"
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::journal::{unix_now, JournalStore, UploadInFlight, UploadRetry};
 use crate::mqtt::{MqttError, Publisher};
 use crate::outbox::{self, Entry};
 use crate::protocol::{
-    percent, Direction, ProgressState, Report, ResultCode, UploadGrant, UploadTaskRsp,
+    check_url_scheme, percent, Direction, ProgressState, Report, ResultCode, UploadGrant,
+    UploadTaskRsp,
 };
 use crate::random;
 use crate::report::{Progress, Reporter};
@@ -19,8 +20,7 @@ use crate::transfer::{HttpClient, TransferError};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,8 @@ pub(crate) enum UploadSignal {
     ProgressRsp(i64),
     /// `upload_result` with its `result_code`.
     UploadResult(i64),
+    /// Some `report_upload_progress_rsp` arrived (they are counted in `answers`).
+    Answered,
     /// Scan the outbox now; `reset_backoff` (SIGUSR2) retries waiting files at once.
     Wake { reset_backoff: bool },
     /// A configuration re-read on SIGHUP.
@@ -64,12 +66,9 @@ enum Attempt {
 /// Why an upload attempt did not end confirmed, one variant per failure site.
 #[derive(Debug, Error)]
 enum UploadError {
-    /// The outbox file could not be read for its MD5.
-    #[error("read {}: {source}", path.display())]
-    Hash { path: PathBuf, source: io::Error },
-    /// The outbox file could not be opened for the PUT.
-    #[error("open {}: {source}", path.display())]
-    Open { path: PathBuf, source: io::Error },
+    /// The outbox entry could not be opened or read (or is no regular file any more).
+    #[error("{0}")]
+    Open(outbox::OutboxError),
     /// `create_upload_task` was not acknowledged by the broker.
     #[error("create_upload_task not sent: {0}")]
     Announce(MqttError),
@@ -82,6 +81,9 @@ enum UploadError {
     /// The platform accepted the task without a URL.
     #[error("platform answered without a url")]
     NoUrl,
+    /// The URL's scheme is not allowed (`allow_http`); reported `fail` -10.
+    #[error("{0}")]
+    UrlScheme(String),
     /// The platform withdrew the upload during the PUT.
     #[error("withdrawn by the platform")]
     Withdrawn,
@@ -106,6 +108,11 @@ pub(crate) struct Uploader {
     /// Set by the coordinator when the platform answers a progress report with a
     /// non-zero code while a PUT runs.
     pub(crate) cancel: Arc<AtomicBool>,
+    /// Every `report_upload_progress_rsp` the coordinator received, counted: the
+    /// verdict on `done` is the answer after those to this upload's `uploading` reports.
+    pub(crate) answers: Arc<AtomicU64>,
+    /// `uploading` reports sent for the upload in flight.
+    pub(crate) reports: AtomicU64,
     pub(crate) inbox: Receiver<UploadSignal>,
 }
 
@@ -120,6 +127,7 @@ impl Uploader {
     pub(crate) fn run(mut self) {
         // An upload in flight when the agent was killed is simply announced again.
         self.clear_in_flight();
+        outbox::remove_abandoned_copies(&self.config.outbox_dir);
         let mut waiting: HashMap<String, Waiting> = HashMap::new();
         while !self.shutdown.is_set() {
             let entries = match outbox::scan(&self.config.outbox_dir) {
@@ -203,27 +211,35 @@ impl Uploader {
     }
 
     fn attempt(&mut self, entry: &Entry) -> Attempt {
-        let md5sum = match outbox::md5_of_entry(&self.config.outbox_dir, entry) {
-            Ok(m) => m,
-            Err(source) => {
-                return Attempt::Retry(UploadError::Hash {
-                    path: entry.path.clone(),
-                    source,
-                })
-            }
+        let opened = match outbox::open_entry(&self.config.outbox_dir, entry) {
+            Ok(o) => o,
+            Err(e) => return Attempt::Retry(UploadError::Open(e)),
         };
-        let size = std::fs::metadata(&entry.path)
-            .map(|m| m.len())
-            .unwrap_or(entry.size);
+        let (size, md5sum) = (opened.size, opened.md5sum.clone());
         self.set_in_flight(&entry.name, &md5sum, size);
         let url = match self.announce(&entry.name, &md5sum, size) {
             Ok(url) => url,
             Err(a) => return a,
         };
-        match self.put(entry, &url, size, &md5sum) {
+        // Upload URLs obey allow_http like download URLs (docs/agent.md).
+        if let Err(reason) = check_url_scheme(&url, self.config.allow_http) {
+            let e = UploadError::UrlScheme(format!("upload URL refused: {reason}"));
+            self.reporter.final_report(Report::fail(
+                Direction::Upload,
+                &entry.name,
+                0,
+                ResultCode::InvalidTask,
+                &e.to_string(),
+            ));
+            return Attempt::Retry(e);
+        }
+        let answers_before = self.answers.load(Ordering::SeqCst);
+        self.reports.store(0, Ordering::SeqCst);
+        match self.put(entry, &opened.file, &url, size, &md5sum) {
             Ok(()) => {}
             Err(a) => return a,
         }
+        let reports = self.reports.load(Ordering::SeqCst);
         self.drain();
         if !self
             .reporter
@@ -231,10 +247,10 @@ impl Uploader {
         {
             return Attempt::Retry(UploadError::DoneNotAcknowledged);
         }
-        if let Some(result_code) = self.rejection() {
+        if let Some(result_code) = self.verdict(answers_before, reports) {
             return Attempt::Retry(UploadError::Rejected { result_code });
         }
-        if let Err(e) = outbox::remove(&self.config.outbox_dir, entry) {
+        if let Err(e) = outbox::remove(&self.config.outbox_dir, entry, &opened) {
             log::error!("uploaded {}, but {e}", entry.name);
         }
         log::info!("uploaded {} ({size} bytes, md5 {md5sum})", entry.name);
@@ -283,13 +299,14 @@ impl Uploader {
         }
     }
 
-    fn put(&mut self, entry: &Entry, url: &str, size: u64, md5sum: &str) -> Result<(), Attempt> {
-        let file = std::fs::File::open(&entry.path).map_err(|source| {
-            Attempt::Retry(UploadError::Open {
-                path: entry.path.clone(),
-                source,
-            })
-        })?;
+    fn put(
+        &mut self,
+        entry: &Entry,
+        file: &std::fs::File,
+        url: &str,
+        size: u64,
+        md5sum: &str,
+    ) -> Result<(), Attempt> {
         let http = HttpClient::new(&self.config);
         self.cancel.store(false, Ordering::SeqCst);
         let body = ProgressBody {
@@ -335,18 +352,41 @@ impl Uploader {
         })
     }
 
-    /// A rejection within [`REJECTION_WINDOW`] after `done`: its code.
-    fn rejection(&mut self) -> Option<i64> {
+    /// The platform's verdict on `done` (docs/protocol.md, "The verdict after `done`"):
+    /// the first answer to it — the answer after those owed to this upload's `reports`
+    /// `uploading` reports, counted from `answers_before` — or an `upload_result`, within
+    /// [`REJECTION_WINDOW`]. 0 confirms at once; a non-zero code rejects (returned), and
+    /// a non-zero answer after `done` is taken as a rejection whichever report it
+    /// answers, so it is never lost behind an earlier answer. No verdict: the upload
+    /// stands (None).
+    fn verdict(&mut self, answers_before: u64, reports: u64) -> Option<i64> {
         let deadline = Instant::now() + REJECTION_WINDOW;
-        while Instant::now() < deadline && !self.shutdown.is_set() {
-            match self.inbox.recv_timeout(TICK) {
+        loop {
+            let answered = self.answers.load(Ordering::SeqCst) - answers_before;
+            if answered > reports {
+                // The answer to `done` is in; a refusal among the answers counted is
+                // already queued (the coordinator queues before it counts).
+                while let Ok(signal) = self.inbox.try_recv() {
+                    match signal {
+                        UploadSignal::ProgressRsp(code) if code != 0 => return Some(code),
+                        UploadSignal::UploadResult(code) if code != 0 => return Some(code),
+                        UploadSignal::Config(c) => self.config = c,
+                        _ => {}
+                    }
+                }
+                return None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.shutdown.is_set() {
+                return None;
+            }
+            match self.inbox.recv_timeout(left.min(TICK)) {
                 Ok(UploadSignal::ProgressRsp(code)) if code != 0 => return Some(code),
                 Ok(UploadSignal::UploadResult(code)) => return (code != 0).then_some(code),
                 Ok(UploadSignal::Config(c)) => self.config = c,
                 _ => {}
             }
         }
-        None
     }
 
     /// Drops answers that belong to earlier messages.
@@ -398,6 +438,7 @@ impl Uploader {
     fn progress(&self, progress: &mut Progress, sent: u64, size: u64) {
         let p = percent(sent, size);
         if progress.report(ProgressState::Uploading, p) {
+            self.reports.fetch_add(1, Ordering::SeqCst);
             self.journal.record(|j| {
                 if let Some(u) = j.upload.as_mut() {
                     u.percent = p;

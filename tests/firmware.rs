@@ -831,6 +831,7 @@ fn the_local_platform_moves_on_after_a_fail_and_writes_its_reports_as_json_lines
             "productId": PRODUCT, "deviceName": DEVICE,
             "key_deviceinfo": {"deviceSecret": SECRET_B64},
             "broker": broker.uri(), "allow_http": true, "progress_interval_s": 0,
+            "poll_jitter_s": 0,
             "resource_dir": d.path().join("res"), "state_dir": d.path().join("state"),
             "outbox_dir": d.path().join("outbox"), "plugin_dir": plugins,
             "pid_file": d.path().join("resagent.pid"),
@@ -849,8 +850,10 @@ fn the_local_platform_moves_on_after_a_fail_and_writes_its_reports_as_json_lines
     // Both offers end, the failed one first; the file holds the reports.
     let deadline = Instant::now() + T;
     let finals = loop {
-        let lines: Vec<Value> = std::fs::read_to_string(&reports)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&reports).unwrap_or_default();
+        // Complete lines only (the platform may be writing the next one).
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let lines: Vec<Value> = complete
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();

@@ -885,3 +885,56 @@ fn a_journal_that_cannot_be_written_fails_the_task_minus_11_and_later_tasks_run(
     );
     assert!(journal["download"].is_null(), "nothing in limbo: {journal}");
 }
+
+#[test]
+fn one_daemon_per_state_dir_and_a_stale_pid_file_signals_no_stranger() {
+    let mut rig = Rig::new();
+    let mut first = rig.start_agent();
+    // A second daemon on the same state, with a pid file of its own: refused, naming
+    // the first.
+    let pid_file = rig.config["pid_file"].clone();
+    rig.config["pid_file"] = json!(rig.path().join("other.pid"));
+    let mut second = rig.spawn_agent();
+    let exit = second.wait_exit(Duration::from_secs(10));
+    assert_eq!(exit, Some(Some(1)), "{}", second.log_text());
+    assert!(
+        second
+            .log_text()
+            .contains(&format!("already runs with pid {}", first.pid())),
+        "{}",
+        second.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(first.is_alive(), "the first daemon goes on");
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(first.wait_exit(T), Some(Some(0)));
+
+    // A pid file left behind, its number now a stranger's.
+    rig.config["pid_file"] = pid_file;
+    let pid_path = PathBuf::from(rig.config["pid_file"].as_str().unwrap());
+    let mut stranger = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(&pid_path, format!("{}\n", stranger.id())).unwrap();
+    let (code, _, err) = rig.cli(&["check"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no resagent daemon runs"), "{err}");
+    let file = rig.make_file("log.txt", 100, 1);
+    let (code, out, _) = rig.cli(&["upload", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "the stranger was never signalled"
+    );
+    // `run` is not stopped by it, and leaves a pid file that is not its own alone.
+    let mut agent = rig.spawn_agent();
+    wait_log(&agent, "connected to");
+    std::fs::write(&pid_path, format!("{}\n", stranger.id())).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(T), Some(Some(0)), "{}", agent.log_text());
+    assert_eq!(
+        std::fs::read_to_string(&pid_path).unwrap().trim(),
+        stranger.id().to_string()
+    );
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+}

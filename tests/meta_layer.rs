@@ -176,6 +176,8 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     let unit_text = std::fs::read_to_string(&unit).unwrap();
     for needle in [
         "After=network-online.target",
+        "Type=notify",
+        "WatchdogSec=",
         "Restart=on-failure",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

@@ -415,3 +415,62 @@ fn uploads_work_against_a_third_party_s3_server_that_checks_content_md5() {
         "signature never logged"
     );
 }
+
+#[test]
+fn a_batch_of_small_files_confirmed_at_once_goes_at_the_pace_of_the_link() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let files: Vec<_> = (0..10)
+        .map(|i| rig.make_file(&format!("log-{i}.txt"), 1 << 20, 50 + i))
+        .collect();
+    let started = Instant::now();
+    for f in &files {
+        let (code, out, err) = rig.cli(&["upload", f.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    wait_until("all ten uploaded", || {
+        waiting(&rig).is_empty() && rig.platform.uploads().len() == 10
+    });
+    let took = started.elapsed();
+    // Waiting out the 5 s window after each `done` would take over 50 s.
+    assert!(
+        took < Duration::from_secs(20),
+        "ten 1 MiB uploads took {took:?}; log:\n{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn a_rejection_answering_done_keeps_the_file_and_it_is_retried() {
+    let mut rig = Rig::new();
+    rig.platform.reject_upload_done(1);
+    let agent = rig.start_agent();
+    let src = rig.make_file("rejected.csv", 300_000, 61);
+    rig.cli(&["upload", src.to_str().unwrap()]);
+    wait_until("the rejection is seen", || {
+        agent
+            .log_text()
+            .contains("rejected the upload (result_code -1)")
+    });
+    assert_eq!(waiting(&rig), ["rejected.csv"], "kept");
+    wait_until("accepted on the retry", || waiting(&rig).is_empty());
+    assert_eq!(rig.platform.uploads().len(), 2, "uploaded twice");
+}
+
+#[test]
+fn no_verdict_within_5_s_and_the_upload_stands() {
+    let mut rig = Rig::new();
+    rig.platform.silent_on_upload_done(true);
+    let agent = rig.start_agent();
+    let src = rig.make_file("quiet.bin", 10_000, 62);
+    rig.cli(&["upload", src.to_str().unwrap()]);
+    upload_done(&rig, &agent, "quiet.bin");
+    let after_done = Instant::now();
+    wait_until("the upload stands", || waiting(&rig).is_empty());
+    assert!(
+        after_done.elapsed() >= Duration::from_secs(4),
+        "removed {:?} after done, before the window ended",
+        after_done.elapsed()
+    );
+    assert_eq!(rig.platform.uploads().len(), 1);
+}

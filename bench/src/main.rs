@@ -20,6 +20,8 @@ struct Opts {
     runs: usize,
     fleet: usize,
     fleet_mib: u64,
+    /// `poll_jitter_s` of the fleet (the default, 30; the smoke run uses 3).
+    fleet_jitter_s: u64,
     idle_secs: u64,
     cap_mib_s: u64,
     bin: PathBuf,
@@ -35,8 +37,9 @@ fn parse_opts() -> Opts {
     let mut o = Opts {
         sizes_mib: vec![64, 256, 1024],
         runs: 3,
-        fleet: 50,
+        fleet: 200,
         fleet_mib: 8,
+        fleet_jitter_s: 30,
         idle_secs: 60,
         cap_mib_s: 16,
         bin: root.join("target/release/resagent"),
@@ -57,6 +60,7 @@ fn parse_opts() -> Opts {
                 o.sizes_mib = vec![64];
                 o.runs = 1;
                 o.fleet = 5;
+                o.fleet_jitter_s = 3;
                 o.idle_secs = 5;
                 i += 1;
                 continue;
@@ -86,13 +90,23 @@ impl Daemon {
         name: &str,
         extra: Value,
     ) -> Daemon {
+        let d = Daemon::spawn(o, broker, name, extra);
+        let up = platform.wait_for(&d.device, Duration::from_secs(30), |m| {
+            m["type"] == "get_download_task"
+        });
+        assert!(up.is_some(), "{} did not connect", d.device);
+        d
+    }
+
+    /// Starts a daemon without waiting for it to connect.
+    fn spawn(o: &Opts, broker: &Mosquitto, name: &str, extra: Value) -> Daemon {
         let dir = o.work.join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut cfg = json!({
             "productId": PRODUCT, "deviceName": name,
             "key_deviceinfo": {"deviceSecret": "YmVuY2g="},
-            "broker": broker.uri(), "allow_http": true,
+            "broker": broker.uri(), "allow_http": true, "poll_jitter_s": 0,
             "resource_dir": dir.join("resources"), "state_dir": dir.join("state"),
             "outbox_dir": dir.join("outbox"), "plugin_dir": dir.join("plugins"),
             "pid_file": dir.join("resagent.pid"),
@@ -110,12 +124,7 @@ impl Daemon {
             .spawn()
             .expect("target/release/resagent (cargo build --release)");
         let device = format!("{PRODUCT}/{name}");
-        let d = Daemon { child, dir, device };
-        let up = platform.wait_for(&d.device, Duration::from_secs(30), |m| {
-            m["type"] == "get_download_task"
-        });
-        assert!(up.is_some(), "{} did not connect", d.device);
-        d
+        Daemon { child, dir, device }
     }
 
     fn pid(&self) -> u32 {
@@ -334,17 +343,46 @@ fn cap_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
 fn fleet_case(o: &Opts, broker: &mut Mosquitto, platform: &Platform) -> Value {
     let src = o.work.join("served/fleet.bin");
     write_random(&src, o.fleet_mib * MIB, 5);
+    // The whole fleet powered on at once, with the default poll_jitter_s: when does each
+    // daemon first ask for a task?
+    let unix_ms = || {
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let started_ms = unix_ms();
     let daemons: Vec<Daemon> = (0..o.fleet)
         .map(|i| {
-            Daemon::start(
+            Daemon::spawn(
                 o,
                 broker,
-                platform,
                 &format!("f{i:03}"),
-                json!({"poll_interval_s": 3600}),
+                json!({"poll_interval_s": 3600, "poll_jitter_s": o.fleet_jitter_s}),
             )
         })
         .collect();
+    let first_poll = |d: &Daemon, since: u64| {
+        platform
+            .received_at(&d.device)
+            .into_iter()
+            .filter(|(at, m)| *at >= since && m["type"] == "get_download_task")
+            .map(|(at, _)| (at - since) as f64 / 1000.0)
+            .reduce(f64::min)
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut first_polls: Vec<f64> = Vec::new();
+    while Instant::now() < deadline {
+        first_polls = daemons
+            .iter()
+            .filter_map(|d| first_poll(d, started_ms))
+            .collect();
+        if first_polls.len() == daemons.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    first_polls.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let task = platform.task_for("fleet.bin", &src);
     let path = Platform::path_of(&task);
     let (reqs0, bytes0) = platform.gets(&path);
@@ -371,23 +409,15 @@ fn fleet_case(o: &Opts, broker: &mut Mosquitto, platform: &Platform) -> Value {
         .sum();
 
     // The herd after a broker restart: when does each daemon ask again?
-    let restart_ms = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let restart_ms = unix_ms();
     broker.restart();
-    let asked_again = |d: &Daemon| {
-        platform
-            .received_at(&d.device)
-            .into_iter()
-            .filter(|(at, m)| *at > restart_ms && m["type"] == "get_download_task")
-            .map(|(at, _)| (at - restart_ms) as f64 / 1000.0)
-            .reduce(f64::min)
-    };
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut back: Vec<f64> = Vec::new();
     while Instant::now() < deadline {
-        back = daemons.iter().filter_map(asked_again).collect();
+        back = daemons
+            .iter()
+            .filter_map(|d| first_poll(d, restart_ms + 1))
+            .collect();
         if back.len() == daemons.len() {
             break;
         }
@@ -399,7 +429,10 @@ fn fleet_case(o: &Opts, broker: &mut Mosquitto, platform: &Platform) -> Value {
         "storage_requests": reqs1 - reqs0, "storage_bytes": bytes1 - bytes0,
         "broker_messages_from_devices": msgs1 - msgs0,
         "reconnected": back.len(), "reconnect_first_s": back.first(), "reconnect_last_s": back.last(),
-        "reconnect_median_s": median(&back),
+        "reconnect_median_s": median(&back), "reconnect_s": back,
+        "polled": first_polls.len(), "first_poll_first_s": first_polls.first(),
+        "first_poll_last_s": first_polls.last(), "first_poll_median_s": median(&first_polls),
+        "first_poll_s": first_polls, "poll_jitter_s": o.fleet_jitter_s,
     })
 }
 
@@ -508,6 +541,16 @@ fn print_table(r: &Value) {
         f["reconnect_last_s"].as_f64().unwrap_or(f64::NAN),
         f["reconnected"],
         f["daemons"]
+    );
+    println!(
+        "{:<34} first {:.2}s, median {:.2}s, last {:.2}s ({} of {}, poll_jitter_s {})",
+        "fleet first task poll after start",
+        f["first_poll_first_s"].as_f64().unwrap_or(f64::NAN),
+        f["first_poll_median_s"].as_f64().unwrap_or(f64::NAN),
+        f["first_poll_last_s"].as_f64().unwrap_or(f64::NAN),
+        f["polled"],
+        f["daemons"],
+        f["poll_jitter_s"]
     );
 }
 

@@ -69,6 +69,7 @@ pub type PageFn = Arc<dyn Fn() -> String + Send + Sync>;
 #[derive(Default)]
 pub(crate) struct State {
     page: Option<PageFn>,
+    reports_json: Option<PageFn>,
     files: HashMap<String, PathBuf>,
     faults: HashMap<String, Fault>,
     requests: Vec<RequestLog>,
@@ -129,6 +130,11 @@ impl Storage {
     /// Sets what `GET /` shows.
     pub fn set_page(&self, page: PageFn) {
         self.lock().page = Some(page);
+    }
+
+    /// Sets what `GET /reports.json` answers.
+    pub fn set_reports_json(&self, json: PageFn) {
+        self.lock().reports_json = Some(json);
     }
 
     pub fn clear_fault(&self, path: &str) {
@@ -229,6 +235,18 @@ fn handle(stream: TcpStream, state: &Arc<Mutex<State>>) -> io::Result<()> {
                     html.as_bytes(),
                     &[],
                 )?,
+            )
+        }
+        "GET" if req.path == "/reports.json" => {
+            let json = state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reports_json
+                .clone();
+            let body = json.map(|f| f()).unwrap_or_else(|| "{}".to_string());
+            (
+                200,
+                respond(&mut out, 200, "application/json", body.as_bytes(), &[])?,
             )
         }
         "GET" | "HEAD" => serve_get(&mut out, state, &req)?,

@@ -35,10 +35,16 @@ struct Shared {
     offers: HashMap<String, Value>,
     /// `result_code` of `report_download_progress_rsp` (non-zero cancels).
     download_rsp_code: i64,
+    /// The code answering download `fail` reports (0: as every other report).
+    fail_rsp_code: i64,
     /// How many `create_upload_task` requests to refuse before handing out URLs.
     refuse_uploads: u32,
     /// `result_code` of the `upload_result` sent after an upload's `done` (None: none sent).
     upload_result_code: Option<i64>,
+    /// How many upload `done` reports to answer with -1 (a rejection) before answering 0.
+    reject_done: u32,
+    /// Leave upload `done` reports unanswered (no verdict at all).
+    silent_on_done: bool,
     /// When set, upload URLs are presigned for this S3 server instead of our storage.
     s3: Option<s3::S3Target>,
     connected: bool,
@@ -153,6 +159,12 @@ impl Platform {
         self.client.publish(m).map_err(|e| e.to_string())
     }
 
+    /// Answers download `fail` reports with `code` (a platform refusing a report about
+    /// a task it never created), every other report as before.
+    pub fn set_fail_rsp_code(&self, code: i64) {
+        self.lock().fail_rsp_code = code;
+    }
+
     pub fn set_download_rsp_code(&self, code: i64) {
         self.lock().download_rsp_code = code;
     }
@@ -164,6 +176,16 @@ impl Platform {
     /// Hands out upload URLs presigned for a real S3-compatible server from now on.
     pub fn use_s3(&self, target: s3::S3Target) {
         self.lock().s3 = Some(target);
+    }
+
+    /// Answers the next `times` upload `done` reports with -1 (rejected).
+    pub fn reject_upload_done(&self, times: u32) {
+        self.lock().reject_done = times;
+    }
+
+    /// Leaves upload `done` reports unanswered (`true`), or answers them again.
+    pub fn silent_on_upload_done(&self, silent: bool) {
+        self.lock().silent_on_done = silent;
     }
 
     pub fn set_upload_result(&self, code: Option<i64>) {
@@ -360,11 +382,18 @@ impl Platform {
                 rsp["type"] = json!("get_download_task_rsp");
                 vec![rsp]
             }
-            "report_download_progress" => vec![json!({
-                "type": "report_download_progress_rsp",
-                "result_code": g.download_rsp_code,
-                "result_msg": if g.download_rsp_code == 0 { "ok" } else { "task cancelled" },
-            })],
+            "report_download_progress" => {
+                let code = if m["progress"]["state"] == "fail" && g.fail_rsp_code != 0 {
+                    g.fail_rsp_code
+                } else {
+                    g.download_rsp_code
+                };
+                vec![json!({
+                    "type": "report_download_progress_rsp",
+                    "result_code": code,
+                    "result_msg": if code == 0 { "ok" } else { "task cancelled" },
+                })]
+            }
             "create_upload_task" => {
                 let mut rsp = json!({
                     "type": "create_upload_task_rsp",
@@ -393,10 +422,24 @@ impl Platform {
                 vec![rsp]
             }
             "report_upload_progress" => {
-                let mut out = vec![
-                    json!({"type": "report_upload_progress_rsp", "result_code": 0, "result_msg": "ok"}),
-                ];
-                if m["progress"]["state"] == "done" {
+                let done = m["progress"]["state"] == "done";
+                let code = if done && g.reject_done > 0 {
+                    g.reject_done -= 1;
+                    -1
+                } else {
+                    0
+                };
+                let mut out = Vec::new();
+                // A platform that gives its verdict as `upload_result` answers `done`
+                // with that alone (the first answer to `done` is the verdict).
+                let by_result = done && g.upload_result_code.is_some();
+                if !(by_result || done && g.silent_on_done) {
+                    out.push(
+                        json!({"type": "report_upload_progress_rsp", "result_code": code,
+                                    "result_msg": if code == 0 { "ok" } else { "rejected" }}),
+                    );
+                }
+                if done {
                     if let Some(code) = g.upload_result_code {
                         out.push(json!({"type": "upload_result", "report": {"progress": {"result_code": code}}}));
                     }
@@ -407,60 +450,110 @@ impl Platform {
         }
     }
 
-    /// The live page: the newest report of each resource of each device, and the last
-    /// messages received.
-    fn page(&self) -> String {
+    /// `GET /reports.json`: the broker session, each device with its offer, and every
+    /// report received (oldest first) — what the page shows, for scripts too.
+    pub fn reports_json(&self) -> String {
         let g = self.lock();
-        let mut latest: Vec<(String, String, String)> = Vec::new();
-        for r in &g.received {
-            if let (Some(name), Some(state)) = (
-                r.message["name"].as_str(),
-                r.message["progress"]["state"].as_str(),
-            ) {
-                let line = format!(
-                    "{state} {}% {}",
-                    r.message["progress"]["percent"],
-                    r.message["progress"]["result_msg"].as_str().unwrap_or("")
-                );
-                match latest
-                    .iter_mut()
-                    .find(|(d, n, _)| *d == r.device && n == name)
-                {
-                    Some(entry) => entry.2 = line,
-                    None => latest.push((r.device.clone(), name.to_string(), line)),
-                }
-            }
-        }
-        let esc = |s: &str| {
-            s.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-        };
-        let mut html = String::from("<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=1><title>resagent local platform</title><style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;text-align:left}pre{background:#f4f4f4;padding:1em}</style></head><body><h1>resagent local platform</h1>");
-        html.push_str(&format!(
-            "<p>broker session: {}</p><h2>Resources</h2><table><tr><th>device</th><th>resource</th><th>latest report</th></tr>",
-            if g.connected { "connected" } else { "disconnected" }
-        ));
-        for (d, n, l) in &latest {
-            html.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(d),
-                esc(n),
-                esc(l)
-            ));
-        }
-        html.push_str("</table><h2>Last messages from devices</h2><pre>");
-        for r in g.received.iter().rev().take(50) {
-            html.push_str(&esc(&format!("{} {}\n", r.device, r.message)));
-        }
-        html.push_str("</pre></body></html>");
-        html
+        let mut devices: Vec<&str> = g.received.iter().map(|r| r.device.as_str()).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        let reports: Vec<Value> = g
+            .received
+            .iter()
+            .filter(|r| {
+                r.message["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("report_") && !t.ends_with("_rsp"))
+            })
+            .map(|r| json!({"device": r.device, "at_ms": r.at_ms, "message": r.message}))
+            .collect();
+        json!({
+            "connected": g.connected,
+            "devices": devices.iter().map(|d| json!({
+                "device": d,
+                "offer": g.offers.get(*d).and_then(|o| o["name"].as_str()),
+            })).collect::<Vec<_>>(),
+            "reports": reports,
+        })
+        .to_string()
+    }
+
+    /// The live page: devices and their offers, the latest state of each resource, the
+    /// reports as they arrive. Static HTML whose script polls `/reports.json` four times
+    /// a second and builds the tables with text nodes (device input is never markup).
+    fn page(&self) -> String {
+        PAGE.to_string()
     }
 }
+
+const PAGE: &str = r##"<!doctype html>
+<html><head><meta charset="utf-8"><title>resagent local platform</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
+table{border-collapse:collapse}td,th{padding:4px 14px;text-align:left;border-bottom:1px solid #ddd}
+.done{color:#176a2c;font-weight:600}.fail{color:#b3261e;font-weight:600}
+.downloading,.uploading,.burning{color:#0b57d0}
+pre{background:#f4f4f4;padding:1em;max-height:20em;overflow:auto}
+</style></head>
+<body>
+<h1>resagent local platform</h1>
+<p>Broker session: <b id="session">…</b> · <span id="count">0</span> reports</p>
+<h2>Devices</h2>
+<table id="devices"><thead><tr><th>device</th><th>offered task</th></tr></thead><tbody></tbody></table>
+<h2>Resources</h2>
+<table id="resources"><thead><tr><th>device</th><th>direction</th><th>resource</th><th>state</th><th>percent</th><th>result</th></tr></thead><tbody></tbody></table>
+<h2>Reports, newest first</h2>
+<pre id="log"></pre>
+<script>
+function row(cells, cls) {
+  const tr = document.createElement("tr");
+  cells.forEach((c, i) => {
+    const td = document.createElement("td");
+    td.textContent = c === null || c === undefined ? "" : String(c);
+    if (i === 3 && cls) td.className = cls;
+    tr.appendChild(td);
+  });
+  return tr;
+}
+async function refresh() {
+  let j;
+  try { j = await (await fetch("/reports.json", {cache: "no-store"})).json(); } catch (e) { return; }
+  document.getElementById("session").textContent = j.connected ? "connected" : "disconnected";
+  document.getElementById("count").textContent = j.reports.length;
+  const devices = document.querySelector("#devices tbody");
+  devices.replaceChildren(...j.devices.map(d => row([d.device, d.offer || "-"])));
+  const latest = new Map();
+  for (const r of j.reports) {
+    const m = r.message, p = m.progress || {};
+    const dir = m.type === "report_upload_progress" ? "upload" : "download";
+    latest.set(r.device + "|" + dir + "|" + m.name,
+      [r.device, dir, m.name, p.state, p.percent, (p.result_code || 0) + " " + (p.result_msg || "")]);
+  }
+  document.querySelector("#resources tbody").replaceChildren(
+    ...[...latest.values()].map(c => row(c, c[3])));
+  document.getElementById("log").textContent = j.reports.slice().reverse().slice(0, 100)
+    .map(r => {
+      const m = r.message, p = m.progress || {};
+      const dir = m.type === "report_upload_progress" ? "upload" : "download";
+      return [new Date(r.at_ms).toISOString().slice(11, 23), r.device, dir, m.name, p.state,
+              p.percent + "%", p.result_code, p.result_msg || ""].join("  ");
+    })
+    .join("\n");
+}
+refresh();
+setInterval(refresh, 250);
+</script>
+</body></html>
+"##;
 
 fn storage_page(platform: &Platform) {
     let p = platform.clone();
     platform.storage.set_page(Arc::new(move || p.page()));
+    let p = platform.clone();
+    platform
+        .storage
+        .set_reports_json(Arc::new(move || p.reports_json()));
 }
 
 fn log_received(device: &str, m: &Value) {

@@ -83,7 +83,8 @@ fn main() {
                     .is_some_and(|t| t.starts_with("report_") && !t.ends_with("_rsp"));
                 if is_report {
                     use std::io::Write;
-                    let _ = writeln!(out, "{m}");
+                    // One write per line: a reader never sees half a report.
+                    let _ = out.write_all(format!("{m}\n").as_bytes());
                 }
             }
             written = received.len();

@@ -79,6 +79,11 @@ impl Mosquitto {
         format!("tcp://127.0.0.1:{}", self.port)
     }
 
+    /// The broker's process id (a test may SIGSTOP it: a broker that stops answering).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -31,6 +31,7 @@ pub(super) fn fetch(d: &Downloader, task: &Task, paths: &Paths) -> Result<(), St
     let mut retry = Retry::new(RetryPolicy::download(), staging.len() > 0);
     loop {
         d.check_stop()?;
+        crate::notify::beat();
         if staging.len() == task.size {
             let got = staging.md5_hex();
             match retry.after_md5(got == task.md5sum) {
@@ -183,7 +184,10 @@ fn stream(
     progress: &mut Progress,
 ) -> Result<(), Stop> {
     let hashed = staging.take_md5();
-    let pipe = match Pipeline::start(reader.take(task.size - staging.len() + 1), hashed) {
+    // `size` + 1: one byte too many is how an over-long body is noticed (saturating: a
+    // size near u64::MAX must not wrap to a limit of 0).
+    let limit = (task.size - staging.len()).saturating_add(1);
+    let pipe = match Pipeline::start(reader.take(limit), hashed) {
         Ok(p) => p,
         Err((hashed, e)) => {
             staging.put_md5(hashed);
@@ -213,6 +217,7 @@ fn copy_chunks(
     let mut flusher = staging.flusher();
     loop {
         d.check_stop()?;
+        crate::notify::beat();
         let (buf, n) = match pipe.next() {
             Chunk::Data(buf, n) => (buf, n),
             Chunk::End => break,

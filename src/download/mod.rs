@@ -162,6 +162,7 @@ pub(crate) struct Downloader {
 impl Downloader {
     /// Runs `task` (the journal's download in flight) to its end and reports that end.
     pub(crate) fn run(&self, task: &Task) -> Outcome {
+        crate::notify::beat();
         let paths = install::paths(&self.config.resource_dir, &task.name);
         match self.bring_and_install(task, &paths) {
             Ok(ChainEnd::Installed(by)) => self.report_installed(task, by),
@@ -485,10 +486,25 @@ fn run_reboot_command(cmd: &str) {
     }
 }
 
+/// Whether the staging file left from before a restart is the verified resource: its
+/// size, and its MD5 read again (the journal said "verified", the disk must agree).
 fn staged_file_complete(paths: &Paths, task: &Task) -> bool {
-    std::fs::symlink_metadata(&paths.staging)
+    let sized = std::fs::symlink_metadata(&paths.staging)
         .map(|m| m.is_file() && m.len() == task.size)
-        .unwrap_or(false)
+        .unwrap_or(false);
+    sized
+        && match crate::digest::md5_file(&paths.staging) {
+            Ok(md5) if md5 == task.md5sum => true,
+            Ok(md5) => {
+                log::warn!(
+                    "{}: the staged file has md5 {md5}, not {}; fetching it again",
+                    task.name,
+                    task.md5sum
+                );
+                false
+            }
+            Err(_) => false,
+        }
 }
 
 /// After a kill between the install's rename and the journal write, the new file is

@@ -87,10 +87,18 @@ impl Pipeline {
         })
     }
 
+    /// The next chunk; while the network is silent the waiting thread still shows a
+    /// sign of life to the watchdog (a stall is the read timeout's business).
     pub(crate) fn next(&self) -> Chunk {
-        self.chunks.recv().unwrap_or_else(|_| {
-            Chunk::Failed(io::Error::other("the reading thread ended unexpectedly"))
-        })
+        loop {
+            match self.chunks.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(chunk) => return chunk,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => crate::notify::beat(),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Chunk::Failed(io::Error::other("the reading thread ended unexpectedly"))
+                }
+            }
+        }
     }
 
     /// Hands a written chunk to the hasher (which then recycles the buffer).

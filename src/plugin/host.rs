@@ -122,6 +122,9 @@ pub(super) fn run_child(
         ChildMessage::Result { code, reason } => run.result = Some((code, reason)),
     };
     let ended = loop {
+        // Waiting on a plugin is a sign of life for the watchdog; its timeout is what
+        // bounds the call.
+        crate::notify::beat();
         match rx.recv_timeout(TICK) {
             Ok(m) => {
                 handle(m, &mut run);

@@ -51,10 +51,17 @@ fn ownership_problem(path: &Path, meta: &std::fs::Metadata) -> Option<PluginErro
 
 /// The checks on `plugin_dir` itself: anyone who may write into it may swap plugins.
 pub(crate) fn check_dir(dir: &Path) -> Result<(), PluginError> {
-    let meta = std::fs::metadata(dir).map_err(|source| PluginError::Read {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        // No folder, no plugins (and nothing anyone could swap).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(PluginError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
     match ownership_problem(dir, &meta) {
         Some(e) => Err(e),
         None => Ok(()),

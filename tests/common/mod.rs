@@ -113,6 +113,7 @@ impl Rig {
             "allow_http": true,
             "progress_interval_s": 0,
             "transfer_timeout_s": 5,
+            "poll_jitter_s": 0,
         });
         Rig {
             dir,
@@ -359,4 +360,77 @@ pub fn wait_log(agent: &Agent, needle: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A file system that forgets unsynced writes on a cut (tests/powercut/forgetfs.py).
+pub struct ForgetFs {
+    pub mount: PathBuf,
+    child: Child,
+}
+
+impl ForgetFs {
+    pub fn mount(backing: &Path, mount: &Path) -> ForgetFs {
+        std::fs::create_dir_all(backing).unwrap();
+        std::fs::create_dir_all(mount).unwrap();
+        let child = Command::new("/usr/bin/python3")
+            .arg(project().join("tests/powercut/forgetfs.py"))
+            .arg(backing)
+            .arg(mount)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs forgetfs (apt-get install python3-fusepy)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(mount) {
+            assert!(
+                Instant::now() < deadline,
+                "forgetfs did not mount {}",
+                mount.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ForgetFs {
+            mount: mount.to_path_buf(),
+            child,
+        }
+    }
+
+    /// The cut: everything not durable is gone when this returns.
+    pub fn cut(&self) {
+        match std::fs::create_dir(self.mount.join(".forgetfs-cut")) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            other => panic!("cut: {other:?}"),
+        }
+    }
+
+    /// Every write on the file system hangs from now until [`ForgetFs::thaw`].
+    pub fn freeze(&self) {
+        self.control(".forgetfs-freeze");
+    }
+
+    pub fn thaw(&self) {
+        self.control(".forgetfs-thaw");
+    }
+
+    fn control(&self, name: &str) {
+        match std::fs::create_dir(self.mount.join(name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+impl Drop for ForgetFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_mounted(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(p.to_str().unwrap()))
 }

@@ -1,0 +1,90 @@
+//! The local platform's page, seen in a real browser: headless Chromium driven through
+//! its DevTools protocol (`tests/browser/page.py`) watches the page while the real agent
+//! reports a download; the report must appear within a second of the platform receiving
+//! it, and the screenshot is kept (target/page/platform-page.png; the one in
+//! docs/platform-page.png, shown by the README, was taken by this test). `/reports.json`
+//! gives scripts the same reports. Needs Debian's chromium and python3-websocket.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_report_appears_on_the_page_within_a_second_and_in_reports_json() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let url = format!("{}/", rig.platform.storage().base_url());
+    let shot_dir = project().join("target/page");
+    std::fs::create_dir_all(&shot_dir).unwrap();
+    let shot = shot_dir.join("platform-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let mut browser = Command::new("/usr/bin/python3")
+        .arg(project().join("tests/browser/page.py"))
+        .arg(&url)
+        .arg("firmware-2.4.bin")
+        .arg(&shot)
+        .arg("20")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs page.py (apt-get install chromium python3-websocket)");
+    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "loaded", "the page opened");
+
+    // The page is open; now the agent downloads and reports.
+    let (_, task) = rig.task("firmware-2.4.bin", 2 << 20, 7);
+    rig.throttle(&task, 1 << 20);
+    rig.platform.push(&device(), &task).unwrap();
+    let seen = lines.next().unwrap().unwrap();
+    let seen_ms: u64 = seen
+        .strip_prefix("seen ")
+        .unwrap_or_else(|| panic!("the report never showed: {seen}"))
+        .parse()
+        .unwrap();
+    let first_report_ms = rig
+        .platform
+        .received_at(&device())
+        .into_iter()
+        .find(|(_, m)| m["name"] == "firmware-2.4.bin")
+        .map(|(at, _)| at)
+        .unwrap();
+    let latency = seen_ms.saturating_sub(first_report_ms);
+    println!("the first report showed on the page {latency} ms after the platform got it");
+    assert!(latency < 1000, "{latency} ms");
+    assert_eq!(lines.next().unwrap().unwrap(), "screenshot");
+    assert!(browser.wait().unwrap().success());
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
+
+    // Scripts get the same reports as JSON.
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "firmware-2.4.bin", Duration::from_secs(60))),
+        ("done", 0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let json: Value = loop {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("{url}reports.json")])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let done = v["reports"].as_array().unwrap().iter().any(|r| {
+            r["message"]["name"] == "firmware-2.4.bin"
+                && r["message"]["progress"]["state"] == "done"
+        });
+        if done {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(json["connected"], true);
+    assert_eq!(json["devices"][0]["device"], device());
+}
