@@ -303,23 +303,22 @@ fn plugin_settings(config: Option<PathBuf>) -> Result<PluginSettings, ExitCode> 
     }
 }
 
-fn own_exe() -> Result<PathBuf, ExitCode> {
-    std::env::current_exe().map_err(|e| {
+/// The plugin settings and resagent's own executable (re-run as the plugin child).
+fn plugin_setup(config: Option<PathBuf>) -> Result<(PluginSettings, PathBuf), ExitCode> {
+    let settings = plugin_settings(config)?;
+    let exe = std::env::current_exe().map_err(|e| {
         eprintln!("resagent: cannot find my own executable: {e}");
         ExitCode::from(1)
-    })
+    })?;
+    Ok((settings, exe))
 }
 
 /// `resagent plugin check`: the daemon's checks and a load in a child; exit 0 when the
 /// daemon would use the plugin, 1 when it would refuse it (or a pinned plugin of its
 /// folder does not load).
 fn plugin_check(config: Option<PathBuf>, file: &Path) -> ExitCode {
-    let settings = match plugin_settings(config) {
+    let (settings, exe) = match plugin_setup(config) {
         Ok(s) => s,
-        Err(code) => return code,
-    };
-    let exe = match own_exe() {
-        Ok(e) => e,
         Err(code) => return code,
     };
     let shutdown = Shutdown::new();
@@ -373,12 +372,8 @@ fn plugin_run(
     name: Option<String>,
     dest: Option<PathBuf>,
 ) -> ExitCode {
-    let settings = match plugin_settings(config) {
+    let (settings, exe) = match plugin_setup(config) {
         Ok(s) => s,
-        Err(code) => return code,
-    };
-    let exe = match own_exe() {
-        Ok(e) => e,
         Err(code) => return code,
     };
     let name = name.unwrap_or_else(|| {

@@ -386,16 +386,6 @@ fn a_plugin_swapped_or_rewritten_after_the_scan_never_runs() {
     assert!(!marker.exists(), "the swapped code was never loaded");
 }
 
-/// Whether process `pid` exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 fn helper_pid(file: &Path) -> i32 {
     let deadline = Instant::now() + T;
     loop {
@@ -669,19 +659,8 @@ fn sigterm_during_the_start_up_probes_ends_the_agent_within_5_s() {
     let mut agent = rig.spawn_agent();
     wait_log(&agent, "started for");
     std::thread::sleep(Duration::from_millis(500));
-    let start = Instant::now();
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(
-        agent.wait_exit(Duration::from_secs(10)),
-        Some(Some(0)),
-        "{}",
-        agent.log_text()
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    let took = agent.terminate();
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[test]

@@ -906,8 +906,7 @@ fn one_daemon_per_state_dir_and_a_stale_pid_file_signals_no_stranger() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert!(first.is_alive(), "the first daemon goes on");
-    first.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(first.wait_exit(T), Some(Some(0)));
+    first.terminate();
 
     // A pid file left behind, its number now a stranger's.
     rig.config["pid_file"] = pid_file;
@@ -929,8 +928,7 @@ fn one_daemon_per_state_dir_and_a_stale_pid_file_signals_no_stranger() {
     let mut agent = rig.spawn_agent();
     wait_log(&agent, "connected to");
     std::fs::write(&pid_path, format!("{}\n", stranger.id())).unwrap();
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(agent.wait_exit(T), Some(Some(0)), "{}", agent.log_text());
+    agent.terminate();
     assert_eq!(
         std::fs::read_to_string(&pid_path).unwrap().trim(),
         stranger.id().to_string()

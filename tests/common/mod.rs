@@ -48,6 +48,16 @@ impl Agent {
         None
     }
 
+    /// SIGTERM, then asserts a clean exit (status 0) and returns how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let start = Instant::now();
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let exit = self.wait_exit(Duration::from_secs(15));
+        let took = start.elapsed();
+        assert_eq!(exit, Some(Some(0)), "{}", self.log_text());
+        took
+    }
+
     pub fn is_alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -433,4 +443,14 @@ fn is_mounted(p: &Path) -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l.split(' ').nth(1) == Some(p.to_str().unwrap()))
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
