@@ -119,49 +119,6 @@ fn under_journald_log_lines_carry_no_timestamp_of_their_own() {
     assert!(plain.log_text().starts_with("[20"), "{}", plain.log_text());
 }
 
-/// A TCP relay in front of the broker that notes when each connection reached it.
-struct Relay {
-    port: u16,
-    connected_at: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
-}
-
-impl Relay {
-    fn start(upstream: u16) -> Relay {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let connected_at = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = connected_at.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue; // the broker is down: the client sees the connection fail
-                };
-                log.lock().unwrap().push(unix_ms());
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Relay { port, connected_at }
-    }
-
-    fn connections_since(&self, since: u64) -> Vec<u64> {
-        self.connected_at
-            .lock()
-            .unwrap()
-            .iter()
-            .copied()
-            .filter(|t| *t >= since)
-            .collect()
-    }
-}
-
 /// A daemon of its own: device `name`, its own folders under `dir`.
 fn fleet_member(rig: &Rig, dir: &Path, name: &str, extra: serde_json::Value) -> Child {
     let d = dir.join(name);
@@ -221,7 +178,7 @@ fn a_fleet_spreads_its_first_polls_and_its_reconnects() {
         .unwrap()
         .parse()
         .unwrap();
-    let relay = Relay::start(broker_port);
+    let relay = resagent_platform::rig::Relay::start(broker_port);
     let devices: Vec<String> = (0..20).map(|i| format!("fleet{i:02}")).collect();
     let started = unix_ms();
     let via_relay = format!("tcp://127.0.0.1:{}", relay.port);

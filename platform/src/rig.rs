@@ -1,5 +1,6 @@
 //! Real parts for tests, the benchmark and demos: a mosquitto broker on a free loopback
-//! port (started, stopped and restarted on the same port) and deterministic test files.
+//! port (started, stopped and restarted on the same port), a relay in front of it that
+//! times connections, and deterministic test files.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -132,4 +133,58 @@ pub fn write_random(path: &Path, size: u64, seed: u64) {
         left -= n as u64;
     }
     f.flush().unwrap();
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A TCP relay in front of a broker that notes when each connection reached it (while
+/// the broker is down, a client's connection is accepted and dropped: a failed connect).
+/// A fleet's reconnect instants, measured where no message can be lost.
+pub struct Relay {
+    pub port: u16,
+    connected_at: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Relay {
+    /// Listens on a free loopback port and relays each connection to `upstream`.
+    pub fn start(upstream: u16) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connected_at = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = connected_at.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue; // the broker is down: the client sees the connection fail
+                };
+                log.lock().unwrap().push(unix_ms());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, connected_at }
+    }
+
+    /// When connections reached the upstream, Unix ms, from `since` on.
+    pub fn connections_since(&self, since: u64) -> Vec<u64> {
+        self.connected_at
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|t| *t >= since)
+            .collect()
+    }
 }
