@@ -269,7 +269,10 @@ impl Coordinator {
                     next_ping = Some(Instant::now() + every);
                 }
             }
-            self.notifier.status(&self.status_line());
+            // Not on every event (a storm of messages): the status reads the journal.
+            if self.notifier.status_due() {
+                self.notifier.status(&self.status_line());
+            }
             match event {
                 Ok(Event::Signal(Request::Stop)) => break,
                 Ok(Event::Signal(r)) => self.on_signal(r),

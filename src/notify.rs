@@ -38,7 +38,12 @@ pub(crate) struct Notifier {
     /// The whole `WATCHDOG_USEC`: how stale the download thread may be.
     watchdog: Option<Duration>,
     last_status: String,
+    /// When the status was last computed.
+    status_at: Option<Instant>,
 }
+
+/// How often the status is computed at most.
+const STATUS_EVERY: Duration = Duration::from_millis(500);
 
 impl Notifier {
     /// From `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` (if set, it must be ours).
@@ -62,6 +67,7 @@ impl Notifier {
             ping_every: watchdog.map(|w| w / 2),
             watchdog,
             last_status: String::new(),
+            status_at: None,
         }
     }
 
@@ -85,8 +91,18 @@ impl Notifier {
         self.send(&format!("READY=1\nSTATUS={status}"));
     }
 
+    /// Whether a `STATUS=` is worth computing now: only with a notify socket, and at
+    /// most every [`STATUS_EVERY`] (the caller's status reads the journal and a file).
+    pub(crate) fn status_due(&self) -> bool {
+        self.socket.is_some()
+            && self
+                .status_at
+                .map_or(true, |at| at.elapsed() >= STATUS_EVERY)
+    }
+
     /// `STATUS=…`, when it changed.
     pub(crate) fn status(&mut self, status: &str) {
+        self.status_at = Some(Instant::now());
         if status != self.last_status {
             self.last_status = status.to_string();
             self.send(&format!("STATUS={status}"));

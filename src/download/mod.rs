@@ -185,7 +185,7 @@ impl Downloader {
     }
 
     fn bring_and_install(&self, task: &Task, paths: &Paths) -> Result<ChainEnd, Stop> {
-        if let Some(by) = self.already_installed(task)? {
+        if let Some(by) = self.already_installed(task, paths)? {
             log::info!(
                 "{} with md5 {} is installed already",
                 task.name,
@@ -228,7 +228,7 @@ impl Downloader {
     /// Whether the task is what is installed already, so nothing is transferred: the
     /// journal's record says so, and the plugin that installed it (when it answers
     /// `resagent_installed`) agrees — a rolled-back or reflashed image is installed again.
-    fn already_installed(&self, task: &Task) -> Result<Option<InstalledBy>, Stop> {
+    fn already_installed(&self, task: &Task, paths: &Paths) -> Result<Option<InstalledBy>, Stop> {
         let journal = self.journal.snapshot();
         let Some(i) = journal.installed.get(&task.name) else {
             return Ok(None);
@@ -244,11 +244,7 @@ impl Downloader {
         let Some(plugin) = self.plugins.named(name).filter(|p| p.installed) else {
             return Ok(Some(by));
         };
-        let resource = self.resource_args(
-            task,
-            &install::paths(&self.config.resource_dir, &task.name),
-            None,
-        );
+        let resource = self.resource_args(task, paths, None);
         match self
             .plugin_host()
             .call(plugin, Op::Installed, &resource, |_| {})
