@@ -472,17 +472,21 @@ impl Coordinator {
             }) => {
                 // Counted for the upload thread's verdict on `done` — after the signal
                 // is queued, so a count that includes a refusal is never seen before
-                // the refusal itself; a refusal also stops a PUT in flight.
+                // the refusal itself; the signal carries the number it is counted as
+                // (the coordinator is the only writer), so the upload thread knows at
+                // once which report it answers. A refusal also stops a PUT in flight.
+                let seq = self.upload_answers.load(Ordering::SeqCst) + 1;
                 if result_code != 0 {
                     log::warn!(
                         "the platform answered an upload report with {result_code}: {result_msg}"
                     );
                     self.upload_cancel.store(true, Ordering::SeqCst);
-                    self.to_uploader(UploadSignal::ProgressRsp(result_code));
-                } else {
-                    self.to_uploader(UploadSignal::Answered);
                 }
-                self.upload_answers.fetch_add(1, Ordering::SeqCst);
+                self.to_uploader(UploadSignal::ProgressRsp {
+                    code: result_code,
+                    seq,
+                });
+                self.upload_answers.store(seq, Ordering::SeqCst);
             }
             Ok(DownMessage::UploadResult { result_code }) => {
                 self.to_uploader(UploadSignal::UploadResult(result_code))

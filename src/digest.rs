@@ -1,23 +1,31 @@
 //! Every read-and-hash in resagent goes through here: the MD5 of resources (a resume
 //! re-hashing its staged part, a file installed before a kill, an outbox file, the copy
 //! into the outbox) and the SHA-256 of plugin files. One chunked reading loop
-//! ([`read_chunks`]) serves them all. MD5 comes from the `md5` crate, built with full
-//! optimisation even in size-optimised release builds (see Cargo.toml).
+//! ([`read_chunks`]) serves them all. Every digest comes from OpenSSL (see [`Md5`]);
+//! the HMAC of the MQTT password too (`mqtt.rs`).
 
-use sha2::{Digest, Sha256};
+use openssl::hash::{Hasher, MessageDigest};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
 /// Size of one read when hashing a file.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// A running MD5.
+/// A running MD5, computed by the OpenSSL the agent already links for TLS: its assembly
+/// runs at `openssl dgst -md5` speed on x86 and ARM alike, where the pure-Rust `md5`
+/// crate reached three quarters of it and grew the binary (see docs/architecture.md).
+///
+/// OpenSSL can refuse a digest (a FIPS provider without MD5, an allocation failure).
+/// Then the state is poisoned: it logs once and its [`hex`](Md5::hex) can never equal
+/// a real digest, so a check against it fails instead of passing.
 #[derive(Clone)]
-pub(crate) struct Md5(md5::Context);
+pub(crate) struct Md5(Option<Hasher>);
 
 impl Default for Md5 {
     fn default() -> Self {
-        Md5(md5::Context::new())
+        Md5(Hasher::new(MessageDigest::md5())
+            .map_err(|e| log::error!("OpenSSL cannot compute MD5: {e}"))
+            .ok())
     }
 }
 
@@ -27,14 +35,30 @@ impl Md5 {
     }
 
     pub(crate) fn consume(&mut self, data: &[u8]) {
-        self.0.consume(data);
+        if let Some(h) = &mut self.0 {
+            if let Err(e) = h.update(data) {
+                log::error!("OpenSSL failed in MD5: {e}");
+                self.0 = None;
+            }
+        }
     }
 
-    /// The digest as 32 lowercase hex characters (the state is kept).
+    /// The digest as 32 lowercase hex characters (the state is kept); a poisoned state
+    /// gives a text that is not a digest.
     pub(crate) fn hex(&self) -> String {
-        format!("{:x}", self.0.clone().compute())
+        match self.0.clone().map(|mut h| h.finish()) {
+            Some(Ok(d)) => hex::encode(d),
+            Some(Err(e)) => {
+                log::error!("OpenSSL failed in MD5: {e}");
+                UNAVAILABLE.to_owned()
+            }
+            None => UNAVAILABLE.to_owned(),
+        }
     }
 }
+
+/// What a poisoned MD5 shows instead of a digest.
+const UNAVAILABLE: &str = "md5-unavailable";
 
 /// Where a chunked copy failed: reading its source, or in what was done with a chunk.
 #[derive(Debug)]
@@ -94,15 +118,15 @@ pub(crate) fn md5_file(path: &Path) -> io::Result<String> {
 /// Copies everything `r` yields into `w`, returning its SHA-256 as hex (a plugin sealed
 /// in memory is hashed on the way, so the hash covers exactly the bytes kept).
 pub(crate) fn sha256_copy(r: &mut impl Read, w: &mut impl Write) -> io::Result<String> {
-    let mut h = Sha256::new();
+    let mut h = Hasher::new(MessageDigest::sha256()).map_err(io::Error::other)?;
     read_chunks(r, u64::MAX, |c| {
-        h.update(c);
+        h.update(c).map_err(io::Error::other)?;
         w.write_all(c)
     })
     .map_err(|e| match e {
         ChunkError::Read(e) | ChunkError::Sink(e) => e,
     })?;
-    Ok(hex::encode(h.finalize()))
+    h.finish().map(hex::encode).map_err(io::Error::other)
 }
 
 #[cfg(test)]

@@ -43,12 +43,11 @@ const TICK: Duration = Duration::from_millis(200);
 pub(crate) enum UploadSignal {
     /// `create_upload_task_rsp`.
     TaskRsp(UploadTaskRsp),
-    /// `report_upload_progress_rsp` with its `result_code`.
-    ProgressRsp(i64),
+    /// `report_upload_progress_rsp` with its `result_code`, and its number in the count
+    /// of answers (`answers` once it is counted).
+    ProgressRsp { code: i64, seq: u64 },
     /// `upload_result` with its `result_code`.
     UploadResult(i64),
-    /// Some `report_upload_progress_rsp` arrived (they are counted in `answers`).
-    Answered,
     /// Scan the outbox now; `reset_backoff` (SIGUSR2) retries waiting files at once.
     Wake { reset_backoff: bool },
     /// A configuration re-read on SIGHUP.
@@ -368,7 +367,7 @@ impl Uploader {
                 // already queued (the coordinator queues before it counts).
                 while let Ok(signal) = self.inbox.try_recv() {
                     match signal {
-                        UploadSignal::ProgressRsp(code) if code != 0 => return Some(code),
+                        UploadSignal::ProgressRsp { code, .. } if code != 0 => return Some(code),
                         UploadSignal::UploadResult(code) if code != 0 => return Some(code),
                         UploadSignal::Config(c) => self.config = c,
                         _ => {}
@@ -381,7 +380,14 @@ impl Uploader {
                 return None;
             }
             match self.inbox.recv_timeout(left.min(TICK)) {
-                Ok(UploadSignal::ProgressRsp(code)) if code != 0 => return Some(code),
+                Ok(UploadSignal::ProgressRsp { code, .. }) if code != 0 => return Some(code),
+                // The answer to `done` itself (known by its number, without waiting for
+                // the count to catch up): confirmed.
+                Ok(UploadSignal::ProgressRsp { seq, .. })
+                    if seq.saturating_sub(answers_before) > reports =>
+                {
+                    return None
+                }
                 Ok(UploadSignal::UploadResult(code)) => return (code != 0).then_some(code),
                 Ok(UploadSignal::Config(c)) => self.config = c,
                 _ => {}

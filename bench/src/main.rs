@@ -24,9 +24,23 @@ struct Opts {
     fleet_jitter_s: u64,
     idle_secs: u64,
     cap_mib_s: u64,
+    /// Rate of the link-limited download (the storage server paced), bytes/s.
+    link_rate: u64,
+    link_mib: u64,
+    /// Files of the batch-upload case, and their size.
+    batch: usize,
+    batch_kib: u64,
+    /// The cases to run (all by default): download, upload, md5, batch, link, idle, cap, fleet.
+    only: Vec<String>,
     bin: PathBuf,
     work: PathBuf,
     results: PathBuf,
+}
+
+impl Opts {
+    fn runs_case(&self, case: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|c| c == case)
+    }
 }
 
 fn parse_opts() -> Opts {
@@ -42,6 +56,11 @@ fn parse_opts() -> Opts {
         fleet_jitter_s: 30,
         idle_secs: 60,
         cap_mib_s: 16,
+        link_rate: 20_000_000,
+        link_mib: 64,
+        batch: 20,
+        batch_kib: 1024,
+        only: Vec::new(),
         bin: root.join("target/release/resagent"),
         work: root.join("target/bench-work"),
         results: root.join("bench/results"),
@@ -56,17 +75,20 @@ fn parse_opts() -> Opts {
             "--fleet" => o.fleet = val(i).parse().unwrap_or(50),
             "--idle-secs" => o.idle_secs = val(i).parse().unwrap_or(60),
             "--bin" => o.bin = PathBuf::from(val(i)),
+            "--only" => o.only = val(i).split(',').map(str::to_owned).collect(),
             "--smoke" => {
                 o.sizes_mib = vec![64];
                 o.runs = 1;
                 o.fleet = 5;
                 o.fleet_jitter_s = 3;
                 o.idle_secs = 5;
+                o.link_mib = 8;
+                o.batch = 5;
                 i += 1;
                 continue;
             }
             other => {
-                eprintln!("resagent-bench: unknown option {other}\nusage: resagent-bench [--sizes 64,256,1024] [--runs 3] [--fleet 50] [--idle-secs 60] [--bin PATH] [--smoke]");
+                eprintln!("resagent-bench: unknown option {other}\nusage: resagent-bench [--sizes 64,256,1024] [--runs 3] [--fleet 50] [--idle-secs 60] [--bin PATH] [--only download,upload,md5,batch,link,idle,cap,fleet] [--smoke]");
                 std::process::exit(2);
             }
         }
@@ -179,10 +201,44 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn sh(script: &str) -> f64 {
+    sh_cpu(script).0
+}
+
+/// Runs a baseline script: its wall time and the user+system seconds of every command
+/// it ran (bash's `times`, children's line).
+fn sh_cpu(script: &str) -> (f64, f64) {
     let t = Instant::now();
-    let st = Command::new("sh").arg("-c").arg(script).status().unwrap();
-    assert!(st.success(), "baseline failed: {script}");
-    t.elapsed().as_secs_f64()
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -e; {script}; times"))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let wall = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "baseline failed: {script}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `times` prints the shell's own line, then its children's: "0m0.123s 0m0.045s".
+    let cpu = text
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|x| {
+            let (m, s) = x.trim_end_matches('s').split_once('m')?;
+            Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+        })
+        .sum();
+    (wall, cpu)
+}
+
+/// Writes back every dirty page first, so no run pays for the previous one's writes.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+/// User+system seconds the process `pid` (all its threads) has used so far.
+fn cpu_s(pid: u32) -> f64 {
+    cpu_and_wakeups(pid).0 as f64 / 1000.0
 }
 
 fn wait_state(platform: &Platform, device: &str, kind: &str, name: &str) {
@@ -204,14 +260,18 @@ fn download_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) ->
     let base_dir = o.work.join("baseline-dl");
     std::fs::create_dir_all(&base_dir).unwrap();
     let (mut ours, mut theirs, mut phases) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
     for run in 0..o.runs {
         let name = format!("dl-{mib}-{run}.bin");
         let task = platform.task_for(&name, &src);
+        settle();
+        let cpu0 = cpu_s(d.pid());
         let t = Instant::now();
         let pushed_ms = unix_ms();
         platform.push(&d.device, &task).unwrap();
         wait_state(platform, &d.device, "report_download_progress", &name);
         ours.push(t.elapsed().as_secs_f64());
+        our_cpu.push(cpu_s(d.pid()) - cpu0);
         phases.push(phase_times(platform, &d.device, &name, pushed_ms));
         let _ = std::fs::remove_file(d.dir.join("resources").join(&name));
         let url = format!(
@@ -220,15 +280,19 @@ fn download_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) ->
             Platform::path_of(&task)
         );
         let (tmp, dest) = (base_dir.join("tmp"), base_dir.join(&name));
-        theirs.push(sh(&format!(
+        settle();
+        let (wall, cpu) = sh_cpu(&format!(
             "curl -sf -o '{t}' '{url}' && md5sum '{t}' >/dev/null && sync && mv '{t}' '{d}' && sync",
             t = tmp.display(),
             d = dest.display()
-        )));
+        ));
+        theirs.push(wall);
+        their_cpu.push(cpu);
         let _ = std::fs::remove_file(dest);
     }
     let hwm = d.status_kib("VmHWM:");
-    json!({"size_mib": mib, "resagent_s": ours, "baseline_s": theirs, "peak_rss_kib": hwm, "phases_ms": phases})
+    json!({"size_mib": mib, "resagent_s": ours, "baseline_s": theirs, "peak_rss_kib": hwm, "phases_ms": phases,
+           "resagent_cpu_s": our_cpu, "baseline_cpu_s": their_cpu})
 }
 
 fn unix_ms() -> u64 {
@@ -258,6 +322,7 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
     let (mut copy, mut moved, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..o.runs {
         let name = format!("up-{mib}-copy-{run}");
+        settle();
         let t = Instant::now();
         d.cli(o, &["upload", src.to_str().unwrap(), "--name", &name]);
         wait_state(platform, &d.device, "report_upload_progress", &name);
@@ -266,6 +331,7 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
         let mv = o.work.join(format!("mv-{mib}.bin"));
         std::fs::copy(&src, &mv).unwrap();
         let name = format!("up-{mib}-move-{run}");
+        settle();
         let t = Instant::now();
         d.cli(
             o,
@@ -279,6 +345,7 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
             platform.storage().base_url(),
             upload_path(&d.device, &format!("baseline-{mib}-{run}"))
         );
+        settle();
         theirs.push(sh(&format!(
             "h=$(openssl dgst -md5 -binary '{f}' | base64) && curl -sf -T '{f}' -H \"Content-MD5: $h\" '{url}' >/dev/null",
             f = src.display()
@@ -291,15 +358,177 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
     json!({"size_mib": mib, "copy_s": copy, "move_s": moved, "baseline_s": theirs, "peak_rss_kib": hwm})
 }
 
+/// MD5 inside the shipped binary: `resagent upload --move` with no daemon running (a
+/// rename into the outbox, then one pass of MD5 over the file, from the page cache)
+/// beside `openssl dgst -md5` over the same file.
+fn md5_case(o: &Opts) -> Value {
+    let mib = 256.min(*o.sizes_mib.iter().max().unwrap_or(&256));
+    let dir = o.work.join("md5");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("src.bin");
+    write_random(&src, mib * MIB, 42);
+    let cfg = dir.join("config.json");
+    let c = json!({
+        "productId": PRODUCT, "deviceName": "md5",
+        "key_deviceinfo": {"deviceSecret": "YmVuY2g="}, "broker": "tcp://127.0.0.1:1",
+        "resource_dir": dir.join("resources"), "state_dir": dir.join("state"),
+        "outbox_dir": dir.join("outbox"), "plugin_dir": dir.join("plugins"),
+        "pid_file": dir.join("resagent.pid"),
+    });
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..o.runs.max(3) {
+        let name = format!("m{run}");
+        let f = dir.join("moving.bin");
+        std::fs::copy(&src, &f).unwrap();
+        settle();
+        let t = Instant::now();
+        let st = Command::new(&o.bin)
+            .args([
+                "upload",
+                "--move",
+                f.to_str().unwrap(),
+                "--name",
+                &name,
+                "-c",
+            ])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        ours.push(t.elapsed().as_secs_f64());
+        assert!(st.success(), "resagent upload --move");
+        let queued = dir.join("outbox").join(&name);
+        theirs.push(sh(&format!(
+            "openssl dgst -md5 '{}' >/dev/null",
+            queued.display()
+        )));
+        let _ = std::fs::remove_file(queued);
+    }
+    json!({"size_mib": mib, "resagent_s": ours, "baseline_s": theirs,
+           "resagent_mb_s": (mib * MIB) as f64 / median(&ours) / 1e6,
+           "baseline_mb_s": (mib * MIB) as f64 / median(&theirs) / 1e6})
+}
+
+/// A batch of small files queued at once: `resagent upload` for each (the CLI copies into
+/// the outbox and wakes the daemon), until every one is `done`; beside a loop of
+/// `openssl dgst -md5 | base64 && curl -T` over the same files.
+fn batch_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
+    let dir = o.work.join("batch-files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<PathBuf> = (0..o.batch)
+        .map(|i| {
+            let f = dir.join(format!("small-{i}.bin"));
+            write_random(&f, o.batch_kib * 1024, 300 + i as u64);
+            f
+        })
+        .collect();
+    let d = Daemon::start(o, broker, platform, "batch", json!({}));
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..o.runs {
+        settle();
+        let t = Instant::now();
+        for (i, f) in files.iter().enumerate() {
+            d.cli(
+                o,
+                &[
+                    "upload",
+                    f.to_str().unwrap(),
+                    "--name",
+                    &format!("b{run}-{i}"),
+                ],
+            );
+        }
+        for i in 0..files.len() {
+            wait_state(
+                platform,
+                &d.device,
+                "report_upload_progress",
+                &format!("b{run}-{i}"),
+            );
+        }
+        ours.push(t.elapsed().as_secs_f64());
+        settle();
+        let script: Vec<String> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let url = format!(
+                    "{}{}",
+                    platform.storage().base_url(),
+                    upload_path(&d.device, &format!("base-b{run}-{i}"))
+                );
+                format!(
+                    "h=$(openssl dgst -md5 -binary '{f}' | base64) && curl -sf -T '{f}' -H \"Content-MD5: $h\" '{url}' >/dev/null",
+                    f = f.display()
+                )
+            })
+            .collect();
+        theirs.push(sh(&script.join(" && ")));
+        for u in platform.uploads() {
+            let _ = std::fs::remove_file(u.file);
+        }
+    }
+    json!({"files": o.batch, "file_kib": o.batch_kib, "resagent_s": ours, "baseline_s": theirs})
+}
+
+/// A download through a link paced to `link_rate`: `done` should come within
+/// 1.05 × size/rate + 0.5 s (hashing, writing and the final fsync hidden behind the
+/// network); the script over the same paced link beside it.
+fn link_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
+    let src = o.work.join("served/link.bin");
+    std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+    write_random(&src, o.link_mib * MIB, 77);
+    let d = Daemon::start(o, broker, platform, "link", json!({}));
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let base_dir = o.work.join("baseline-link");
+    std::fs::create_dir_all(&base_dir).unwrap();
+    for run in 0..o.runs {
+        let name = format!("link-{run}.bin");
+        let task = platform.task_for(&name, &src);
+        let path = Platform::path_of(&task);
+        platform.storage().set_fault(
+            &path,
+            resagent_platform::HttpFault {
+                rate: Some(o.link_rate),
+                ..Default::default()
+            },
+        );
+        settle();
+        let t = Instant::now();
+        platform.push(&d.device, &task).unwrap();
+        wait_state(platform, &d.device, "report_download_progress", &name);
+        ours.push(t.elapsed().as_secs_f64());
+        let _ = std::fs::remove_file(d.dir.join("resources").join(&name));
+        settle();
+        let (tmp, dest) = (base_dir.join("tmp"), base_dir.join(&name));
+        let url = format!("{}{}", platform.storage().base_url(), path);
+        theirs.push(sh(&format!(
+            "curl -sf -o '{t}' '{url}' && md5sum '{t}' >/dev/null && sync && mv '{t}' '{d}' && sync",
+            t = tmp.display(),
+            d = dest.display()
+        )));
+        let _ = std::fs::remove_file(dest);
+    }
+    let bytes = o.link_mib * MIB;
+    let bound = 1.05 * bytes as f64 / o.link_rate as f64 + 0.5;
+    json!({"size_mib": o.link_mib, "rate_bytes_per_s": o.link_rate, "bound_s": bound,
+           "resagent_s": ours, "baseline_s": theirs})
+}
+
 /// CPU time (ms) and voluntary context switches of every thread of `pid`.
 fn cpu_and_wakeups(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
+    // Every field after the `)`, the state letter (field 3) included: fields 14 and 15
+    // (utime, stime) are at 11 and 12; ticks of 10 ms. (Until 2026-12-01 the letter was
+    // dropped, which shifted this to stime + cutime: the idle CPU shown was wrong.)
     let f: Vec<u64> = after
         .split_whitespace()
-        .filter_map(|x| x.parse().ok())
+        .map(|x| x.parse().unwrap_or(0))
         .collect();
-    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the `)`; ticks of 10 ms.
     let cpu_ms = (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10;
     let mut switches = 0;
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
@@ -313,15 +542,38 @@ fn cpu_and_wakeups(pid: u32) -> (u64, u64) {
     (cpu_ms, switches)
 }
 
+/// Voluntary context switches of each thread of `pid`, by thread name (`comm`; threads
+/// of one name summed).
+fn switches_per_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let n = status_field(
+                &format!("{}/status", t.path().display()),
+                "voluntary_ctxt_switches:",
+            );
+            *out.entry(name.trim().to_owned()).or_insert(0) += n;
+        }
+    }
+    out
+}
+
 fn idle_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
     let d = Daemon::start(o, broker, platform, "idle", json!({}));
     std::thread::sleep(Duration::from_secs(2));
     let (c0, w0) = cpu_and_wakeups(d.pid());
+    let t0 = switches_per_thread(d.pid());
     std::thread::sleep(Duration::from_secs(o.idle_secs));
     let (c1, w1) = cpu_and_wakeups(d.pid());
+    let t1 = switches_per_thread(d.pid());
+    let per_thread: serde_json::Map<String, Value> = t1
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v - t0.get(k).copied().unwrap_or(0))))
+        .collect();
     json!({
         "seconds": o.idle_secs, "cpu_ms": c1 - c0, "voluntary_switches": w1 - w0,
-        "wakeups_per_s": (w1 - w0) as f64 / o.idle_secs as f64,
+        "wakeups_per_s": (w1 - w0) as f64 / o.idle_secs as f64, "per_thread": per_thread,
         "rss_kib": d.status_kib("VmRSS:"), "threads": std::fs::read_dir(format!("/proc/{}/task", d.pid())).map(|r| r.count()).unwrap_or(0),
     })
 }
@@ -329,6 +581,7 @@ fn idle_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
 fn cap_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
     let mib = (o.cap_mib_s * 4).min(*o.sizes_mib.first().unwrap_or(&64));
     let src = o.work.join("served/cap.bin");
+    std::fs::create_dir_all(src.parent().unwrap()).unwrap();
     write_random(&src, mib * MIB, 99);
     let cap = o.cap_mib_s * MIB;
     let d = Daemon::start(o, broker, platform, "cap", json!({"max_bytes_per_s": cap}));
@@ -475,17 +728,25 @@ fn print_table(r: &Value) {
         "\n{:<34} {:>10} {:>10} {:>7}",
         "case", "resagent", "baseline", "ratio"
     );
-    for c in r["download"].as_array().unwrap() {
+    let rows = |k: &str| r[k].as_array().cloned().unwrap_or_default();
+    for c in rows("download") {
         let (a, b) = (median_of(&c["resagent_s"]), median_of(&c["baseline_s"]));
+        let (ca, cb) = (
+            median_of(&c["resagent_cpu_s"]),
+            median_of(&c["baseline_cpu_s"]),
+        );
         println!(
-            "{:<34} {:>9.2}s {:>9.2}s {:>7}",
+            "{:<34} {:>9.2}s {:>9.2}s {:>7}   CPU {:.2}s vs {:.2}s = {}",
             format!("download {} MiB", c["size_mib"]),
             a,
             b,
-            ratio(a, b)
+            ratio(a, b),
+            ca,
+            cb,
+            ratio(ca, cb)
         );
     }
-    for c in r["upload"].as_array().unwrap() {
+    for c in rows("upload") {
         let b = median_of(&c["baseline_s"]);
         for (k, label) in [("copy_s", "upload (copy)"), ("move_s", "upload --move")] {
             let a = median_of(&c[k]);
@@ -498,30 +759,78 @@ fn print_table(r: &Value) {
             );
         }
     }
-    let last_dl = r["download"].as_array().unwrap().last().unwrap();
-    let first_dl = r["download"].as_array().unwrap().first().unwrap();
-    let last_up = r["upload"].as_array().unwrap().last().unwrap();
-    println!(
-        "{:<34} {:>9} KiB (at {} MiB: {} KiB)",
-        format!("peak RSS, {} MiB download", last_dl["size_mib"]),
-        last_dl["peak_rss_kib"],
-        first_dl["size_mib"],
-        first_dl["peak_rss_kib"]
-    );
-    println!(
-        "{:<34} {:>9} KiB",
-        format!("peak RSS, {} MiB upload", last_up["size_mib"]),
-        last_up["peak_rss_kib"]
-    );
+    let m = &r["md5"];
+    if !m.is_null() {
+        let (x, y) = (median_of(&m["resagent_s"]), median_of(&m["baseline_s"]));
+        println!(
+            "{:<34} {:>9.2}s {:>9.2}s {:>7}   {:.0} vs {:.0} MB/s",
+            format!("MD5 {} MiB (upload --move, no daemon)", m["size_mib"]),
+            x,
+            y,
+            ratio(x, y),
+            m["resagent_mb_s"].as_f64().unwrap_or(0.0),
+            m["baseline_mb_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let b = &r["batch"];
+    if !b.is_null() {
+        let (x, y) = (median_of(&b["resagent_s"]), median_of(&b["baseline_s"]));
+        println!(
+            "{:<34} {:>9.2}s {:>9.2}s {:>7}",
+            format!("batch: {} uploads x {} KiB", b["files"], b["file_kib"]),
+            x,
+            y,
+            ratio(x, y)
+        );
+    }
+    let l = &r["link"];
+    if !l.is_null() {
+        let (x, y) = (median_of(&l["resagent_s"]), median_of(&l["baseline_s"]));
+        println!(
+            "{:<34} {:>9.2}s {:>9.2}s {:>7}   bound {:.2}s",
+            format!(
+                "download {} MiB at {} MB/s",
+                l["size_mib"],
+                l["rate_bytes_per_s"].as_u64().unwrap_or(0) / 1_000_000
+            ),
+            x,
+            y,
+            ratio(x, y),
+            l["bound_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let (Some(last_dl), Some(first_dl)) = (rows("download").last(), rows("download").first()) {
+        println!(
+            "{:<34} {:>9} KiB (at {} MiB: {} KiB)",
+            format!("peak RSS, {} MiB download", last_dl["size_mib"]),
+            last_dl["peak_rss_kib"],
+            first_dl["size_mib"],
+            first_dl["peak_rss_kib"]
+        );
+    }
+    if let Some(last_up) = rows("upload").last() {
+        println!(
+            "{:<34} {:>9} KiB",
+            format!("peak RSS, {} MiB upload", last_up["size_mib"]),
+            last_up["peak_rss_kib"]
+        );
+    }
     let i = &r["idle"];
-    println!(
-        "{:<34} {:>9} KiB, {} ms CPU, {:.2} wake-ups/s over {} s",
-        "idle daemon",
-        i["rss_kib"],
-        i["cpu_ms"],
-        i["wakeups_per_s"].as_f64().unwrap_or(0.0),
-        i["seconds"]
-    );
+    if !i.is_null() {
+        println!(
+            "{:<34} {:>9} KiB, {} ms CPU, {:.2} wake-ups/s over {} s",
+            "idle daemon",
+            i["rss_kib"],
+            i["cpu_ms"],
+            i["wakeups_per_s"].as_f64().unwrap_or(0.0),
+            i["seconds"]
+        );
+        if let Some(threads) = i["per_thread"].as_object() {
+            for (name, n) in threads {
+                println!("{:<34} {:>9} wake-ups", format!("  thread {name}"), n);
+            }
+        }
+    }
     println!(
         "{:<34} {:>9} bytes ({:.2} MiB)",
         "stripped release binary",
@@ -529,14 +838,19 @@ fn print_table(r: &Value) {
         r["binary_bytes"].as_f64().unwrap_or(0.0) / MIB as f64
     );
     let c = &r["cap"];
-    println!(
-        "{:<34} {:>9.2} MiB/s for a {:.0} MiB/s cap ({:.1} %)",
-        "max_bytes_per_s",
-        c["measured_bytes_per_s"].as_f64().unwrap_or(0.0) / MIB as f64,
-        c["cap_bytes_per_s"].as_f64().unwrap_or(0.0) / MIB as f64,
-        c["ratio"].as_f64().unwrap_or(0.0) * 100.0
-    );
+    if !c.is_null() {
+        println!(
+            "{:<34} {:>9.2} MiB/s for a {:.0} MiB/s cap ({:.1} %)",
+            "max_bytes_per_s",
+            c["measured_bytes_per_s"].as_f64().unwrap_or(0.0) / MIB as f64,
+            c["cap_bytes_per_s"].as_f64().unwrap_or(0.0) / MIB as f64,
+            c["ratio"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
     let f = &r["fleet"];
+    if f.is_null() {
+        return;
+    }
     println!(
         "{:<34} {:>9.2}s for {} daemons x {} MiB, identical: {}, {} GETs, {} MiB served",
         "fleet",
@@ -586,7 +900,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&o.work);
     std::fs::create_dir_all(&o.work).unwrap();
     std::fs::create_dir_all(&o.results).unwrap();
-    let mut broker = Mosquitto::start(&o.work, "max_connections -1\n");
+    let mut broker = Mosquitto::start(&o.work, "max_connections -1\nset_tcp_nodelay true\n");
     let platform = Platform::start(
         &broker.uri(),
         &format!("127.0.0.1:{}", free_port()),
@@ -596,33 +910,52 @@ fn main() {
     assert!(platform.wait_connected(Duration::from_secs(10)));
     platform.set_upload_result(Some(0));
     let started = Instant::now();
-    let download: Vec<Value> = o
-        .sizes_mib
-        .iter()
-        .map(|&m| {
-            eprintln!("download {m} MiB");
-            download_case(&o, &broker, &platform, m)
-        })
-        .collect();
-    let upload: Vec<Value> = o
-        .sizes_mib
-        .iter()
-        .map(|&m| {
-            eprintln!("upload {m} MiB");
-            upload_case(&o, &broker, &platform, m)
-        })
-        .collect();
-    eprintln!("idle {} s", o.idle_secs);
-    let idle = idle_case(&o, &broker, &platform);
-    eprintln!("bandwidth cap");
-    let cap = cap_case(&o, &broker, &platform);
-    eprintln!("fleet of {}", o.fleet);
-    let fleet = fleet_case(&o, &mut broker, &platform);
+    let download: Vec<Value> = if o.runs_case("download") {
+        o.sizes_mib
+            .iter()
+            .map(|&m| {
+                eprintln!("download {m} MiB");
+                download_case(&o, &broker, &platform, m)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let upload: Vec<Value> = if o.runs_case("upload") {
+        o.sizes_mib
+            .iter()
+            .map(|&m| {
+                eprintln!("upload {m} MiB");
+                upload_case(&o, &broker, &platform, m)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let case = |name: &str, run: &mut dyn FnMut() -> Value| {
+        if o.runs_case(name) {
+            eprintln!("{name}");
+            run()
+        } else {
+            Value::Null
+        }
+    };
+    let md5 = case("md5", &mut || md5_case(&o));
+    let batch = case("batch", &mut || batch_case(&o, &broker, &platform));
+    let link = case("link", &mut || link_case(&o, &broker, &platform));
+    let idle = case("idle", &mut || idle_case(&o, &broker, &platform));
+    let cap = case("cap", &mut || cap_case(&o, &broker, &platform));
+    let fleet = if o.runs_case("fleet") {
+        eprintln!("fleet of {}", o.fleet);
+        fleet_case(&o, &mut broker, &platform)
+    } else {
+        Value::Null
+    };
     let binary_bytes = std::fs::metadata(&o.bin).map(|m| m.len()).unwrap_or(0);
     let date = humantime_now();
     let results = json!({
         "date": date, "machine": machine(), "runs": o.runs, "elapsed_s": started.elapsed().as_secs_f64(),
-        "download": download, "upload": upload, "idle": idle, "cap": cap, "fleet": fleet,
+        "download": download, "upload": upload, "md5": md5, "batch": batch, "link": link, "idle": idle, "cap": cap, "fleet": fleet,
         "binary_bytes": binary_bytes,
         "baselines": {
             "download": "curl -o tmp URL && md5sum tmp && sync && mv tmp dest && sync",
