@@ -1,6 +1,8 @@
 //! The meta layer's checkable parts: resagent-crates.inc agrees with Cargo.lock (every
 //! package, version and sha256), the systemd unit passes `systemd-analyze verify`, and
-//! the SysV init script starts, reports, reloads and stops the real binary.
+//! the SysV init script starts, reports, reloads and stops the real binary; the Python
+//! of the classes (a plugin recipe's config fragment and unit drop-in, the rootfs step
+//! that merges plugin_config and pins plugins) runs outside bitbake on fake trees.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -264,4 +266,223 @@ fn the_init_script_starts_reports_reloads_and_stops_the_daemon() {
     assert_eq!(run("status").0, 3);
     let (code, _) = run("bogus");
     assert_eq!(code, 2);
+}
+
+/// Runs a `python NAME()` function of a class of the layer (tests/layer/bbfunc.py):
+/// its exit status and stderr.
+fn bbfunc(class: &str, name: &str, vars: serde_json::Value) -> (i32, String) {
+    let out = Command::new("python3")
+        .arg(project().join("tests/layer/bbfunc.py"))
+        .arg(project().join("meta-layer/classes").join(class))
+        .arg(name)
+        .arg(vars.to_string())
+        .output()
+        .expect("python3");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}
+
+#[test]
+fn a_plugin_recipe_installs_its_config_fragment_and_a_drop_in_that_systemd_accepts() {
+    let d = tempfile::tempdir().unwrap();
+    let dest = d.path().join("image");
+    let vars = |config: &str| {
+        serde_json::json!({
+            "D": dest, "PN": "resagent-plugin-swupdate", "RESAGENT_PLUGIN_NAME": "swupdate",
+            "RESAGENT_PLUGIN_ORDER": "30", "RESAGENT_PLUGIN_CONFIG": config,
+            "RESAGENT_PLUGIN_CONFIG_KEY": "swupdate",
+            "RESAGENT_PLUGIN_RW_PATHS": "/tmp /data/firmware",
+            "RESAGENT_PLUGIN_SERVICE": "PrivateTmp=no",
+            "DISTRO_FEATURES": "acl ipv6 systemd usrmerge",
+            "datadir": "/usr/share", "systemd_system_unitdir": "/usr/lib/systemd/system",
+        })
+    };
+    let (code, err) = bbfunc(
+        "resagent-plugin.bbclass",
+        "resagent_plugin_install_extras",
+        vars(r#"{"socket_dir": "/tmp", "reboot": true}"#),
+    );
+    assert_eq!(code, 0, "{err}");
+    let fragment: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dest.join("usr/share/resagent/plugin-config.d/30-swupdate.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        fragment,
+        serde_json::json!({"swupdate": {"socket_dir": "/tmp", "reboot": true}})
+    );
+    let dropin = dest.join("usr/lib/systemd/system/resagent.service.d/30-swupdate.conf");
+    let text = std::fs::read_to_string(&dropin).unwrap();
+    assert!(
+        text.contains(
+            "[Service]\nReadWritePaths=-/tmp\nReadWritePaths=-/data/firmware\nPrivateTmp=no\n"
+        ),
+        "{text}"
+    );
+
+    // systemd reads the unit with the drop-in beside it.
+    let unit = unit_for_test(d.path());
+    let dir = unit.parent().unwrap().join("resagent.service.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&dropin, dir.join("30-swupdate.conf")).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("30-swupdate.conf"),
+        "{stderr}"
+    );
+
+    // A configuration that is not a JSON object stops the build, naming the recipe.
+    for bad in [r#"{"socket_dir": "/tmp""#, "[1, 2]"] {
+        let (code, err) = bbfunc(
+            "resagent-plugin.bbclass",
+            "resagent_plugin_install_extras",
+            vars(bad),
+        );
+        assert_eq!(code, 3, "{err}");
+        assert!(
+            err.contains("RESAGENT_PLUGIN_CONFIG of resagent-plugin-swupdate"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn the_rootfs_step_merges_plugin_config_and_pins_the_plugins_that_ship() {
+    let d = tempfile::tempdir().unwrap();
+    let rootfs = d.path().join("rootfs");
+    let etc = rootfs.join("etc/resagent");
+    let plugins = rootfs.join("usr/lib/resagent/plugins");
+    let fragments = rootfs.join("usr/share/resagent/plugin-config.d");
+    for dir in [&etc, &plugins, &fragments] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(
+        etc.join("config.json"),
+        r#"{"plugin_dir": "/usr/lib/resagent/plugins", "plugin_config": {"rauc": {"bus": "session"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        fragments.join("30-swupdate.json"),
+        r#"{"swupdate": {"socket_dir": "/tmp"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        fragments.join("40-rauc.json"),
+        r#"{"rauc": {"bus": "system"}}"#,
+    )
+    .unwrap();
+    let fwcheck = plugins.join("10-fwcheck.so");
+    let cc = Command::new("cc")
+        .args(["-std=c99", "-shared", "-fPIC", "-I"])
+        .arg(project().join("plugins/include"))
+        .arg(project().join("plugins/examples/fwcheck.c"))
+        .arg("-o")
+        .arg(&fwcheck)
+        .status()
+        .unwrap();
+    assert!(cc.success());
+    std::fs::write(plugins.join("30-swupdate.so"), b"stripped plugin one").unwrap();
+    std::fs::write(plugins.join("40-rauc.so"), b"stripped plugin two").unwrap();
+    std::fs::write(plugins.join("README"), b"not a plugin").unwrap();
+    let vars = |pin: &str| {
+        serde_json::json!({
+            "IMAGE_ROOTFS": rootfs, "RESAGENT_IMAGE_CONFIG": "/etc/resagent/config.json",
+            "RESAGENT_PIN_PLUGINS": pin, "datadir": "/usr/share", "libdir": "/usr/lib",
+        })
+    };
+    let (code, err) = bbfunc(
+        "resagent-rootfs.bbclass",
+        "resagent_rootfs_config",
+        vars("0"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(etc.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["plugin_config"],
+        serde_json::json!({"swupdate": {"socket_dir": "/tmp"}, "rauc": {"bus": "session"}}),
+        "fragments merged; the image's own entry wins"
+    );
+    assert!(
+        config.get("plugin_sha256").is_none(),
+        "no pins unless asked"
+    );
+
+    let (code, err) = bbfunc(
+        "resagent-rootfs.bbclass",
+        "resagent_rootfs_config",
+        vars("1"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(etc.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["plugin_sha256"],
+        serde_json::json!({
+            "10-fwcheck.so": sha256_hex(&fwcheck),
+            "30-swupdate.so": sha256_hex(&plugins.join("30-swupdate.so")),
+            "40-rauc.so": sha256_hex(&plugins.join("40-rauc.so")),
+        })
+    );
+
+    // The real agent accepts that file and holds the plugins to those pins.
+    let cfg = d.path().join("agent.json");
+    let mut c = config.clone();
+    c["plugin_dir"] = serde_json::json!(plugins);
+    for (k, v) in [
+        ("productId", "P1"),
+        ("deviceName", "d"),
+        ("broker", "tcp://127.0.0.1:1"),
+    ] {
+        c[k] = serde_json::json!(v);
+    }
+    c["key_deviceinfo"] = serde_json::json!({"deviceSecret": "YmVuY2g="});
+    for k in ["resource_dir", "state_dir", "outbox_dir"] {
+        c[k] = serde_json::json!(d.path().join(k));
+    }
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_resagent"))
+            .args(["plugin", "check"])
+            .arg(&fwcheck)
+            .arg("-c")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = check();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("pinned") || text.contains("pin:"), "{text}");
+    // A plugin changed on the device after the image was made is refused.
+    let mut bytes = std::fs::read(&fwcheck).unwrap();
+    bytes.push(0);
+    std::fs::write(&fwcheck, bytes).unwrap();
+    let (code, text) = check();
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("differs from the pinned"), "{text}");
+
+    // An image without resagent's configuration is not touched.
+    let other = d.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut v = vars("1");
+    v["IMAGE_ROOTFS"] = serde_json::json!(other);
+    let (code, err) = bbfunc("resagent-rootfs.bbclass", "resagent_rootfs_config", v);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 0);
 }

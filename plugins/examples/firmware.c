@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "resagent_plugin.h"
+#include "resagent_plugin_config.h"
 
 enum { HEADER = 16, HEADER_VERSION = 1 };
 static const char MAGIC[4] = {'R', 'S', 'F', 'W'};
@@ -122,41 +123,6 @@ static int claimed(const char *name) {
     return strncmp(name, "fw-", 3) == 0 && ends_with(name, ".bin");
 }
 
-/* The string value of `key` in the flat JSON object `json` (no escapes), or "". */
-static void config_string(const char *json, const char *key, char *out, size_t out_len) {
-    out[0] = '\0';
-    if (!json) return;
-    char quoted[64];
-    snprintf(quoted, sizeof quoted, "\"%s\"", key);
-    const char *p = strstr(json, quoted);
-    if (!p) return;
-    p = strchr(p + strlen(quoted), ':');
-    if (!p) return;
-    while (*++p == ' ') {}
-    if (*p != '"') return;
-    const char *end = strchr(++p, '"');
-    if (!end || (size_t)(end - p) >= out_len) return;
-    memcpy(out, p, (size_t)(end - p));
-    out[end - p] = '\0';
-}
-
-static int config_true(const char *json, const char *key) {
-    char quoted[64];
-    snprintf(quoted, sizeof quoted, "\"%s\"", key);
-    const char *p = json ? strstr(json, quoted) : NULL;
-    if (!p || !(p = strchr(p + strlen(quoted), ':'))) return 0;
-    while (*++p == ' ') {}
-    return strncmp(p, "true", 4) == 0;
-}
-
-/* The host's appended fields, only when this resagent passes them. */
-static const char *host_config(const struct resagent_host *h) {
-    return RESAGENT_HAS_FIELD(h, struct resagent_host, config_json) ? h->config_json : NULL;
-}
-static const char *host_private_dir(const struct resagent_host *h) {
-    return RESAGENT_HAS_FIELD(h, struct resagent_host, private_dir) ? h->private_dir : NULL;
-}
-
 int resagent_validate(const struct resagent_host *host, const struct resagent_resource *res,
                       char *err, size_t err_len) {
     if (!claimed(res->name)) return RESAGENT_DECLINED;
@@ -184,10 +150,10 @@ static int write_record(const struct resagent_host *host, const char *dest, cons
 int resagent_install(const struct resagent_host *host, const struct resagent_resource *res,
                      char *err, size_t err_len) {
     if (!claimed(res->name)) return RESAGENT_DECLINED;
-    const char *config = host_config(host);
-    const char *private_dir = host_private_dir(host);
+    const char *config = rp_host_config(host);
+    const char *private_dir = rp_host_private_dir(host);
     char partition[4096];
-    config_string(config, "partition", partition, sizeof partition);
+    rp_config_string(config, "partition", partition, sizeof partition);
     if (!partition[0] || !private_dir) {
         snprintf(err, err_len, "no \"partition\" in plugin_config (or an old resagent)");
         return RESAGENT_FAILED;
@@ -234,7 +200,7 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     char line[2400];
     snprintf(line, sizeof line, "%.255s written to %.2048s", res->name, partition);
     host->log(RESAGENT_LOG_INFO, line);
-    if (config_true(config, "ab")) {
+    if (rp_config_bool(config, "ab", 0)) {
         host->log(RESAGENT_LOG_INFO, "slot switched; the image runs after a reboot");
         return RESAGENT_PENDING;
     }
@@ -243,9 +209,9 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
 
 int resagent_installed(const struct resagent_host *host, const struct resagent_resource *res,
                        char *err, size_t err_len) {
-    const char *private_dir = host_private_dir(host);
+    const char *private_dir = rp_host_private_dir(host);
     char partition[4096];
-    config_string(host_config(host), "partition", partition, sizeof partition);
+    rp_config_string(rp_host_config(host), "partition", partition, sizeof partition);
     if (!private_dir || !partition[0]) return RESAGENT_DECLINED; /* no opinion */
     char record_path[4200], md5[40] = "";
     unsigned crc = 0;
@@ -272,7 +238,7 @@ int resagent_installed(const struct resagent_host *host, const struct resagent_r
 int resagent_confirm(const struct resagent_host *host, const struct resagent_resource *res,
                      char *err, size_t err_len) {
     char booted_file[4096], booted[40] = "";
-    config_string(host_config(host), "booted_file", booted_file, sizeof booted_file);
+    rp_config_string(rp_host_config(host), "booted_file", booted_file, sizeof booted_file);
     FILE *f = booted_file[0] ? fopen(booted_file, "r") : NULL;
     if (!f) return RESAGENT_PENDING; /* nothing known about the boot yet */
     int fields = fscanf(f, "%32s", booted);

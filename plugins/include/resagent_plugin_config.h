@@ -1,0 +1,61 @@
+/*
+ * resagent_plugin_config.h — small helpers for C plugins, not part of the ABI: read the
+ * host's appended fields only when this resagent passes them, and pick values out of
+ * the plugin's `plugin_config` entry (host->config_json).
+ *
+ * The JSON reader is deliberately small: it finds "key": "string", "key": true/false
+ * and "key": number at any depth of a flat object, without escapes in strings. A value
+ * it cannot read is treated as absent, so a plugin falls back to its default and says so.
+ */
+#ifndef RESAGENT_PLUGIN_CONFIG_H
+#define RESAGENT_PLUGIN_CONFIG_H
+
+#include <stdio.h>
+#include <string.h>
+
+#include "resagent_plugin.h"
+
+/* host->config_json, or NULL (none configured, or a resagent without the field). */
+static inline const char *rp_host_config(const struct resagent_host *h) {
+    return RESAGENT_HAS_FIELD(h, struct resagent_host, config_json) ? h->config_json : NULL;
+}
+
+/* host->private_dir, or NULL (a resagent without the field). */
+static inline const char *rp_host_private_dir(const struct resagent_host *h) {
+    return RESAGENT_HAS_FIELD(h, struct resagent_host, private_dir) ? h->private_dir : NULL;
+}
+
+/* Where the value of `key` starts in `json` (after the colon and spaces), or NULL. */
+static inline const char *rp_config_value(const char *json, const char *key) {
+    char quoted[80];
+    if (!json || snprintf(quoted, sizeof quoted, "\"%s\"", key) >= (int)sizeof quoted)
+        return NULL;
+    const char *p = strstr(json, quoted);
+    if (!p || !(p = strchr(p + strlen(quoted), ':'))) return NULL;
+    while (*++p == ' ' || *p == '\t' || *p == '\n') {}
+    return p;
+}
+
+/* The string value of `key` into `out` (NUL-terminated); "" when absent, not a string
+ * or too long for `out`. Returns 1 when found. */
+static inline int rp_config_string(const char *json, const char *key, char *out,
+                                   size_t out_len) {
+    out[0] = '\0';
+    const char *p = rp_config_value(json, key);
+    if (!p || *p != '"') return 0;
+    const char *end = strchr(++p, '"');
+    if (!end || (size_t)(end - p) >= out_len) return 0;
+    memcpy(out, p, (size_t)(end - p));
+    out[end - p] = '\0';
+    return 1;
+}
+
+/* The boolean value of `key`; `fallback` when absent or not a boolean. */
+static inline int rp_config_bool(const char *json, const char *key, int fallback) {
+    const char *p = rp_config_value(json, key);
+    if (p && strncmp(p, "true", 4) == 0) return 1;
+    if (p && strncmp(p, "false", 5) == 0) return 0;
+    return fallback;
+}
+
+#endif /* RESAGENT_PLUGIN_CONFIG_H */

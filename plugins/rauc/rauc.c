@@ -1,0 +1,297 @@
+/*
+ * rauc.c — a resagent install plugin that hands `*.raucb` bundles to the RAUC service
+ * already running on the device (meta-rauc), through RAUC's D-Bus API
+ * (de.pengutronix.rauc.Installer), with GIO — the library RAUC itself is built on.
+ *
+ * install: InstallBundle(path); RAUC verifies the bundle's signature and compatible,
+ *   writes the inactive slot(s) and makes them primary. Its `Progress` property becomes
+ *   resagent's `burning` percent; a refusal fails the task with RAUC's `LastError`. On
+ *   success the slot now primary (GetPrimary) is recorded in the plugin's private folder
+ *   and the call returns RESAGENT_PENDING ("reboot": true, the default) — RAUC switched
+ *   the boot target; the bundle runs after a reboot.
+ * confirm (after the reboot): the recorded slot must be the booted one (GetSlotStatus:
+ *   its "state" is "booted"); then it is marked good (Mark("good", "booted")) and the task
+ *   is `done`. Another slot booted: the bootloader fell back — `fail`. RAUC not reachable
+ *   yet: still pending, asked again at the next start.
+ *
+ * plugin_config (resagent's configuration, key "rauc"), all optional:
+ *   "bus":    "system" (default), "session", or a D-Bus address ("unix:path=/run/...")
+ *   "reboot": true (default) or false (then success is `done` at once; RAUC's slots were
+ *             written but nothing waits for the boot — for bring-up only)
+ *
+ * Build: cc -shared -fPIC -I resagent/plugins/include rauc.c \
+ *            $(pkg-config --cflags --libs gio-2.0) -o 40-rauc.so
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <gio/gio.h>
+
+#include "resagent_plugin.h"
+#include "resagent_plugin_config.h"
+
+#define RAUC_NAME "de.pengutronix.rauc"
+#define RAUC_PATH "/"
+#define RAUC_INSTALLER "de.pengutronix.rauc.Installer"
+/* Generous: writing a root file system to slow flash. resagent's plugin_timeout_s
+ * bounds the call anyway. */
+#define CALL_TIMEOUT_MS (10 * 60 * 1000)
+
+uint32_t resagent_plugin_abi(void) { return RESAGENT_PLUGIN_ABI; }
+const char *resagent_plugin_name(void) { return "rauc"; }
+const char *resagent_plugin_claims(void) { return "*.raucb"; }
+
+/* The bus RAUC is on, per plugin_config; NULL with the reason in err. */
+static GDBusConnection *open_bus(const char *config, char *err, size_t err_len) {
+    char bus[1024];
+    GError *e = NULL;
+    GDBusConnection *c;
+    if (!rp_config_string(config, "bus", bus, sizeof bus) || strcmp(bus, "system") == 0) {
+        snprintf(bus, sizeof bus, "system");
+        c = g_bus_get_sync(G_BUS_TYPE_SYSTEM, NULL, &e);
+    } else if (strcmp(bus, "session") == 0) {
+        c = g_bus_get_sync(G_BUS_TYPE_SESSION, NULL, &e);
+    } else {
+        c = g_dbus_connection_new_for_address_sync(
+            bus,
+            G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+            NULL, NULL, &e);
+    }
+    if (!c) {
+        snprintf(err, err_len, "cannot reach the D-Bus bus %.300s: %.400s", bus,
+                 e ? e->message : "?");
+        g_clear_error(&e);
+    }
+    return c;
+}
+
+/* A method of RAUC's Installer; its reply or NULL with the reason in err. */
+static GVariant *call(GDBusConnection *c, const char *method, GVariant *args,
+                      const char *reply_type, char *err, size_t err_len) {
+    GError *e = NULL;
+    GVariant *r = g_dbus_connection_call_sync(
+        c, RAUC_NAME, RAUC_PATH, RAUC_INSTALLER, method, args,
+        reply_type ? G_VARIANT_TYPE(reply_type) : NULL, G_DBUS_CALL_FLAGS_NONE,
+        CALL_TIMEOUT_MS, NULL, &e);
+    if (!r) {
+        snprintf(err, err_len, "RAUC %s: %.600s", method, e ? e->message : "?");
+        g_clear_error(&e);
+    }
+    return r;
+}
+
+/* One property of the Installer (a new reference), or NULL. */
+static GVariant *property(GDBusConnection *c, const char *name) {
+    GVariant *r = g_dbus_connection_call_sync(
+        c, RAUC_NAME, RAUC_PATH, "org.freedesktop.DBus.Properties", "Get",
+        g_variant_new("(ss)", RAUC_INSTALLER, name), G_VARIANT_TYPE("(v)"),
+        G_DBUS_CALL_FLAGS_NONE, 5000, NULL, NULL);
+    if (!r) return NULL;
+    GVariant *v = NULL;
+    g_variant_get(r, "(v)", &v);
+    g_variant_unref(r);
+    return v;
+}
+
+/* A string property, copied into out ("" when unavailable). */
+static void string_property(GDBusConnection *c, const char *name, char *out, size_t len) {
+    out[0] = '\0';
+    GVariant *v = property(c, name);
+    if (v && g_variant_is_of_type(v, G_VARIANT_TYPE_STRING))
+        snprintf(out, len, "%s", g_variant_get_string(v, NULL));
+    if (v) g_variant_unref(v);
+}
+
+/* What an install waits for. */
+struct wait {
+    const struct resagent_host *host;
+    GDBusConnection *bus;
+    GMainLoop *loop;
+    int completed;
+    int result;
+    int last_percent;
+};
+
+static void on_completed(GDBusConnection *c, const gchar *sender, const gchar *path,
+                         const gchar *iface, const gchar *signal, GVariant *params,
+                         gpointer data) {
+    (void)c, (void)sender, (void)path, (void)iface, (void)signal;
+    struct wait *w = data;
+    if (g_variant_is_of_type(params, G_VARIANT_TYPE("(i)"))) g_variant_get(params, "(i)", &w->result);
+    w->completed = 1;
+    g_main_loop_quit(w->loop);
+}
+
+/* Every 200 ms: RAUC's Progress as `burning`. (A Completed signal that never comes —
+ * RAUC killed midway — leaves the wait to resagent's plugin_timeout_s.) */
+static gboolean on_tick(gpointer data) {
+    struct wait *w = data;
+    GVariant *p = property(w->bus, "Progress");
+    if (p && g_variant_is_of_type(p, G_VARIANT_TYPE("(isi)"))) {
+        gint32 percent = 0, depth = 0;
+        const gchar *message = NULL;
+        g_variant_get(p, "(i&si)", &percent, &message, &depth);
+        if (percent >= 0 && percent <= 100 && percent != w->last_percent) {
+            w->last_percent = percent;
+            w->host->progress((uint32_t)percent);
+        }
+    }
+    if (p) g_variant_unref(p);
+    return G_SOURCE_CONTINUE;
+}
+
+/* Writes `text` to `dest` durably (temporary file, then resagent's atomic_replace). */
+static int write_record(const struct resagent_host *host, const char *dest, const char *text) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", dest);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return -errno;
+    fputs(text, f);
+    if (fclose(f) != 0) return -errno;
+    return host->atomic_replace(tmp, dest);
+}
+
+int resagent_install(const struct resagent_host *host, const struct resagent_resource *res,
+                     char *err, size_t err_len) {
+    size_t len = strlen(res->name);
+    if (len < 6 || strcmp(res->name + len - 6, ".raucb") != 0) return RESAGENT_DECLINED;
+    const char *config = rp_host_config(host);
+    const char *private_dir = rp_host_private_dir(host);
+    int reboot = rp_config_bool(config, "reboot", 1);
+    if (reboot && !private_dir) {
+        snprintf(err, err_len, "this resagent gives plugins no private folder (too old)");
+        return RESAGENT_FAILED;
+    }
+    GDBusConnection *bus = open_bus(config, err, err_len);
+    if (!bus) return RESAGENT_FAILED;
+
+    char operation[64];
+    string_property(bus, "Operation", operation, sizeof operation);
+    if (strcmp(operation, "idle") != 0) {
+        snprintf(err, err_len, "RAUC is %s (its Operation), not idle: is another install running?",
+                 operation[0] ? operation : "not answering");
+        g_object_unref(bus);
+        return RESAGENT_FAILED;
+    }
+
+    struct wait w = {.host = host, .bus = bus, .result = -1, .last_percent = -1};
+    GMainContext *ctx = g_main_context_new();
+    g_main_context_push_thread_default(ctx);
+    w.loop = g_main_loop_new(ctx, FALSE);
+    guint sub = g_dbus_connection_signal_subscribe(bus, RAUC_NAME, RAUC_INSTALLER, "Completed",
+                                                   RAUC_PATH, NULL, G_DBUS_SIGNAL_FLAGS_NONE,
+                                                   on_completed, &w, NULL);
+    GVariantBuilder args;
+    g_variant_builder_init(&args, G_VARIANT_TYPE("a{sv}"));
+    GVariant *r = call(bus, "InstallBundle", g_variant_new("(sa{sv})", res->path, &args), NULL,
+                       err, err_len);
+    int rc = RESAGENT_FAILED;
+    if (r) {
+        g_variant_unref(r);
+        GSource *tick = g_timeout_source_new(200);
+        g_source_set_callback(tick, on_tick, &w, NULL);
+        g_source_attach(tick, ctx);
+        g_main_loop_run(w.loop);
+        g_source_destroy(tick);
+        g_source_unref(tick);
+        if (w.result != 0) {
+            char last_error[1024];
+            string_property(bus, "LastError", last_error, sizeof last_error);
+            snprintf(err, err_len, "RAUC refused %s: %s", res->name,
+                     last_error[0] ? last_error : "no reason given");
+        } else {
+            rc = RESAGENT_OK;
+        }
+    }
+    g_dbus_connection_signal_unsubscribe(bus, sub);
+    g_main_loop_unref(w.loop);
+    g_main_context_pop_thread_default(ctx);
+    g_main_context_unref(ctx);
+    if (rc != RESAGENT_OK) {
+        g_object_unref(bus);
+        return rc;
+    }
+
+    host->progress(100);
+    char line[1400];
+    if (!reboot) {
+        snprintf(line, sizeof line, "RAUC installed %.255s", res->name);
+        host->log(RESAGENT_LOG_INFO, line);
+        g_object_unref(bus);
+        return RESAGENT_OK;
+    }
+    /* The slot RAUC will boot next is the one this bundle went to. */
+    GVariant *p = call(bus, "GetPrimary", NULL, "(s)", err, err_len);
+    g_object_unref(bus);
+    if (!p) return RESAGENT_FAILED;
+    const gchar *primary = NULL;
+    g_variant_get(p, "(&s)", &primary);
+    char record_path[4200], record[400];
+    snprintf(record_path, sizeof record_path, "%s/pending", private_dir);
+    snprintf(record, sizeof record, "%s %.300s\n", res->md5sum, primary);
+    snprintf(line, sizeof line, "RAUC installed %.255s into %.300s; it runs after a reboot",
+             res->name, primary);
+    g_variant_unref(p);
+    int wrc = write_record(host, record_path, record);
+    if (wrc != 0) {
+        snprintf(err, err_len, "installed, but cannot record the slot: %s", strerror(-wrc));
+        return RESAGENT_FAILED;
+    }
+    host->log(RESAGENT_LOG_INFO, line);
+    return RESAGENT_PENDING;
+}
+
+int resagent_confirm(const struct resagent_host *host, const struct resagent_resource *res,
+                     char *err, size_t err_len) {
+    const char *private_dir = rp_host_private_dir(host);
+    char record_path[4200], md5[40] = "", slot[300] = "";
+    snprintf(record_path, sizeof record_path, "%s/pending", private_dir ? private_dir : ".");
+    FILE *f = private_dir ? fopen(record_path, "r") : NULL;
+    int fields = f ? fscanf(f, "%39s %299s", md5, slot) : 0;
+    if (f) fclose(f);
+    if (fields != 2 || strcmp(md5, res->md5sum) != 0) {
+        snprintf(err, err_len, "no record of which slot %s went to", res->name);
+        return RESAGENT_FAILED;
+    }
+    char why[800];
+    GDBusConnection *bus = open_bus(rp_host_config(host), why, sizeof why);
+    if (!bus) {
+        host->log(RESAGENT_LOG_WARN, why);
+        return RESAGENT_PENDING; /* RAUC's bus not up yet: ask at the next start */
+    }
+    GVariant *status = call(bus, "GetSlotStatus", NULL, "(a(sa{sv}))", why, sizeof why);
+    if (!status) {
+        host->log(RESAGENT_LOG_WARN, why);
+        g_object_unref(bus);
+        return RESAGENT_PENDING;
+    }
+    char booted[300] = "";
+    GVariantIter *slots = NULL;
+    const gchar *name = NULL;
+    GVariant *props = NULL;
+    g_variant_get(status, "(a(sa{sv}))", &slots);
+    while (g_variant_iter_loop(slots, "(&s@a{sv})", &name, &props)) {
+        const gchar *state = NULL;
+        if (g_variant_lookup(props, "state", "&s", &state) && strcmp(state, "booted") == 0)
+            snprintf(booted, sizeof booted, "%s", name);
+    }
+    g_variant_iter_free(slots);
+    g_variant_unref(status);
+    if (strcmp(booted, slot) != 0) {
+        g_object_unref(bus);
+        snprintf(err, err_len, "RAUC booted %s, not %s where %s went: the bundle did not stay",
+                 booted[0] ? booted : "an unknown slot", slot, res->name);
+        return RESAGENT_FAILED;
+    }
+    GVariant *marked = call(bus, "Mark", g_variant_new("(ss)", "good", "booted"), "(ss)", err,
+                            err_len);
+    g_object_unref(bus);
+    if (!marked) return RESAGENT_FAILED;
+    g_variant_unref(marked);
+    char line[700];
+    snprintf(line, sizeof line, "%.255s runs from %.300s, marked good", res->name, slot);
+    host->log(RESAGENT_LOG_INFO, line);
+    return RESAGENT_OK;
+}

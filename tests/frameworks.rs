@@ -1,0 +1,664 @@
+//! The update-framework plugins end to end (docs/plugins.md, "Update frameworks"): the
+//! real SWUpdate daemon and the real RAUC service from Debian's packages, driven by
+//! `plugins/swupdate/swupdate.c` and `plugins/rauc/rauc.c` as compiled by a vendor,
+//! inside the real resagent daemon, with mosquitto and the local platform. Images are
+//! built here with the tools a vendor uses (openssl, cpio for `.swu`; `rauc bundle` for
+//! `.raucb`) and signed by a CA made for the test. "Slots" are files: SWUpdate's raw
+//! handler and RAUC's raw slot type write them as they would a partition.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(90);
+
+fn msg(r: &Value) -> String {
+    r["progress"]["result_msg"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed signing certificate and its key in `dir` (`NAME.pem`, `NAME.key`).
+fn make_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN={name}"))
+        .args(["-addext", "keyUsage=digitalSignature"])
+        .args(["-addext", "extendedKeyUsage=emailProtection"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    (cert, key)
+}
+
+fn payload(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(59).wrapping_add(seed))
+        .collect()
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// ---------------------------------------------------------------------------- SWUpdate
+
+/// A running `swupdate` with its sockets in `run_dir`: board "test" revision 1.0, images
+/// verified against `cert`, the default (in-memory) bootloader environment.
+struct SwUpdate {
+    child: Child,
+    run_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl SwUpdate {
+    fn start(dir: &Path, cert: &Path) -> SwUpdate {
+        let run_dir = dir.join("swupdate-run");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let cfg = dir.join("swupdate.cfg");
+        std::fs::write(
+            &cfg,
+            "globals :\n{\n\tverbose = true;\n\tloglevel = 6;\n};\n",
+        )
+        .unwrap();
+        let log = dir.join("swupdate.log");
+        let child = Command::new("swupdate")
+            .arg("-f")
+            .arg(&cfg)
+            .args(["-H", "test:1.0", "-v", "-k"])
+            .arg(cert)
+            .env("TMPDIR", &run_dir)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("swupdate.err")).unwrap(),
+            ))
+            .spawn()
+            .expect("swupdate (Debian package swupdate; scripts/setup.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !run_dir.join("sockinstctrl").exists() || !run_dir.join("swupdateprog").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "swupdate did not open its sockets: {}",
+                std::fs::read_to_string(dir.join("swupdate.err")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SwUpdate {
+            child,
+            run_dir,
+            log,
+        }
+    }
+
+    /// SWUpdate's update state (`ustate`), asked over its IPC by a client compiled here.
+    fn ustate(&self, dir: &Path) -> char {
+        let src = dir.join("ustate.c");
+        let bin = dir.join("ustate");
+        if !bin.exists() {
+            std::fs::write(
+                &src,
+                "#include <stdio.h>\n#include <string.h>\n#include <network_ipc.h>\n\
+                 int main(void) { ipc_message m; memset(&m, 0, sizeof m);\n\
+                 m.type = GET_UPDATE_STATE;\n\
+                 if (ipc_send_cmd(&m) != 0 || m.type != ACK) return 1;\n\
+                 printf(\"%c\", m.data.msg[0]); return 0; }\n",
+            )
+            .unwrap();
+            run(Command::new("cc")
+                .arg(&src)
+                .arg("-o")
+                .arg(&bin)
+                .arg("-lswupdate"));
+        }
+        let out = Command::new(&bin)
+            .env("TMPDIR", &self.run_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "GET_UPDATE_STATE");
+        String::from_utf8_lossy(&out.stdout)
+            .chars()
+            .next()
+            .unwrap_or('?')
+    }
+}
+
+impl Drop for SwUpdate {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A `.swu`: sw-description (raw handler writing `device`, for hardware revision `hw`),
+/// its CMS signature, the image — a newc cpio with CRC, as SWUpdate wants it.
+fn make_swu(dir: &Path, ca: &(PathBuf, PathBuf), image: &[u8], hw: &str, device: &Path) -> Vec<u8> {
+    let work = dir.join(format!("swu-{hw}-{}", image.len()));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("rootfs.img"), image).unwrap();
+    let sha = {
+        let out = Command::new("sha256sum")
+            .arg(work.join("rootfs.img"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)[..64].to_string()
+    };
+    std::fs::write(
+        work.join("sw-description"),
+        format!(
+            "software =\n{{\n\tversion = \"1.0.1\";\n\thardware-compatibility = [ \"{hw}\" ];\n\
+             \timages: (\n\t\t{{\n\t\t\tfilename = \"rootfs.img\";\n\t\t\tdevice = \"{}\";\n\
+             \t\t\ttype = \"raw\";\n\t\t\tsha256 = \"{sha}\";\n\t\t}}\n\t);\n}}\n",
+            device.display()
+        ),
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .current_dir(&work)
+        .args([
+            "cms",
+            "-sign",
+            "-in",
+            "sw-description",
+            "-out",
+            "sw-description.sig",
+        ])
+        .arg("-signer")
+        .arg(&ca.0)
+        .arg("-inkey")
+        .arg(&ca.1)
+        .args(["-outform", "DER", "-nosmimecap", "-binary"]));
+    let mut cpio = Command::new("cpio")
+        .current_dir(&work)
+        .args(["-o", "-H", "crc"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cpio");
+    use std::io::Write;
+    cpio.stdin
+        .take()
+        .unwrap()
+        .write_all(b"sw-description\nsw-description.sig\nrootfs.img\n")
+        .unwrap();
+    let out = cpio.wait_with_output().unwrap();
+    assert!(out.status.success() && !out.stdout.is_empty(), "cpio");
+    out.stdout
+}
+
+/// The SWUpdate plugin as a vendor builds it, in the rig's plugin_dir.
+fn build_swupdate_plugin(rig: &Rig) {
+    let out = plugin_dir(rig).join("30-swupdate.so");
+    run(Command::new("cc")
+        .args([
+            "-std=gnu99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            "-I",
+        ])
+        .arg(project().join("plugins/include"))
+        .arg(project().join("plugins/swupdate/swupdate.c"))
+        .args(["-lswupdate", "-o"])
+        .arg(&out));
+}
+
+fn swupdate_rig(reboot: bool) -> (Rig, SwUpdate, (PathBuf, PathBuf)) {
+    let mut rig = Rig::new();
+    let ca = make_ca(rig.path(), "swu-signer");
+    let sw = SwUpdate::start(rig.path(), &ca.0);
+    rig.config["plugin_config"] = json!({"swupdate": {
+        "socket_dir": sw.run_dir, "reboot": reboot
+    }});
+    build_swupdate_plugin(&rig);
+    (rig, sw, ca)
+}
+
+fn push(rig: &Rig, name: &str, bytes: &[u8]) {
+    let served = rig.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let p = served.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    let task = rig.platform.task_for(name, &p);
+    rig.platform.push(&device(), &task).unwrap();
+}
+
+#[test]
+fn swupdate_installs_a_good_image_byte_for_byte_and_refusals_fail_minus_5_with_its_message() {
+    let (mut rig, sw, ca) = swupdate_rig(false);
+    let slot = rig.path().join("slot-a.img");
+    std::fs::write(&slot, b"old image").unwrap();
+    let agent = rig.start_agent();
+
+    // A good image: streamed into SWUpdate, written by its raw handler, `done`.
+    let image = payload(1, 300_000);
+    push(
+        &rig,
+        "rootfs-1.swu",
+        &make_swu(rig.path(), &ca, &image, "1.0", &slot),
+    );
+    let r = rig.final_report(&agent, "rootfs-1.swu", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
+    assert_eq!(
+        std::fs::read(&slot).unwrap(),
+        image,
+        "the slot holds the image"
+    );
+    let burning: Vec<i64> = rig
+        .platform
+        .received(&device())
+        .iter()
+        .filter(|m| m["name"] == "rootfs-1.swu" && m["progress"]["state"] == "burning")
+        .filter_map(|m| m["progress"]["percent"].as_i64())
+        .collect();
+    assert!(
+        burning.contains(&100) && burning.len() >= 2,
+        "SWUpdate's progress shows as burning: {burning:?}"
+    );
+    assert!(
+        !rig.resource("rootfs-1.swu").exists(),
+        "a claimed image is never placed by the default installer"
+    );
+
+    // Another board's image: SWUpdate refuses it; its words reach the platform.
+    let other = payload(2, 300_000);
+    push(
+        &rig,
+        "rootfs-2.swu",
+        &make_swu(rig.path(), &ca, &other, "9.9", &slot),
+    );
+    let r = rig.final_report(&agent, "rootfs-2.swu", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(
+        msg(&r).contains("plugin swupdate") && msg(&r).contains("SW not compatible with hardware"),
+        "{r}"
+    );
+    assert_eq!(
+        std::fs::read(&slot).unwrap(),
+        image,
+        "the slot is untouched"
+    );
+
+    // A handler that fails (its device cannot be opened): SWUpdate's handler error.
+    let broken = rig.path().join("no-such-dir/slot.img");
+    push(
+        &rig,
+        "rootfs-3.swu",
+        &make_swu(rig.path(), &ca, &other, "1.0", &broken),
+    );
+    let r = rig.final_report(&agent, "rootfs-3.swu", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(
+        msg(&r).contains("cannot be opened") && msg(&r).contains("Installation failed"),
+        "{r}"
+    );
+
+    // An image signed by someone else: refused before anything is written.
+    let stranger = make_ca(rig.path(), "stranger");
+    push(
+        &rig,
+        "rootfs-4.swu",
+        &make_swu(rig.path(), &stranger, &other, "1.0", &slot),
+    );
+    let r = rig.final_report(&agent, "rootfs-4.swu", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(msg(&r).contains("SWUpdate refused rootfs-4.swu"), "{r}");
+    assert_eq!(
+        std::fs::read(&slot).unwrap(),
+        image,
+        "the slot is untouched"
+    );
+    assert!(std::fs::read_to_string(&sw.log)
+        .unwrap()
+        .contains("SWUPDATE successful"));
+}
+
+#[test]
+fn swupdate_pending_until_the_restart_then_confirmed_from_its_update_state() {
+    let (mut rig, sw, ca) = swupdate_rig(true);
+    let slot = rig.path().join("slot-b.img");
+    std::fs::write(&slot, b"").unwrap();
+    let mut agent = rig.start_agent();
+    let image = payload(7, 200_000);
+    push(
+        &rig,
+        "rootfs-7.swu",
+        &make_swu(rig.path(), &ca, &image, "1.0", &slot),
+    );
+    rig.platform
+        .wait_for(&device(), T, |m| {
+            m["name"] == "rootfs-7.swu"
+                && m["progress"]["state"] == "burning"
+                && m["progress"]["percent"] == 100
+                && msg(m).contains("reboot pending")
+        })
+        .unwrap_or_else(|| panic!("no pending report; log:\n{}", agent.log_text()));
+    assert_eq!(std::fs::read(&slot).unwrap(), image);
+    assert_eq!(
+        sw.ustate(rig.path()),
+        '1',
+        "SWUpdate marked the update INSTALLED"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        rig.platform
+            .wait_final(&device(), "rootfs-7.swu", Duration::from_millis(10))
+            .is_none(),
+        "no done before the new image runs"
+    );
+
+    // "Reboot": resagent starts again; SWUpdate's state says the update is installed.
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+    let agent = rig.spawn_agent();
+    let r = rig.final_report(&agent, "rootfs-7.swu", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
+    assert_eq!(sw.ustate(rig.path()), '0', "confirmed: ustate is OK again");
+    assert!(rig.journal()["pending"].is_null());
+    assert_eq!(
+        rig.journal()["installed"]["rootfs-7.swu"]["plugin"],
+        "swupdate"
+    );
+}
+
+// -------------------------------------------------------------------------------- RAUC
+
+/// A private D-Bus bus and `rauc service` on it, with two file-backed raw slots
+/// (rootfs.0 = A, rootfs.1 = B), a custom bootloader backend keeping its state in files,
+/// and the booted slot given by `--override-boot-slot` (what a reboot changes).
+struct Rauc {
+    dir: PathBuf,
+    bus: Child,
+    service: Option<Child>,
+    address: String,
+}
+
+impl Rauc {
+    fn start(dir: &Path, keyring: &Path) -> Rauc {
+        let dir = dir.join("rauc");
+        std::fs::create_dir_all(dir.join("mnt")).unwrap();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::create_dir_all(dir.join("boot")).unwrap();
+        for s in ["slot-a.img", "slot-b.img"] {
+            std::fs::write(dir.join(s), b"").unwrap();
+        }
+        let backend = dir.join("bootloader.sh");
+        std::fs::write(
+            &backend,
+            format!(
+                "#!/bin/sh\nd={}\ncase \"$1\" in\n\
+                 get-primary) cat $d/primary 2>/dev/null || echo A ;;\n\
+                 set-primary) echo \"$2\" > $d/primary ;;\n\
+                 get-state) cat $d/state.$2 2>/dev/null || echo good ;;\n\
+                 set-state) echo \"$3\" > $d/state.$2 ;;\n\
+                 *) exit 1 ;;\nesac\n",
+                dir.join("boot").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&backend, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            dir.join("system.conf"),
+            format!(
+                "[system]\ncompatible=resagent-test\nbootloader=custom\nmountprefix={d}/mnt\n\
+                 data-directory={d}/data\n\n[handlers]\nbootloader-custom-backend={b}\n\n\
+                 [keyring]\npath={k}\n\n\
+                 [slot.rootfs.0]\ndevice={d}/slot-a.img\ntype=raw\nbootname=A\n\n\
+                 [slot.rootfs.1]\ndevice={d}/slot-b.img\ntype=raw\nbootname=B\n",
+                d = dir.display(),
+                b = backend.display(),
+                k = keyring.display()
+            ),
+        )
+        .unwrap();
+        let socket = dir.join("bus");
+        let address = format!("unix:path={}", socket.display());
+        let bus = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--nopidfile"])
+            .arg(format!("--address={address}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (Debian package dbus)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "dbus-daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut r = Rauc {
+            dir,
+            bus,
+            service: None,
+            address,
+        };
+        r.boot("A");
+        r
+    }
+
+    /// (Re)starts `rauc service` as if the device had booted slot `bootname`.
+    fn boot(&mut self, bootname: &str) {
+        if let Some(mut s) = self.service.take() {
+            kill(&mut s);
+        }
+        let log = self.dir.join(format!("service-{bootname}.log"));
+        let service = Command::new("rauc")
+            .arg("service")
+            .arg(format!("--conf={}", self.dir.join("system.conf").display()))
+            .arg(format!("--override-boot-slot={bootname}"))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("rauc (Debian packages rauc, rauc-service)");
+        self.service = Some(service);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = self.status();
+            if st["booted"] == bootname {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rauc service did not come up: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `rauc status` as JSON, through the service.
+    fn status(&self) -> Value {
+        let out = Command::new("rauc")
+            .args(["status", "--detailed", "--output-format=json"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn slot(&self, which: &str) -> PathBuf {
+        self.dir.join(which)
+    }
+}
+
+impl Drop for Rauc {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.service.take() {
+            kill(&mut s);
+        }
+        kill(&mut self.bus);
+    }
+}
+
+/// A plain bundle of one raw image for `compatible`, signed with `ca`.
+fn make_bundle(dir: &Path, ca: &(PathBuf, PathBuf), image: &[u8], compatible: &str) -> Vec<u8> {
+    let content = dir.join(format!("bundle-{compatible}-{}", image.len()));
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("rootfs.img"), image).unwrap();
+    std::fs::write(
+        content.join("manifest.raucm"),
+        format!(
+            "[update]\ncompatible={compatible}\nversion=1.0.1\n\n[bundle]\nformat=plain\n\n\
+             [image.rootfs]\nfilename=rootfs.img\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.join(format!("{compatible}-{}.raucb", image.len()));
+    let _ = std::fs::remove_file(&out);
+    run(Command::new("rauc")
+        .arg("bundle")
+        .arg(format!("--cert={}", ca.0.display()))
+        .arg(format!("--key={}", ca.1.display()))
+        .arg(&content)
+        .arg(&out));
+    std::fs::read(&out).unwrap()
+}
+
+fn rauc_rig() -> (Rig, Rauc, (PathBuf, PathBuf)) {
+    let mut rig = Rig::new();
+    let ca = make_ca(rig.path(), "rauc-signer");
+    let rauc = Rauc::start(rig.path(), &ca.0);
+    rig.config["plugin_config"] = json!({"rauc": {"bus": rauc.address}});
+    let out = plugin_dir(&rig).join("40-rauc.so");
+    let gio = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "gio-2.0"])
+        .output()
+        .expect("pkg-config");
+    assert!(
+        gio.status.success(),
+        "gio-2.0 (Debian package libglib2.0-dev)"
+    );
+    run(Command::new("cc")
+        .args([
+            "-std=gnu99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            "-I",
+        ])
+        .arg(project().join("plugins/include"))
+        .arg(project().join("plugins/rauc/rauc.c"))
+        .args(String::from_utf8_lossy(&gio.stdout).split_whitespace())
+        .arg("-o")
+        .arg(&out));
+    (rig, rauc, ca)
+}
+
+fn slot_status<'a>(status: &'a Value, slot: &str) -> &'a Value {
+    status["slots"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|s| s.get(slot)))
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn rauc_installs_the_inactive_slot_pending_then_confirms_the_booted_slot_or_fails_a_fallback() {
+    let (mut rig, mut rauc, ca) = rauc_rig();
+    let mut agent = rig.start_agent();
+
+    // Refusals first: RAUC's LastError reaches the platform; no slot is written.
+    let stranger = make_ca(rig.path(), "stranger");
+    let image = payload(3, 250_000);
+    push(
+        &rig,
+        "unsigned.raucb",
+        &make_bundle(rig.path(), &stranger, &image, "resagent-test"),
+    );
+    let r = rig.final_report(&agent, "unsigned.raucb", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}\n{}", agent.log_text());
+    assert!(
+        msg(&r).contains("plugin rauc") && msg(&r).contains("signature verification failed"),
+        "{r}"
+    );
+    push(
+        &rig,
+        "other.raucb",
+        &make_bundle(rig.path(), &ca, &image, "other-board"),
+    );
+    let r = rig.final_report(&agent, "other.raucb", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(msg(&r).contains("Compatible mismatch"), "{r}");
+    assert!(std::fs::read(rauc.slot("slot-b.img")).unwrap().is_empty());
+
+    // A good bundle: written to the inactive slot B, pending until the reboot.
+    push(
+        &rig,
+        "os-1.raucb",
+        &make_bundle(rig.path(), &ca, &image, "resagent-test"),
+    );
+    rig.platform
+        .wait_for(&device(), T, |m| {
+            m["name"] == "os-1.raucb"
+                && m["progress"]["state"] == "burning"
+                && m["progress"]["percent"] == 100
+                && msg(m).contains("reboot pending")
+        })
+        .unwrap_or_else(|| panic!("no pending report; log:\n{}", agent.log_text()));
+    assert_eq!(std::fs::read(rauc.slot("slot-b.img")).unwrap(), image);
+    assert!(std::fs::read(rauc.slot("slot-a.img")).unwrap().is_empty());
+    assert_eq!(rauc.status()["boot_primary"], "rootfs.1", "B is next");
+
+    // The device boots B: confirmed, B marked good.
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+    rauc.boot("B");
+    let mut agent = rig.spawn_agent();
+    let r = rig.final_report(&agent, "os-1.raucb", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
+    let st = rauc.status();
+    assert_eq!(slot_status(&st, "rootfs.1")["boot_status"], "good", "{st}");
+    assert_eq!(rig.journal()["installed"]["os-1.raucb"]["plugin"], "rauc");
+
+    // A second bundle goes to A; the device falls back to B: `fail`, not `done`.
+    let image2 = payload(4, 250_000);
+    push(
+        &rig,
+        "os-2.raucb",
+        &make_bundle(rig.path(), &ca, &image2, "resagent-test"),
+    );
+    rig.platform
+        .wait_for(&device(), T, |m| {
+            m["name"] == "os-2.raucb" && msg(m).contains("reboot pending")
+        })
+        .expect("pending");
+    assert_eq!(std::fs::read(rauc.slot("slot-a.img")).unwrap(), image2);
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+    rauc.boot("B");
+    let agent = rig.spawn_agent();
+    let r = rig.final_report(&agent, "os-2.raucb", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(
+        msg(&r).contains("booted rootfs.1, not rootfs.0") && msg(&r).contains("did not stay"),
+        "{r}"
+    );
+    assert!(rig.journal()["pending"].is_null());
+}
