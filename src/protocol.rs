@@ -629,6 +629,16 @@ mod tests {
     }
 
     #[test]
+    fn host_names_are_ascii_or_punycode_never_unicode_tables() {
+        // idna_adapter 1.0 (Cargo.toml): no Unicode tables in the binary; a Unicode
+        // host name is an invalid URL (-10), its punycode form works.
+        assert!(check_url_scheme("https://xn--bcher-kva.example/fw.bin", false).is_ok());
+        assert!(check_url_scheme("https://cos.ap-guangzhou.myqcloud.com/a", false).is_ok());
+        let e = check_url_scheme("https://b\u{fc}cher.example/fw.bin", false).unwrap_err();
+        assert!(e.contains("is not valid"), "{e}");
+    }
+
+    #[test]
     fn topics_and_client_id_follow_the_platform() {
         let id = DeviceId {
             product_id: "ABCDEF1234".into(),

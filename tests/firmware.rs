@@ -14,29 +14,9 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 
-/// CRC-32 (IEEE), as the image header carries it.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xEDB8_8320 & 0u32.wrapping_sub(crc & 1));
-        }
-    }
-    !crc
-}
-
-/// An RSFW image: magic, header version 1, payload length, CRC-32, payload.
+/// An RSFW image for the example firmware plugin.
 fn image(seed: u8, len: usize) -> Vec<u8> {
-    let payload: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect();
-    let mut out = b"RSFW".to_vec();
-    out.extend_from_slice(&1u32.to_le_bytes());
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&crc32(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
+    rsfw_image(seed, len)
 }
 
 /// Serves `bytes` as resource `name`; the task for it.

@@ -837,6 +837,16 @@ fn print_table(r: &Value) {
         r["binary_bytes"],
         r["binary_bytes"].as_f64().unwrap_or(0.0) / MIB as f64
     );
+    if let Some(targets) = r["binary_bytes_by_target"].as_object() {
+        for (t, n) in targets {
+            println!(
+                "{:<34} {:>9} bytes ({:.2} MiB)",
+                format!("  {t}"),
+                n,
+                n.as_f64().unwrap_or(0.0) / MIB as f64
+            );
+        }
+    }
     let c = &r["cap"];
     if !c.is_null() {
         println!(
@@ -952,11 +962,22 @@ fn main() {
         Value::Null
     };
     let binary_bytes = std::fs::metadata(&o.bin).map(|m| m.len()).unwrap_or(0);
+    // The ARM builds of scripts/cross-build.sh, when present (stripped release binaries).
+    let target_dir = o.bin.parent().and_then(Path::parent).map(Path::to_path_buf);
+    let by_target: serde_json::Map<String, Value> =
+        ["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"]
+            .iter()
+            .filter_map(|t| {
+                let p = target_dir.as_ref()?.join(t).join("release/resagent");
+                let len = std::fs::metadata(p).ok()?.len();
+                Some((t.to_string(), json!(len)))
+            })
+            .collect();
     let date = humantime_now();
     let results = json!({
         "date": date, "machine": machine(), "runs": o.runs, "elapsed_s": started.elapsed().as_secs_f64(),
         "download": download, "upload": upload, "md5": md5, "batch": batch, "link": link, "idle": idle, "cap": cap, "fleet": fleet,
-        "binary_bytes": binary_bytes,
+        "binary_bytes": binary_bytes, "binary_bytes_by_target": by_target,
         "baselines": {
             "download": "curl -o tmp URL && md5sum tmp && sync && mv tmp dest && sync",
             "upload": "h=$(openssl dgst -md5 -binary f | base64) && curl -T f -H \"Content-MD5: $h\" URL",

@@ -136,17 +136,6 @@ int resagent_validate(const struct resagent_host *host, const struct resagent_re
     return rc;
 }
 
-/* Writes `text` to `dest` durably, through a temporary file and atomic_replace. */
-static int write_record(const struct resagent_host *host, const char *dest, const char *text) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", dest);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return -errno;
-    fputs(text, f);
-    if (fclose(f) != 0) return -errno;
-    return host->atomic_replace(tmp, dest);
-}
-
 int resagent_install(const struct resagent_host *host, const struct resagent_resource *res,
                      char *err, size_t err_len) {
     if (!claimed(res->name)) return RESAGENT_DECLINED;
@@ -193,7 +182,7 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     char record_path[4200], record[80];
     snprintf(record_path, sizeof record_path, "%s/record", private_dir);
     snprintf(record, sizeof record, "%s %08x\n", res->md5sum, crc);
-    if ((rc = write_record(host, record_path, record)) != 0) {
+    if ((rc = rp_write_record(host, record_path, record)) != 0) {
         snprintf(err, err_len, "cannot keep the version record: %s", strerror(-rc));
         return RESAGENT_FAILED;
     }

@@ -39,7 +39,7 @@ int resagent_validate(const struct resagent_host *host, const struct resagent_re
         return RESAGENT_DECLINED;
     }
     if (res->size > FWCHECK_MAX_BYTES) {
-        snprintf(err, err_len, "%s is %llu bytes, over the %llu byte firmware partition",
+        snprintf(err, err_len, "%.255s is %llu bytes, over the %llu byte firmware partition",
                  res->name, (unsigned long long)res->size, (unsigned long long)FWCHECK_MAX_BYTES);
         return RESAGENT_FAILED;
     }

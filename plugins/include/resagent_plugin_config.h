@@ -1,7 +1,7 @@
 /*
  * resagent_plugin_config.h — small helpers for C plugins, not part of the ABI: read the
- * host's appended fields only when this resagent passes them, and pick values out of
- * the plugin's `plugin_config` entry (host->config_json).
+ * host's appended fields only when this resagent passes them, pick values out of the
+ * plugin's `plugin_config` entry (host->config_json), and keep a small record durably.
  *
  * The JSON reader is deliberately small: it finds "key": "string", "key": true/false
  * and "key": number at any depth of a flat object, without escapes in strings. A value
@@ -10,6 +10,7 @@
 #ifndef RESAGENT_PLUGIN_CONFIG_H
 #define RESAGENT_PLUGIN_CONFIG_H
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -56,6 +57,19 @@ static inline int rp_config_bool(const char *json, const char *key, int fallback
     if (p && strncmp(p, "true", 4) == 0) return 1;
     if (p && strncmp(p, "false", 5) == 0) return 0;
     return fallback;
+}
+
+/* Writes `text` to `dest` durably: a temporary file beside it, then resagent's
+ * atomic_replace (fsync, rename, fsync of the folder). 0, or a negative errno. */
+static inline int rp_write_record(const struct resagent_host *host, const char *dest,
+                                  const char *text) {
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", dest) >= (int)sizeof tmp) return -ENAMETOOLONG;
+    FILE *f = fopen(tmp, "w");
+    if (!f) return -errno;
+    fputs(text, f);
+    if (fclose(f) != 0) return -errno;
+    return host->atomic_replace(tmp, dest);
 }
 
 #endif /* RESAGENT_PLUGIN_CONFIG_H */

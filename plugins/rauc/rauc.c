@@ -142,17 +142,6 @@ static gboolean on_tick(gpointer data) {
     return G_SOURCE_CONTINUE;
 }
 
-/* Writes `text` to `dest` durably (temporary file, then resagent's atomic_replace). */
-static int write_record(const struct resagent_host *host, const char *dest, const char *text) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", dest);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return -errno;
-    fputs(text, f);
-    if (fclose(f) != 0) return -errno;
-    return host->atomic_replace(tmp, dest);
-}
-
 int resagent_install(const struct resagent_host *host, const struct resagent_resource *res,
                      char *err, size_t err_len) {
     size_t len = strlen(res->name);
@@ -234,7 +223,7 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     snprintf(line, sizeof line, "RAUC installed %.255s into %.300s; it runs after a reboot",
              res->name, primary);
     g_variant_unref(p);
-    int wrc = write_record(host, record_path, record);
+    int wrc = rp_write_record(host, record_path, record);
     if (wrc != 0) {
         snprintf(err, err_len, "installed, but cannot record the slot: %s", strerror(-wrc));
         return RESAGENT_FAILED;

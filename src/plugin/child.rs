@@ -287,7 +287,6 @@ pub(crate) fn set_tcp_nodelay(fd: std::os::fd::RawFd) -> nix::Result<()> {
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): the disk works while the transfer goes
 /// on and the one fsync at the end has little left. Not a durability point.
 pub(crate) fn start_writeback(file: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     // SAFETY: the descriptor belongs to `file`, borrowed for the call; the call reads
     // no memory of ours.
     let r = unsafe {

@@ -175,16 +175,22 @@ impl Rig {
 
     /// Starts `resagent run` under `wrapper` (e.g. strace and its options) with RUST_LOG.
     pub fn spawn_agent_under(&mut self, wrapper: &[&str], rust_log: &str) -> Agent {
+        self.spawn_binary_under(Path::new(env!("CARGO_BIN_EXE_resagent")), wrapper, rust_log)
+    }
+
+    /// Starts `bin run` (another build of resagent, e.g. a cross-built one) under
+    /// `wrapper` with RUST_LOG.
+    pub fn spawn_binary_under(&mut self, bin: &Path, wrapper: &[&str], rust_log: &str) -> Agent {
         self.runs += 1;
         let cfg = self.config_path();
         let log = self.path().join(format!("agent-{}.log", self.runs));
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(env!("CARGO_BIN_EXE_resagent"));
+                c.args(args).arg(bin);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_resagent")),
+            None => Command::new(bin),
         };
         let child = command
             .args(["run", "-c"])
@@ -453,4 +459,30 @@ pub fn alive(pid: i32) -> bool {
                 .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+/// CRC-32 (IEEE), as the RSFW image header of plugins/examples carries it.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & 0u32.wrapping_sub(crc & 1));
+        }
+    }
+    !crc
+}
+
+/// An RSFW image (plugins/examples/firmware.c): magic, header version 1, payload length,
+/// CRC-32, payload.
+pub fn rsfw_image(seed: u8, len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let mut out = b"RSFW".to_vec();
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&crc32(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
 }
