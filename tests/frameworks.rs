@@ -211,21 +211,11 @@ fn make_swu(dir: &Path, ca: &(PathBuf, PathBuf), image: &[u8], hw: &str, device:
 
 /// The SWUpdate plugin as a vendor builds it, in the rig's plugin_dir.
 fn build_swupdate_plugin(rig: &Rig) {
-    let out = plugin_dir(rig).join("30-swupdate.so");
-    run(Command::new("cc")
-        .args([
-            "-std=gnu99",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-shared",
-            "-fPIC",
-            "-I",
-        ])
-        .arg(project().join("plugins/include"))
-        .arg(project().join("plugins/swupdate/swupdate.c"))
-        .args(["-lswupdate", "-o"])
-        .arg(&out));
+    cc_linked(
+        &project().join("plugins/swupdate/swupdate.c"),
+        &plugin_dir(rig).join("30-swupdate.so"),
+        &["-lswupdate".to_string()],
+    );
 }
 
 fn swupdate_rig(reboot: bool) -> (Rig, SwUpdate, (PathBuf, PathBuf)) {
@@ -554,21 +544,11 @@ fn rauc_rig() -> (Rig, Rauc, (PathBuf, PathBuf)) {
         gio.status.success(),
         "gio-2.0 (Debian package libglib2.0-dev)"
     );
-    run(Command::new("cc")
-        .args([
-            "-std=gnu99",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-shared",
-            "-fPIC",
-            "-I",
-        ])
-        .arg(project().join("plugins/include"))
-        .arg(project().join("plugins/rauc/rauc.c"))
-        .args(String::from_utf8_lossy(&gio.stdout).split_whitespace())
-        .arg("-o")
-        .arg(&out));
+    let libs: Vec<String> = String::from_utf8_lossy(&gio.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    cc_linked(&project().join("plugins/rauc/rauc.c"), &out, &libs);
     (rig, rauc, ca)
 }
 

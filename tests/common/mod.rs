@@ -330,11 +330,30 @@ pub fn cc(src: &Path, out: &Path, std: &str, defines: &[&str]) {
 /// Compiles a C plugin against the header in `include` (an older header, for the ABI
 /// compatibility test).
 pub fn cc_against(include: &Path, src: &Path, out: &Path, std: &str, defines: &[&str]) {
+    let defines: Vec<String> = defines.iter().map(|d| format!("-D{d}")).collect();
+    cc_build(include, src, out, std, &defines, &[]);
+}
+
+/// Compiles a C plugin from the project's header, linked with `libs` (e.g. `-lswupdate`,
+/// or what `pkg-config --libs` says), as a vendor would.
+pub fn cc_linked(src: &Path, out: &Path, libs: &[String]) {
+    cc_build(
+        &project().join("plugins/include"),
+        src,
+        out,
+        "-std=gnu99",
+        &[],
+        libs,
+    );
+}
+
+fn cc_build(include: &Path, src: &Path, out: &Path, std: &str, flags: &[String], libs: &[String]) {
     let output = Command::new("cc")
         .args([std, "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I"])
         .arg(include)
-        .args(defines.iter().map(|d| format!("-D{d}")))
+        .args(flags)
         .arg(src)
+        .args(libs)
         .arg("-o")
         .arg(out)
         .output()
