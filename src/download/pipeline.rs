@@ -13,19 +13,30 @@ const CHUNK: usize = 128 * 1024;
 /// Buffers in flight between the pipeline's threads (their memory is all it holds).
 const PIPELINE_BUFFERS: usize = 4;
 
-/// Reads into `buf` until it is full, the body ends or a read fails: how many bytes, and
-/// the error if one stopped it. ureq hands the body out in pieces of its 8 KiB buffer;
-/// passing those on one by one cost three thread hand-overs per 8 KiB (measured: the
-/// daemon used twice the CPU of curl + md5sum), a full buffer costs them per 128 KiB.
+/// How long a buffer may wait for more bytes once it holds some: on a slow link the
+/// bytes still move on (progress, the rate cap and a stop are handled per chunk) instead
+/// of waiting for 128 KiB.
+const FILL_FOR: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads into `buf` until it is full, the body ends, a read fails or [`FILL_FOR`] has
+/// passed since the first read: how many bytes, and the error if one stopped it. ureq
+/// hands the body out in pieces of its 8 KiB buffer; passing those on one by one cost
+/// three thread hand-overs per 8 KiB (measured: the daemon used twice the CPU of curl +
+/// md5sum), a full buffer costs them per 128 KiB.
 fn fill(body: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
     let mut n = 0;
+    let mut started: Option<std::time::Instant> = None;
     while n < buf.len() {
+        if started.is_some_and(|t| t.elapsed() >= FILL_FOR) {
+            break;
+        }
         match body.read(&mut buf[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return (n, Some(e)),
         }
+        started.get_or_insert_with(std::time::Instant::now);
     }
     (n, None)
 }
@@ -136,5 +147,65 @@ impl Pipeline {
             .take()
             .and_then(|h| h.join().ok().flatten())
             .expect("the MD5 thread returns its state (it cannot panic)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Yields `pieces` one read at a time, sleeping `pause` before each.
+    struct Trickle {
+        pieces: Vec<Vec<u8>>,
+        pause: std::time::Duration,
+        fail_at_end: bool,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(self.pause);
+            if self.pieces.is_empty() {
+                return if self.fail_at_end {
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "stalled"))
+                } else {
+                    Ok(0)
+                };
+            }
+            let p = self.pieces.remove(0);
+            buf[..p.len()].copy_from_slice(&p);
+            Ok(p.len())
+        }
+    }
+
+    #[test]
+    fn a_fast_body_fills_whole_buffers_a_slow_one_moves_on_and_errors_come_after_the_bytes() {
+        let mut buf = vec![0u8; 32];
+        let mut fast = Trickle {
+            pieces: vec![vec![1; 8], vec![2; 8], vec![3; 8], vec![4; 8], vec![5; 8]],
+            pause: std::time::Duration::ZERO,
+            fail_at_end: false,
+        };
+        assert_eq!(fill(&mut fast, &mut buf).0, 32, "full");
+        assert_eq!(fill(&mut fast, &mut buf).0, 8, "then the rest at the end");
+        assert_eq!(fill(&mut fast, &mut buf).0, 0, "then the end");
+
+        let mut slow = Trickle {
+            pieces: vec![vec![7; 4]; 8],
+            pause: std::time::Duration::from_millis(60),
+            fail_at_end: false,
+        };
+        let (n, e) = fill(&mut slow, &mut buf);
+        assert!(e.is_none());
+        assert!((4..32).contains(&n), "handed over before full: {n}");
+
+        let mut failing = Trickle {
+            pieces: vec![vec![9; 4]],
+            pause: std::time::Duration::ZERO,
+            fail_at_end: true,
+        };
+        let (n, e) = fill(&mut failing, &mut buf);
+        assert_eq!(n, 4);
+        assert_eq!(e.map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
+        assert_eq!(&buf[..4], &[9; 4]);
     }
 }
