@@ -320,16 +320,29 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
     write_random(&src, mib * MIB, mib + 7);
     let d = Daemon::start(o, broker, platform, &format!("up{mib}"), json!({}));
     let (mut copy, mut moved, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    // How long `resagent upload` itself took (the queueing: copy or rename, and MD5).
+    let (mut copy_cli, mut move_cli) = (Vec::new(), Vec::new());
+    // The files `--move` hands over, made before any timing: writing 1 GiB just before a
+    // timed run left the (virtual) disk busy through it.
+    let movers: Vec<PathBuf> = (0..o.runs)
+        .map(|run| {
+            let mv = o.work.join(format!("mv-{mib}-{run}.bin"));
+            std::fs::copy(&src, &mv).unwrap();
+            mv
+        })
+        .collect();
+    settle();
+    std::thread::sleep(Duration::from_secs(1));
     for run in 0..o.runs {
         let name = format!("up-{mib}-copy-{run}");
         settle();
         let t = Instant::now();
         d.cli(o, &["upload", src.to_str().unwrap(), "--name", &name]);
+        copy_cli.push(t.elapsed().as_secs_f64());
         wait_state(platform, &d.device, "report_upload_progress", &name);
         copy.push(t.elapsed().as_secs_f64());
 
-        let mv = o.work.join(format!("mv-{mib}.bin"));
-        std::fs::copy(&src, &mv).unwrap();
+        let mv = &movers[run];
         let name = format!("up-{mib}-move-{run}");
         settle();
         let t = Instant::now();
@@ -337,6 +350,7 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
             o,
             &["upload", "--move", mv.to_str().unwrap(), "--name", &name],
         );
+        move_cli.push(t.elapsed().as_secs_f64());
         wait_state(platform, &d.device, "report_upload_progress", &name);
         moved.push(t.elapsed().as_secs_f64());
 
@@ -355,7 +369,8 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
         }
     }
     let hwm = d.status_kib("VmHWM:");
-    json!({"size_mib": mib, "copy_s": copy, "move_s": moved, "baseline_s": theirs, "peak_rss_kib": hwm})
+    json!({"size_mib": mib, "copy_s": copy, "move_s": moved, "baseline_s": theirs, "peak_rss_kib": hwm,
+           "copy_cli_s": copy_cli, "move_cli_s": move_cli})
 }
 
 /// MD5 inside the shipped binary: `resagent upload --move` with no daemon running (a
