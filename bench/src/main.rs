@@ -333,7 +333,7 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
         .collect();
     settle();
     std::thread::sleep(Duration::from_secs(1));
-    for run in 0..o.runs {
+    for (run, mv) in movers.iter().enumerate() {
         let name = format!("up-{mib}-copy-{run}");
         settle();
         let t = Instant::now();
@@ -342,7 +342,6 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
         wait_state(platform, &d.device, "report_upload_progress", &name);
         copy.push(t.elapsed().as_secs_f64());
 
-        let mv = &movers[run];
         let name = format!("up-{mib}-move-{run}");
         settle();
         let t = Instant::now();
