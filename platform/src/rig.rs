@@ -114,18 +114,33 @@ fn mosquitto_bin() -> PathBuf {
     PathBuf::from("mosquitto")
 }
 
-/// Deterministic pseudo-random content (xorshift), written in chunks.
+/// A small deterministic generator (xorshift64) for tests and the bench: random content,
+/// random instants, arbitrary inputs. The state must not be 0.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 for `n` = 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// Deterministic pseudo-random content ([`XorShift`]), written in chunks.
 pub fn write_random(path: &Path, size: u64, seed: u64) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut x = XorShift(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
     let mut left = size;
     let mut buf = vec![0u8; 1 << 16];
     while left > 0 {
         for chunk in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let bytes = x.to_le_bytes();
+            let bytes = x.next_u64().to_le_bytes();
             chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
         let n = left.min(buf.len() as u64) as usize;
