@@ -51,15 +51,6 @@ fn firmware_rig(ab: bool) -> (Rig, PathBuf, PathBuf) {
     (rig, partition, booted)
 }
 
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn msg(r: &Value) -> String {
     r["progress"]["result_msg"]
         .as_str()
@@ -95,7 +86,7 @@ fn a_pinned_plugin_absent_or_altered_fails_every_download_minus_9_until_it_is_ri
     let dir = plugin_dir(&rig);
     let good = rig.path().join("20-firmware.so");
     build_firmware(&good);
-    rig.config["plugin_sha256"] = json!({"20-firmware.so": sha256(&good)});
+    rig.config["plugin_sha256"] = json!({"20-firmware.so": sha256_hex(&good)});
     let agent = rig.start_agent();
     wait_log(&agent, "pinned plugin not loaded");
 

@@ -158,13 +158,7 @@ fn make_swu(dir: &Path, ca: &(PathBuf, PathBuf), image: &[u8], hw: &str, device:
     let work = dir.join(format!("swu-{hw}-{}", image.len()));
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("rootfs.img"), image).unwrap();
-    let sha = {
-        let out = Command::new("sha256sum")
-            .arg(work.join("rootfs.img"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)[..64].to_string()
-    };
+    let sha = sha256_hex(&work.join("rootfs.img"));
     std::fs::write(
         work.join("sw-description"),
         format!(

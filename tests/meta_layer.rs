@@ -4,14 +4,13 @@
 //! of the classes (a plugin recipe's config fragment and unit drop-in, the rootfs step
 //! that merges plugin_config and pins plugins) runs outside bitbake on fake trees.
 
+mod common;
+
+use common::{project, sha256_hex};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn project() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn recipe_dir() -> PathBuf {
     project().join("meta-layer/recipes-connectivity/resagent")
@@ -282,11 +281,6 @@ fn bbfunc(class: &str, name: &str, vars: serde_json::Value) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)[..64].to_string()
 }
 
 #[test]

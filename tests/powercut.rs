@@ -20,18 +20,6 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(90);
 const SIZE: u64 = 1 << 20;
 
-/// A small deterministic generator for the instants.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Which of `versions` the file at `path` holds (None: absent); panics on anything else.
 fn which(path: &Path, versions: &[Vec<u8>]) -> Option<usize> {
     let bytes = std::fs::read(path).ok()?;
@@ -87,7 +75,7 @@ fn power_cuts_leave_old_or_new_a_journal_that_agrees_and_no_lost_upload() {
     }
     let k_bytes: Vec<Vec<u8>> = k.iter().map(|(p, _)| std::fs::read(p).unwrap()).collect();
     let c_bytes: Vec<Vec<u8>> = c.iter().map(|(p, _)| std::fs::read(p).unwrap()).collect();
-    let mut gen = Gen(0x9E37_79B9_7F4A_7C15);
+    let mut gen = resagent_platform::rig::XorShift(0x9E37_79B9_7F4A_7C15);
     let mut queued: Vec<(String, String)> = Vec::new(); // (name, md5) of each upload
     let dev = device();
     for round in 0..rounds {
@@ -100,7 +88,7 @@ fn power_cuts_leave_old_or_new_a_journal_that_agrees_and_no_lost_upload() {
         wait_log(&agent, "connected to");
         rig.platform.push(&dev, &k[v].1).unwrap();
         rig.platform.push(&dev, &c[v].1).unwrap();
-        let instant = 300 + gen.next() % 3700;
+        let instant = 300 + gen.next_u64() % 3700;
         std::thread::sleep(Duration::from_millis(instant));
         let log = agent.log_text();
         let phase = [
@@ -143,12 +131,7 @@ fn power_cuts_leave_old_or_new_a_journal_that_agrees_and_no_lost_upload() {
                 );
             }
         }
-        let uploaded: Vec<String> = rig
-            .platform
-            .uploads()
-            .into_iter()
-            .map(|u| u.md5_hex)
-            .collect();
+        let uploaded = uploaded_md5s(&rig);
         for (name, md5) in &queued {
             let kept = disk.join("outbox").join(name).is_file();
             assert!(
@@ -180,12 +163,7 @@ fn power_cuts_leave_old_or_new_a_journal_that_agrees_and_no_lost_upload() {
         let done = j["installed"]["k.bin"]["md5sum"] == k[last].1["md5sum"]
             && j["installed"]["c.cfg"]["md5sum"] == c[last].1["md5sum"]
             && j["download"].is_null();
-        let uploaded: Vec<String> = rig
-            .platform
-            .uploads()
-            .into_iter()
-            .map(|u| u.md5_hex)
-            .collect();
+        let uploaded = uploaded_md5s(&rig);
         let all_up = queued.iter().all(|(_, m)| uploaded.contains(m));
         if done && all_up {
             break;
@@ -246,5 +224,14 @@ fn children_of(pid: i32) -> Vec<i32> {
                 })
                 == Some(pid)
         })
+        .collect()
+}
+
+/// The MD5 of every upload the platform stored.
+fn uploaded_md5s(rig: &Rig) -> Vec<String> {
+    rig.platform
+        .uploads()
+        .into_iter()
+        .map(|u| u.md5_hex)
         .collect()
 }

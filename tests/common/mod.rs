@@ -311,6 +311,14 @@ pub fn md5_hex(path: &Path) -> String {
     resagent_platform::file_md5(path).1
 }
 
+/// SHA-256 of a file as lowercase hex, by `sha256sum` (what a vendor pins, what a
+/// sw-description names).
+pub fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}
+
 pub fn state_of(report: &Value) -> (&str, i64) {
     (
         report["progress"]["state"].as_str().unwrap_or(""),
