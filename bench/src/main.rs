@@ -200,6 +200,24 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// What an integrator would script for a download: fetch, hash, make it durable, put it
+/// in place.
+fn download_script(url: &str, tmp: &Path, dest: &Path) -> String {
+    format!(
+        "curl -sf -o '{t}' '{url}' && md5sum '{t}' >/dev/null && sync && mv '{t}' '{d}' && sync",
+        t = tmp.display(),
+        d = dest.display()
+    )
+}
+
+/// What an integrator would script for an upload: hash, then PUT with Content-MD5.
+fn upload_script(file: &Path, url: &str) -> String {
+    format!(
+        "h=$(openssl dgst -md5 -binary '{f}' | base64) && curl -sf -T '{f}' -H \"Content-MD5: $h\" '{url}' >/dev/null",
+        f = file.display()
+    )
+}
+
 fn sh(script: &str) -> f64 {
     sh_cpu(script).0
 }
@@ -281,11 +299,7 @@ fn download_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) ->
         );
         let (tmp, dest) = (base_dir.join("tmp"), base_dir.join(&name));
         settle();
-        let (wall, cpu) = sh_cpu(&format!(
-            "curl -sf -o '{t}' '{url}' && md5sum '{t}' >/dev/null && sync && mv '{t}' '{d}' && sync",
-            t = tmp.display(),
-            d = dest.display()
-        ));
+        let (wall, cpu) = sh_cpu(&download_script(&url, &tmp, &dest));
         theirs.push(wall);
         their_cpu.push(cpu);
         let _ = std::fs::remove_file(dest);
@@ -359,10 +373,7 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
             upload_path(&d.device, &format!("baseline-{mib}-{run}"))
         );
         settle();
-        theirs.push(sh(&format!(
-            "h=$(openssl dgst -md5 -binary '{f}' | base64) && curl -sf -T '{f}' -H \"Content-MD5: $h\" '{url}' >/dev/null",
-            f = src.display()
-        )));
+        theirs.push(sh(&upload_script(&src, &url)));
         for u in platform.uploads() {
             let _ = std::fs::remove_file(u.file);
         }
@@ -474,10 +485,7 @@ fn batch_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
                     platform.storage().base_url(),
                     upload_path(&d.device, &format!("base-b{run}-{i}"))
                 );
-                format!(
-                    "h=$(openssl dgst -md5 -binary '{f}' | base64) && curl -sf -T '{f}' -H \"Content-MD5: $h\" '{url}' >/dev/null",
-                    f = f.display()
-                )
+                upload_script(f, &url)
             })
             .collect();
         theirs.push(sh(&script.join(" && ")));
@@ -519,11 +527,7 @@ fn link_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
         settle();
         let (tmp, dest) = (base_dir.join("tmp"), base_dir.join(&name));
         let url = format!("{}{}", platform.storage().base_url(), path);
-        theirs.push(sh(&format!(
-            "curl -sf -o '{t}' '{url}' && md5sum '{t}' >/dev/null && sync && mv '{t}' '{d}' && sync",
-            t = tmp.display(),
-            d = dest.display()
-        )));
+        theirs.push(sh(&download_script(&url, &tmp, &dest)));
         let _ = std::fs::remove_file(dest);
     }
     let bytes = o.link_mib * MIB;
