@@ -79,7 +79,6 @@ struct run {
     char error[1024]; /* the first cause SWUpdate reported */
     char last[1024];  /* its summary ("Installation failed !") */
 };
-static struct run *current;
 
 /* Takes in every progress message already waiting (never blocks). */
 static void drain_progress(struct run *r) {
@@ -114,8 +113,7 @@ static int sounds_failed(const char *text) {
 }
 
 /* Takes in one status message SWUpdate queued. */
-static int on_status(ipc_message *msg) {
-    struct run *r = current;
+static void on_status(struct run *r, ipc_message *msg) {
     char *desc = msg->data.status.desc;
     desc[sizeof msg->data.status.desc - 1] = '\0';
     size_t n = strlen(desc);
@@ -137,7 +135,6 @@ static int on_status(ipc_message *msg) {
         r->host->log(RESAGENT_LOG_DEBUG, line);
     }
     drain_progress(r);
-    return 0;
 }
 
 /* Empties SWUpdate's queue of status messages (left from earlier updates). */
@@ -159,7 +156,7 @@ static int wait_for_result(struct run *r) {
         ipc_message msg;
         if (ipc_get_status(&msg) < 0) return -1;
         if (msg.data.status.desc[0] != '\0') {
-            on_status(&msg);
+            on_status(r, &msg);
             seen = 1;
             continue;
         }
@@ -173,8 +170,9 @@ static int wait_for_result(struct run *r) {
 }
 
 /* Streams `path` into SWUpdate; 0, or -1 with the reason in err. */
-static int stream_image(const struct resagent_host *host, const char *config, const char *path,
-                        const char *name, char *err, size_t err_len) {
+static int stream_image(struct run *r, const char *config, const char *path, const char *name,
+                        char *err, size_t err_len) {
+    const struct resagent_host *host = r->host;
     struct swupdate_request req;
     swupdate_prepare_req(&req);
     req.source = SOURCE_LOCAL;
@@ -207,7 +205,7 @@ static int stream_image(const struct resagent_host *host, const char *config, co
             host->log(RESAGENT_LOG_DEBUG, "SWUpdate stopped reading the image");
             break;
         }
-        if (current) drain_progress(current);
+        drain_progress(r);
     }
     int read_errno = got < 0 ? errno : 0;
     ipc_end(fd);
@@ -227,19 +225,17 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     use_sockets(config);
 
     struct run r = {.host = host, .progress_fd = -1, .last_percent = 101};
-    current = &r;
     r.progress_fd = progress_ipc_connect(false); /* optional: progress only */
     if (r.progress_fd >= 0) fcntl(r.progress_fd, F_SETFD, FD_CLOEXEC);
 
     drop_old_status();
-    if (stream_image(host, config, res->path, res->name, err, err_len) != 0) {
+    if (stream_image(&r, config, res->path, res->name, err, err_len) != 0) {
         if (r.progress_fd >= 0) close(r.progress_fd);
         return RESAGENT_FAILED;
     }
     int result = wait_for_result(&r);
     drain_progress(&r);
     if (r.progress_fd >= 0) close(r.progress_fd);
-    current = NULL;
 
     if (result < 0) {
         snprintf(err, err_len, "lost SWUpdate (control socket %.400s) during the update of %s",
