@@ -356,20 +356,15 @@ impl Session {
 /// waits for it, which made each upload of a batch ~80 ms slower. Best effort: a socket
 /// not found keeps Nagle, which costs latency, never correctness.
 fn nodelay_to(port: u16) {
-    use nix::sys::socket::{getpeername, SockaddrLike, SockaddrStorage};
+    use nix::sys::socket::{getpeername, SockaddrStorage};
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
     for entry in fds.flatten() {
-        let is_socket = std::fs::read_link(entry.path())
-            .map(|t| t.to_string_lossy().starts_with("socket:"))
-            .unwrap_or(false);
+        // Descriptors that are no sockets (or not connected) fail getpeername: skipped.
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        if !is_socket {
-            continue;
-        }
         let Ok(peer) = getpeername::<SockaddrStorage>(fd) else {
             continue;
         };
@@ -377,7 +372,7 @@ fn nodelay_to(port: u16) {
             .as_sockaddr_in()
             .map(|a| a.port())
             .or_else(|| peer.as_sockaddr_in6().map(|a| a.port()));
-        if peer_port == Some(port) && peer.family().is_some() {
+        if peer_port == Some(port) {
             if let Err(e) = crate::plugin::child::set_tcp_nodelay(fd) {
                 log::debug!("TCP_NODELAY on the MQTT socket: {e}");
             }
