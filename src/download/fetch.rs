@@ -187,14 +187,14 @@ fn stream(
     // `size` + 1: one byte too many is how an over-long body is noticed (saturating: a
     // size near u64::MAX must not wrap to a limit of 0).
     let limit = (task.size - staging.len()).saturating_add(1);
-    let pipe = match Pipeline::start(reader.take(limit), hashed) {
+    let mut pipe = match Pipeline::start(reader.take(limit), hashed) {
         Ok(p) => p,
         Err((hashed, e)) => {
             staging.put_md5(hashed);
             return Err(DownloadError::Thread(e).into());
         }
     };
-    let copied = copy_chunks(d, task, &pipe, staging, progress);
+    let copied = copy_chunks(d, task, &mut pipe, staging, progress);
     staging.put_md5(pipe.finish());
     copied?;
     staging.sync()?;
@@ -204,7 +204,7 @@ fn stream(
 fn copy_chunks(
     d: &Downloader,
     task: &Task,
-    pipe: &Pipeline,
+    pipe: &mut Pipeline,
     staging: &mut Staging,
     progress: &mut Progress,
 ) -> Result<(), Stop> {
@@ -244,7 +244,7 @@ fn copy_chunks(
             .into());
         }
         staging.write(&buf[..n])?;
-        pipe.hash(buf, n);
+        pipe.consume(buf, n);
         flusher.wrote(n as u64);
         progress.report(
             ProgressState::Downloading,
