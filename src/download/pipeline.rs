@@ -160,6 +160,58 @@ mod tests {
         }
     }
 
+    /// Drains `pipe`: the bytes handed over (each chunk consumed as the download thread
+    /// does after writing it) and the error that ended it, if any.
+    fn drain(pipe: &mut Pipeline) -> (Vec<u8>, Option<io::Error>) {
+        let mut got = Vec::new();
+        loop {
+            match pipe.next() {
+                Chunk::Data(buf, n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    pipe.consume(buf, n);
+                }
+                Chunk::End => return (got, None),
+                Chunk::Failed(e) => return (got, Some(e)),
+            }
+        }
+    }
+
+    fn md5_of(data: &[u8]) -> String {
+        let mut m = Md5::new();
+        m.consume(data);
+        m.hex()
+    }
+
+    #[test]
+    fn every_byte_is_handed_over_once_and_the_md5_covers_exactly_what_was_consumed() {
+        // More than the two buffers hold, and not a multiple of a chunk.
+        let data: Vec<u8> = (0..3 * CHUNK + 1234).map(|i| (i % 251) as u8).collect();
+        let mut pipe = Pipeline::start(io::Cursor::new(data.clone()), Md5::new())
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let (got, err) = drain(&mut pipe);
+        assert!(err.is_none());
+        assert_eq!(got, data);
+        assert_eq!(pipe.finish().hex(), md5_of(&data));
+
+        // A body that fails after some bytes: those come first, then the error, and the
+        // MD5 continues the state it was given over just those bytes.
+        let mut resumed = Md5::new();
+        resumed.consume(b"before ");
+        let failing = Trickle {
+            pieces: vec![b"after".to_vec()],
+            pause: std::time::Duration::ZERO,
+            fail_at_end: true,
+        };
+        let mut pipe = Pipeline::start(failing, resumed)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let (got, err) = drain(&mut pipe);
+        assert_eq!(got, b"after");
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
+        assert_eq!(pipe.finish().hex(), md5_of(b"before after"));
+    }
+
     #[test]
     fn a_fast_body_fills_whole_buffers_a_slow_one_moves_on_and_errors_come_after_the_bytes() {
         let mut buf = vec![0u8; 32];
