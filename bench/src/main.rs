@@ -91,7 +91,7 @@ fn parse_opts() -> Opts {
                 continue;
             }
             other => {
-                eprintln!("resagent-bench: unknown option {other}\nusage: resagent-bench [--sizes 64,256,1024] [--runs 5] [--fleet 50] [--idle-secs 60] [--bin PATH] [--only download,upload,md5,batch,link,idle,cap,fleet] [--smoke]");
+                eprintln!("resagent-bench: unknown option {other}\nusage: resagent-bench [--sizes 64,256,1024] [--runs 5] [--fleet 200] [--idle-secs 60] [--bin PATH] [--only download,upload,md5,batch,link,idle,cap,fleet] [--smoke]");
                 std::process::exit(2);
             }
         }
@@ -347,6 +347,14 @@ fn phase_times(platform: &Platform, device: &str, name: &str, pushed_ms: u64) ->
     json!({"first_downloading": at("downloading"), "burning": at("burning"), "done": at("done")})
 }
 
+/// Who goes in one round of the upload case.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Copy,
+    Move,
+    Script,
+}
+
 fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> Value {
     let src = o.work.join(format!("up-{mib}.bin"));
     write_random(&src, mib * MIB, mib + 7);
@@ -368,38 +376,35 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
     for (run, mv) in movers.iter().enumerate() {
         // copy, move, script; then script, move, copy; …: neither the script nor
         // `--move` always runs on what the other just left behind.
-        let mut order = ["copy", "move", "script"];
+        let mut order = [Side::Copy, Side::Move, Side::Script];
         if run % 2 == 1 {
             order.reverse();
         }
         for side in order {
             settle();
-            if side == "script" {
-                let url = format!(
-                    "{}{}",
-                    platform.storage().base_url(),
-                    upload_path(&d.device, &format!("baseline-{mib}-{run}"))
-                );
-                theirs.push(sh(&upload_script(&src, &url)));
-                continue;
-            }
-            let name = format!("up-{mib}-{side}-{run}");
+            let (args, cli_s, done_s) = match side {
+                Side::Script => {
+                    let url = format!(
+                        "{}{}",
+                        platform.storage().base_url(),
+                        upload_path(&d.device, &format!("baseline-{mib}-{run}"))
+                    );
+                    theirs.push(sh(&upload_script(&src, &url)));
+                    continue;
+                }
+                Side::Copy => (vec![src.to_str().unwrap()], &mut copy_cli, &mut copy),
+                Side::Move => (
+                    vec!["--move", mv.to_str().unwrap()],
+                    &mut move_cli,
+                    &mut moved,
+                ),
+            };
+            let name = format!("up-{mib}-{side:?}-{run}");
             let t = Instant::now();
-            if side == "copy" {
-                d.cli(o, &["upload", src.to_str().unwrap(), "--name", &name]);
-                copy_cli.push(t.elapsed().as_secs_f64());
-            } else {
-                let file = mv.to_str().unwrap();
-                d.cli(o, &["upload", "--move", file, "--name", &name]);
-                move_cli.push(t.elapsed().as_secs_f64());
-            }
+            d.cli(o, &[&["upload"], &args[..], &["--name", &name]].concat());
+            cli_s.push(t.elapsed().as_secs_f64());
             wait_state(platform, &d.device, "report_upload_progress", &name);
-            let done = t.elapsed().as_secs_f64();
-            if side == "copy" {
-                copy.push(done)
-            } else {
-                moved.push(done)
-            }
+            done_s.push(t.elapsed().as_secs_f64());
         }
         for u in platform.uploads() {
             let _ = std::fs::remove_file(u.file);
