@@ -25,6 +25,10 @@ pub fn device() -> String {
 pub struct Agent {
     pub child: Child,
     pub log: PathBuf,
+    /// Started under a wrapper (strace, qemu) in a process group of its own: killing
+    /// the wrapper alone left a traced agent running after its test (found: daemons of
+    /// `installs_and_journal_writes_are_ordered…` still reconnecting an hour later).
+    group: bool,
 }
 
 impl Agent {
@@ -62,7 +66,12 @@ impl Agent {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// SIGKILL to the agent, and to everything in its group when it has one.
     pub fn kill9(&mut self) {
+        if self.group {
+            let pgid = nix::unistd::Pid::from_raw(self.pid());
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -74,8 +83,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
     }
 }
 
@@ -192,6 +200,11 @@ impl Rig {
             }
             None => Command::new(bin),
         };
+        let group = !wrapper.is_empty();
+        if group {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
         let child = command
             .args(["run", "-c"])
             .arg(&cfg)
@@ -200,7 +213,7 @@ impl Rig {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Agent { child, log }
+        Agent { child, log, group }
     }
 
     /// Runs a resagent subcommand to completion: (exit code, stdout, stderr).
