@@ -7,3 +7,12 @@ scripts/setup.sh
 # The Rust example plugin (a cdylib) is loaded by the tests as a vendor would ship it.
 cargo build --workspace --locked
 cargo test --workspace --locked "$@"
+# No agent may outlive its test: each runs with a config in a temp folder, and one left
+# behind (a wrapper killed, the agent not) reconnects to a dead broker for hours.
+left=$(pgrep -af "^$PWD/target/[^ ]*resagent run -c ${TMPDIR:-/tmp}/\.tmp" || true)
+if [ -n "$left" ]; then
+  echo "test.sh: agents left running by the tests (now killed):" >&2
+  echo "$left" >&2
+  pkill -9 -f "^$PWD/target/[^ ]*resagent run -c ${TMPDIR:-/tmp}/\.tmp" || true
+  exit 1
+fi
