@@ -4,11 +4,11 @@
 //! depend on the resource's size.
 //!
 //! The trade-off: MD5 on a third thread (the previous design) overlapped hashing with
-//! writing too, but every chunk then cost one more hand-over between threads, and on two
-//! cores those wake-ups cost more CPU than the overlap saved time (bench, 1 GiB: CPU
-//! 1.10× the script's with three threads and 128 KiB chunks, 1.02–1.05× with two and
-//! 256 KiB; the time stayed at 0.6× the script's, the loop's write + MD5 still outpacing
-//! the reader's share of the cores).
+//! writing too, but every chunk then cost one more hand-over between threads; on two
+//! cores those wake-ups cost ~0.25 s of CPU per GiB and the time did not change (bench,
+//! A/B at 1 GiB: 3.30–3.54 s of CPU with three threads and 128 KiB chunks, 3.08–3.43 s
+//! with two and 256 KiB; 0.6× the script's time either way — the loop's write + MD5
+//! still outpaces the reader's share of the cores).
 
 use crate::digest::Md5;
 use std::io::{self, Read};
