@@ -21,6 +21,11 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(180);
 
+/// The sysroot for qemu's -L: Debian's multiarch root, where the target's libc and
+/// libssl are (`/usr/aarch64-linux-gnu`, the cross gcc's libc, makes qemu 7.2 hang in
+/// the first pthread_create; see scripts/cross-build.sh).
+const SYSROOT: &str = "/";
+
 /// The target under test, its qemu and the folder of its build.
 fn cross() -> (String, &'static str, PathBuf) {
     let target = std::env::var("RESAGENT_CROSS_TARGET")
@@ -64,7 +69,7 @@ fn the_emulated_arm_agent_delivers_through_a_cross_built_plugin_and_uploads() {
     std::fs::copy(&plugin_src, &plugin).unwrap();
 
     // The agent itself, emulated: qemu is its interpreter.
-    let agent = rig.spawn_binary_under(&bin, &[qemu, "-L", sysroot(qemu)], "debug");
+    let agent = rig.spawn_binary_under(&bin, &[qemu, "-L", SYSROOT], "debug");
     let exe = std::fs::read_link(format!("/proc/{}/exe", agent.pid())).unwrap();
     assert!(
         exe.to_string_lossy().contains(qemu),
@@ -77,10 +82,7 @@ fn the_emulated_arm_agent_delivers_through_a_cross_built_plugin_and_uploads() {
 
     // A delivery, installed by the cross-built plugin in the agent's plugin child.
     let image = rsfw_image(9, 200_000);
-    let served = rig.path().join("served");
-    std::fs::create_dir_all(&served).unwrap();
-    std::fs::write(served.join("fw-9.bin"), &image).unwrap();
-    let task = rig.platform.task_for("fw-9.bin", &served.join("fw-9.bin"));
+    let (_, task) = rig.serve_bytes("fw-9.bin", &image);
     rig.platform.push(&device(), &task).unwrap();
     let r = rig.final_report(&agent, "fw-9.bin", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
@@ -99,7 +101,7 @@ fn the_emulated_arm_agent_delivers_through_a_cross_built_plugin_and_uploads() {
     // An upload queued by the emulated CLI, sent by the emulated daemon.
     let up = rig.make_file("log-1.txt", 300_000, 4);
     let out = Command::new(qemu)
-        .args(["-L", sysroot(qemu)])
+        .args(["-L", SYSROOT])
         .arg(&bin)
         .arg("upload")
         .arg(&up)
@@ -133,11 +135,4 @@ fn the_emulated_arm_agent_delivers_through_a_cross_built_plugin_and_uploads() {
     );
     assert_eq!(stored.md5_hex, md5_hex(&up));
     assert!(stored.content_md5_checked);
-}
-
-/// The sysroot for qemu's -L: Debian's multiarch root, where the target's libc and
-/// libssl are (`/usr/aarch64-linux-gnu`, the cross gcc's libc, makes qemu 7.2 hang in
-/// the first pthread_create; see scripts/cross-build.sh).
-fn sysroot(_qemu: &str) -> &'static str {
-    "/"
 }

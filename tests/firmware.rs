@@ -14,11 +14,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 
-/// An RSFW image for the example firmware plugin.
-fn image(seed: u8, len: usize) -> Vec<u8> {
-    rsfw_image(seed, len)
-}
-
 /// Serves `bytes` as resource `name`; the task for it.
 fn serve(rig: &Rig, name: &str, bytes: &[u8]) -> Value {
     let dir = rig.path().join("served");
@@ -91,7 +86,7 @@ fn a_pinned_plugin_absent_or_altered_fails_every_download_minus_9_until_it_is_ri
     wait_log(&agent, "pinned plugin not loaded");
 
     // Absent: a firmware image must not fall through to the default installer.
-    let fw1 = image(1, 4000);
+    let fw1 = rsfw_image(1, 4000);
     rig.platform
         .push(&device(), &serve(&rig, "fw-1.bin", &fw1))
         .unwrap();
@@ -156,7 +151,7 @@ fn a_claimed_resource_its_owner_declines_fails_minus_5_with_nothing_installed() 
     let agent = rig.start_agent();
     wait_log(&agent, "plugin claimer loaded");
     rig.platform
-        .push(&device(), &serve(&rig, "fw-9.bin", &image(9, 100)))
+        .push(&device(), &serve(&rig, "fw-9.bin", &rsfw_image(9, 100)))
         .unwrap();
     let r = rig.final_report(&agent, "fw-9.bin", T);
     assert_eq!(state_of(&r), ("fail", -5), "{r}");
@@ -181,7 +176,7 @@ fn a_downgrade_and_a_rollback_are_flashed_again_not_reported_done() {
     build_firmware(&plugin_dir(&rig).join("20-firmware.so"));
     let agent = rig.start_agent();
     wait_log(&agent, "plugin firmware loaded");
-    let (v1, v2) = (image(1, 6000), image(2, 7000));
+    let (v1, v2) = (rsfw_image(1, 6000), rsfw_image(2, 7000));
     let (t1, t2) = (serve(&rig, "fw-1.bin", &v1), serve(&rig, "fw-2.bin", &v2));
     rig.platform.push(&device(), &t1).unwrap();
     assert_eq!(
@@ -238,7 +233,7 @@ fn a_pending_install_reports_burning_100_then_done_or_fail_after_a_restart() {
     rig.config["reboot_command"] = json!(format!("touch {}", marker.display()));
     build_firmware(&plugin_dir(&rig).join("20-firmware.so"));
     let mut agent = rig.start_agent();
-    let v3 = image(3, 5000);
+    let v3 = rsfw_image(3, 5000);
     let t3 = serve(&rig, "fw-3.bin", &v3);
     rig.platform.push(&device(), &t3).unwrap();
     let pending = rig
@@ -287,7 +282,7 @@ fn a_pending_install_reports_burning_100_then_done_or_fail_after_a_restart() {
     assert!(journal["pending"].is_null(), "{journal}");
 
     // A second image that the device does not keep (rolled back to v3): fail -5.
-    let v4 = image(4, 5000);
+    let v4 = rsfw_image(4, 5000);
     rig.platform
         .push(&device(), &serve(&rig, "fw-4.bin", &v4))
         .unwrap();
@@ -640,8 +635,8 @@ fn plugin_run_installs_and_refuses_at_the_desk_without_broker_or_daemon() {
     let so = rig.path().join("20-firmware.so");
     build_firmware(&so);
     let good = rig.path().join("good.img");
-    std::fs::write(&good, image(5, 3000)).unwrap();
-    let mut bad = image(6, 3000);
+    std::fs::write(&good, rsfw_image(5, 3000)).unwrap();
+    let mut bad = rsfw_image(6, 3000);
     bad[100] ^= 1;
     let bad_file = rig.path().join("bad.img");
     std::fs::write(&bad_file, &bad).unwrap();

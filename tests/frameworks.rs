@@ -224,11 +224,7 @@ fn swupdate_rig(reboot: bool) -> (Rig, SwUpdate, (PathBuf, PathBuf)) {
 }
 
 fn push(rig: &Rig, name: &str, bytes: &[u8]) {
-    let served = rig.path().join("served");
-    std::fs::create_dir_all(&served).unwrap();
-    let p = served.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    let task = rig.platform.task_for(name, &p);
+    let (_, task) = rig.serve_bytes(name, bytes);
     rig.platform.push(&device(), &task).unwrap();
 }
 

@@ -34,12 +34,7 @@ fn firmware(
     let mut bytes = magic.to_vec();
     bytes.extend_from_slice(&version.to_le_bytes());
     bytes.resize(len, 0xA5);
-    let dir = rig.path().join("served");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    let task = rig.platform.task_for(name, &p);
-    (p, task)
+    rig.serve_bytes(name, &bytes)
 }
 
 fn plugin_check(rig: &Rig, file: &Path) -> (i32, String) {

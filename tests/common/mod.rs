@@ -232,13 +232,26 @@ impl Rig {
         )
     }
 
-    /// Writes a file of `size` pseudo-random bytes (seeded) to serve.
-    pub fn make_file(&self, name: &str, size: u64, seed: u64) -> PathBuf {
+    /// Where the file served as `name` lives (its folder made).
+    fn served(&self, name: &str) -> PathBuf {
         let dir = self.path().join("served");
         std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
+        dir.join(name)
+    }
+
+    /// Writes a file of `size` pseudo-random bytes (seeded) to serve.
+    pub fn make_file(&self, name: &str, size: u64, seed: u64) -> PathBuf {
+        let p = self.served(name);
         write_random(&p, size, seed);
         p
+    }
+
+    /// Serves `bytes` as resource `name`: the file and the task a device would get.
+    pub fn serve_bytes(&self, name: &str, bytes: &[u8]) -> (PathBuf, Value) {
+        let p = self.served(name);
+        std::fs::write(&p, bytes).unwrap();
+        let task = self.platform.task_for(name, &p);
+        (p, task)
     }
 
     /// A served file of `size` bytes and the task a device would get for it.
