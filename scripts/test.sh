@@ -9,10 +9,11 @@ cargo build --workspace --locked
 cargo test --workspace --locked "$@"
 # No agent may outlive its test: each runs with a config in a temp folder, and one left
 # behind (a wrapper killed, the agent not) reconnects to a dead broker for hours.
-left=$(pgrep -af "^$PWD/target/[^ ]*resagent run -c ${TMPDIR:-/tmp}/\.tmp" || true)
+test_agent="^$PWD/target/[^ ]*resagent run -c ${TMPDIR:-/tmp}/\.tmp"
+left=$(pgrep -af "$test_agent" || true)
 if [ -n "$left" ]; then
   echo "test.sh: agents left running by the tests (now killed):" >&2
   echo "$left" >&2
-  pkill -9 -f "^$PWD/target/[^ ]*resagent run -c ${TMPDIR:-/tmp}/\.tmp" || true
+  pkill -9 -f "$test_agent" || true
   exit 1
 fi

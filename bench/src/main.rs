@@ -75,7 +75,7 @@ fn parse_opts() -> Opts {
         match args[i].as_str() {
             "--sizes" => o.sizes_mib = val(i).split(',').filter_map(|s| s.parse().ok()).collect(),
             "--runs" => o.runs = val(i).parse().unwrap_or(5),
-            "--fleet" => o.fleet = val(i).parse().unwrap_or(50),
+            "--fleet" => o.fleet = val(i).parse().unwrap_or(200),
             "--idle-secs" => o.idle_secs = val(i).parse().unwrap_or(60),
             "--bin" => o.bin = PathBuf::from(val(i)),
             "--only" => o.only = val(i).split(',').map(str::to_owned).collect(),

@@ -25,7 +25,7 @@ pub fn device() -> String {
 pub struct Agent {
     pub child: Child,
     pub log: PathBuf,
-    /// Started under a wrapper (strace, qemu) in a process group of its own: killing
+    /// Started under a wrapper (strace, qemu, env) in a process group of its own: killing
     /// the wrapper alone left a traced agent running after its test (found: daemons of
     /// `installs_and_journal_writes_are_ordered…` still reconnecting an hour later).
     group: bool,
