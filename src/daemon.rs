@@ -331,6 +331,12 @@ impl Coordinator {
             while !handle.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            if !handle.is_finished() {
+                log::warn!(
+                    "the download did not reach a chunk boundary within {:.1} s; stopping without it (the journal is consistent)",
+                    STOP_GRACE.as_secs_f32()
+                );
+            }
         }
         self.publisher.disconnect();
         self.record_connection(ConnState::Disconnected);

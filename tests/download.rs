@@ -488,6 +488,77 @@ fn a_server_that_stalls_ends_minus_1_after_one_resumed_retry() {
     assert!(agent.is_alive());
 }
 
+const STALL_AT: u64 = 256 * 1024;
+
+/// A stalled server (one whole chunk of the reader, then silence, the socket open) with
+/// the default one-minute read timeout.
+fn stalled_download(rig: &mut Rig, name: &str, seed: u64) -> serde_json::Value {
+    rig.config["transfer_timeout_s"] = json!(60);
+    let (_f, task) = rig.task(name, 4 << 20, seed);
+    rig.fault(
+        &task,
+        resagent_platform::HttpFault {
+            stall_after: Some(STALL_AT),
+            stall_for: Duration::from_secs(120),
+            ..Default::default()
+        },
+    );
+    task
+}
+
+#[test]
+fn a_withdrawal_while_the_server_is_silent_stops_the_download_at_once() {
+    let mut rig = Rig::new();
+    let task = stalled_download(&mut rig, "silent.bin", 18);
+    let mut agent = rig.start_agent();
+    rig.platform.push(&device(), &task).unwrap();
+    rig.wait_staged("silent.bin", STALL_AT);
+    std::thread::sleep(Duration::from_millis(500));
+    rig.platform
+        .send(
+            &device(),
+            br#"{"type":"report_download_progress_rsp","result_code":-3,"result_msg":"withdrawn"}"#,
+        )
+        .unwrap();
+    // Seen while waiting for bytes, not after the read timeout (60 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent.log_text().contains("staged bytes removed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not cancelled; log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rig.staged("silent.bin"), 0);
+    assert!(rig.journal()["download"].is_null());
+    assert!(agent.is_alive());
+}
+
+#[test]
+fn sigterm_while_the_server_is_silent_stops_the_download_at_its_boundary() {
+    let mut rig = Rig::new();
+    let task = stalled_download(&mut rig, "hush.bin", 19);
+    rig.platform.offer(&device(), task);
+    let mut agent = rig.start_agent();
+    rig.wait_staged("hush.bin", STALL_AT);
+    std::thread::sleep(Duration::from_millis(500));
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(Some(0)));
+    let log = agent.log_text();
+    assert!(log.contains("stopped"), "{log}");
+    assert!(
+        !log.contains("did not reach a chunk boundary"),
+        "the download thread was left behind:\n{log}"
+    );
+    assert_eq!(
+        rig.journal()["download"]["task"]["name"],
+        "hush.bin",
+        "resumable"
+    );
+    assert_eq!(rig.staged("hush.bin"), STALL_AT, "{log}");
+}
+
 #[test]
 fn poll_interval_and_reload_take_effect() {
     let mut rig = Rig::new();

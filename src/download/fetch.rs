@@ -218,17 +218,19 @@ fn copy_chunks(
     loop {
         d.check_stop()?;
         crate::notify::beat();
-        let (buf, n) = match pipe.next() {
-            Chunk::Data(buf, n) => (buf, n),
-            Chunk::End => break,
-            Chunk::Failed(e) if is_timeout(&e) => {
+        let (buf, n) = match pipe.next(|| d.check_stop().is_err()) {
+            // A stop while the server is silent: the check above returns it.
+            None => continue,
+            Some(Chunk::Data(buf, n)) => (buf, n),
+            Some(Chunk::End) => break,
+            Some(Chunk::Failed(e)) if is_timeout(&e) => {
                 return Err(transfer(TransferError::Timeout {
                     url: shown,
                     secs: d.config.transfer_timeout.as_secs(),
                 })
                 .into())
             }
-            Chunk::Failed(e) => {
+            Some(Chunk::Failed(e)) => {
                 return Err(transfer(TransferError::Interrupted {
                     url: shown,
                     reason: e.to_string(),

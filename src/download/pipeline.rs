@@ -25,6 +25,10 @@ const PIPELINE_BUFFERS: usize = 2;
 /// of waiting for a whole chunk.
 const FILL_FOR: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How often a wait for the next chunk looks for a stop: a wake-up only while the
+/// network is silent (chunks end the wait at once).
+const WAIT_TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Reads into `buf` until it is full, the body ends, a read fails or [`FILL_FOR`] has
 /// passed since the first read: how many bytes, and the error if one stopped it. ureq
 /// hands the body out in pieces of its 8 KiB buffer; passing those on one by one cost a
@@ -107,15 +111,26 @@ impl Pipeline {
         }
     }
 
-    /// The next chunk; while the network is silent the waiting thread still shows a
-    /// sign of life to the watchdog (a stall is the read timeout's business).
-    pub(crate) fn next(&self) -> Chunk {
+    /// The next chunk, or None once `stopping()` holds while the network is silent: a
+    /// cancel or a stop is seen within [`WAIT_TICK`] even when no byte comes (else it
+    /// would wait for the read timeout, a minute by default). The reader is left behind;
+    /// it ends when its read returns and nobody takes the chunk. While it waits the
+    /// thread still shows a sign of life to the watchdog (a stall is the read timeout's
+    /// business).
+    pub(crate) fn next(&self, stopping: impl Fn() -> bool) -> Option<Chunk> {
         loop {
-            match self.chunks.recv_timeout(std::time::Duration::from_secs(1)) {
-                Ok(chunk) => return chunk,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => crate::notify::beat(),
+            match self.chunks.recv_timeout(WAIT_TICK) {
+                Ok(chunk) => return Some(chunk),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    crate::notify::beat();
+                    if stopping() {
+                        return None;
+                    }
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Chunk::Failed(io::Error::other("the reading thread ended unexpectedly"))
+                    return Some(Chunk::Failed(io::Error::other(
+                        "the reading thread ended unexpectedly",
+                    )))
                 }
             }
         }
@@ -165,7 +180,7 @@ mod tests {
     fn drain(pipe: &mut Pipeline) -> (Vec<u8>, Option<io::Error>) {
         let mut got = Vec::new();
         loop {
-            match pipe.next() {
+            match pipe.next(|| false).expect("never stopped") {
                 Chunk::Data(buf, n) => {
                     got.extend_from_slice(&buf[..n]);
                     pipe.consume(buf, n);
@@ -210,6 +225,20 @@ mod tests {
         assert_eq!(got, b"after");
         assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
         assert_eq!(pipe.finish().hex(), md5_of(b"before after"));
+    }
+
+    #[test]
+    fn a_wait_on_a_silent_body_ends_when_the_download_is_stopping() {
+        let silent = Trickle {
+            pieces: vec![b"late".to_vec()],
+            pause: std::time::Duration::from_secs(2),
+            fail_at_end: false,
+        };
+        let pipe = Pipeline::start(silent, Md5::new())
+            .map_err(|(_, e)| e)
+            .unwrap();
+        // Waiting for the body's first byte would return it (Some).
+        assert!(pipe.next(|| true).is_none());
     }
 
     #[test]
