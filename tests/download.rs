@@ -404,15 +404,7 @@ fn a_non_zero_progress_rsp_cancels_the_transfer() {
     let agent = rig.start_agent();
     rig.platform.set_download_rsp_code(-1);
     rig.platform.push(&device(), &task).unwrap();
-    let deadline = std::time::Instant::now() + T;
-    while !agent.log_text().contains("staged bytes removed") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not cancelled; log:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_log_within(&agent, "staged bytes removed", T);
     assert_eq!(rig.staged("cancel.bin"), 0);
     assert!(!rig.resource("cancel.bin").exists());
     assert!(rig.journal()["download"].is_null());
@@ -521,15 +513,7 @@ fn a_withdrawal_while_the_server_is_silent_stops_the_download_at_once() {
         )
         .unwrap();
     // Seen while waiting for bytes, not after the read timeout (60 s).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !agent.log_text().contains("staged bytes removed") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not cancelled; log:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_log_within(&agent, "staged bytes removed", Duration::from_secs(10));
     assert_eq!(rig.staged("silent.bin"), 0);
     assert!(rig.journal()["download"].is_null());
     assert!(agent.is_alive());

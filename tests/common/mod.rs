@@ -419,8 +419,14 @@ pub fn fixture(rig: &Rig, src: &str, file: &str, defines: &[&str]) -> PathBuf {
     out
 }
 
+/// Waits until `needle` is in the agent's log (a minute at most).
 pub fn wait_log(agent: &Agent, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_log_within(agent, needle, Duration::from_secs(60))
+}
+
+/// Waits until `needle` is in the agent's log, failing after `within`.
+pub fn wait_log_within(agent: &Agent, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
     while !agent.log_text().contains(needle) {
         assert!(
             Instant::now() < deadline,
