@@ -35,6 +35,9 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(60);
 /// Retries of a file that failed: 2 s doubling to 5 min.
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// How soon an entry that `resagent upload` was still queueing is looked at again when
+/// no SIGUSR2 says it is ready (a killed `upload` sends none).
+const QUEUEING_RECHECK: Duration = Duration::from_secs(1);
 /// Granularity of waits, so a stop is noticed quickly.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -57,6 +60,9 @@ pub(crate) enum UploadSignal {
 /// How one attempt ended.
 enum Attempt {
     Uploaded,
+    /// `resagent upload` still queues the file (its MD5 not saved yet): looked at again
+    /// on its SIGUSR2, or after [`QUEUEING_RECHECK`] should it never come.
+    NotYet,
     /// The file stays in the outbox and is tried again after a delay.
     Retry(UploadError),
     Stopped,
@@ -151,6 +157,16 @@ impl Uploader {
                         Attempt::Uploaded => {
                             waiting.remove(&entry.name);
                         }
+                        Attempt::NotYet => {
+                            // Not a failure: no backoff, no retry on record.
+                            let w = waiting.entry(entry.name.clone()).or_insert(Waiting {
+                                next: now,
+                                backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
+                                attempts: 0,
+                            });
+                            w.next = now + QUEUEING_RECHECK;
+                            log::debug!("{} is still being queued; later", entry.name);
+                        }
                         Attempt::Retry(reason) => {
                             let w = waiting.entry(entry.name.clone()).or_insert(Waiting {
                                 next: now,
@@ -212,6 +228,7 @@ impl Uploader {
     fn attempt(&mut self, entry: &Entry) -> Attempt {
         let opened = match outbox::open_entry(&self.config.outbox_dir, entry) {
             Ok(o) => o,
+            Err(outbox::OutboxError::BeingQueued { .. }) => return Attempt::NotYet,
             Err(e) => return Attempt::Retry(UploadError::Open(e)),
         };
         let (size, md5sum) = (opened.size, opened.md5sum.clone());

@@ -419,6 +419,46 @@ fn uploads_work_against_a_third_party_s3_server_that_checks_content_md5() {
 }
 
 #[test]
+fn an_entry_still_being_queued_is_not_read_or_sent_until_its_claim_ends() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    std::fs::create_dir_all(outbox(&rig)).unwrap();
+    // An entry under its name with no saved MD5, claimed (an exclusive flock) as
+    // `resagent upload` claims one while it hashes it.
+    let src = rig.make_file("claimed.bin", 300_000, 60);
+    let entry = outbox(&rig).join("claimed.bin");
+    std::fs::copy(&src, &entry).unwrap();
+    let held = std::fs::File::open(&entry).unwrap();
+    #[allow(deprecated)]
+    nix::fcntl::flock(
+        std::os::fd::AsRawFd::as_raw_fd(&held),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+    // A file queued after it goes first (its SIGUSR2 makes the daemon look at both).
+    let other = rig.make_file("other.bin", 10_000, 61);
+    let (code, out, err) = rig.cli(&["upload", other.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    upload_done(&rig, &agent, "other.bin");
+    let announced = |name: &str| {
+        rig.platform
+            .received(&device())
+            .iter()
+            .any(|m| m["type"] == "create_upload_task" && m["name"] == name)
+    };
+    assert!(!announced("claimed.bin"), "{}", agent.log_text());
+    assert!(!agent.log_text().contains("claimed.bin: no saved MD5"));
+    // The claim ends with no MD5 saved (as when `upload` is killed): the daemon reads
+    // the file for its MD5 and sends it, without another SIGUSR2.
+    drop(held);
+    upload_done(&rig, &agent, "claimed.bin");
+    assert_eq!(stored(&rig, "claimed.bin").md5_hex, md5_hex(&src));
+    assert!(agent
+        .log_text()
+        .contains("claimed.bin: no saved MD5; reading the file for it"));
+}
+
+#[test]
 fn a_batch_of_small_files_confirmed_at_once_goes_at_the_pace_of_the_link() {
     let mut rig = Rig::new();
     let agent = rig.start_agent();
