@@ -143,22 +143,48 @@ pub(crate) const FLUSH_EVERY: u64 = 8 << 20;
 /// works while the network does and the one fsync at the end has little left — not an
 /// fsync itself: it waits for nothing and promises nothing. A request made while one
 /// runs is skipped, never queued: the writer never waits for the disk here.
+///
+/// [`Flusher::dropping`] also drops what reached the disk from the page cache, a round
+/// behind: a large copy then holds a few megabytes of cache, not the file's size — it
+/// neither evicts what the device's programs use nor needs fresh pages for every byte.
+/// The price is that whoever reads the copy next reads it from the disk.
 pub(crate) struct Flusher {
-    kick: Option<std::sync::mpsc::SyncSender<()>>,
+    kick: Option<std::sync::mpsc::SyncSender<u64>>,
     thread: Option<std::thread::JoinHandle<()>>,
     unflushed: u64,
+    written: u64,
 }
 
 impl Flusher {
     pub(crate) fn new(file: &File) -> Flusher {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        Flusher::start(file, false)
+    }
+
+    /// A flusher that also drops the written pages once they are on the disk.
+    pub(crate) fn dropping(file: &File) -> Flusher {
+        Flusher::start(file, true)
+    }
+
+    fn start(file: &File, drop_behind: bool) -> Flusher {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(1);
         let thread = file.try_clone().ok().and_then(|f| {
             std::thread::Builder::new()
                 .name("flush".into())
                 .spawn(move || {
-                    while rx.recv().is_ok() {
+                    // Bytes from the start already dropped, and the end of what the
+                    // previous round started writing back.
+                    let (mut dropped, mut started) = (0u64, 0u64);
+                    while let Ok(written) = rx.recv() {
                         // Best effort: a file system without it still gets the fsync.
                         let _ = crate::plugin::child::start_writeback(&f);
+                        if drop_behind && started > dropped {
+                            let len = started - dropped;
+                            if crate::plugin::child::finish_writeback(&f, dropped, len).is_ok() {
+                                let _ = drop_cached(&f, dropped, len);
+                            }
+                            dropped = started;
+                        }
+                        started = written;
                     }
                 })
                 .ok()
@@ -167,19 +193,37 @@ impl Flusher {
             kick: thread.as_ref().map(|_| tx),
             thread,
             unflushed: 0,
+            written: 0,
         }
     }
 
     /// Notes `n` more bytes written; every [`FLUSH_EVERY`] bytes asks for a flush.
     pub(crate) fn wrote(&mut self, n: u64) {
         self.unflushed += n;
+        self.written += n;
         if self.unflushed >= FLUSH_EVERY {
             self.unflushed = 0;
             if let Some(k) = &self.kick {
-                let _ = k.try_send(());
+                let _ = k.try_send(self.written);
             }
         }
     }
+}
+
+/// Drops clean cached pages of `len` bytes of `file` from `offset` (dirty ones stay).
+pub(crate) fn drop_cached(file: &File, offset: u64, len: u64) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // `off_t` is 32 bits on some 32-bit targets: past that, nothing is dropped.
+    use nix::libc::off_t;
+    let (Ok(offset), Ok(len)) = (off_t::try_from(offset), off_t::try_from(len)) else {
+        return Err(nix::errno::Errno::EINVAL);
+    };
+    nix::fcntl::posix_fadvise(
+        file.as_raw_fd(),
+        offset,
+        len,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
 }
 
 impl Drop for Flusher {

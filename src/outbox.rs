@@ -216,7 +216,7 @@ fn copy_hashing(
             .map_err(|e| FsError::new("create", &tmp, e))?;
         claim(&out);
         let mut ctx = crate::digest::Md5::new();
-        let mut flusher = fsutil::Flusher::new(&out);
+        let mut flusher = fsutil::Flusher::dropping(&out);
         let copied = read_chunks(&mut input, u64::MAX, |chunk| {
             ctx.consume(chunk);
             out.write_all(chunk)?;

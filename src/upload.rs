@@ -6,6 +6,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::fsutil;
 use crate::journal::{unix_now, JournalStore, UploadInFlight, UploadRetry};
 use crate::mqtt::{MqttError, Publisher};
 use crate::outbox::{self, Entry};
@@ -328,6 +329,7 @@ impl Uploader {
         let body = ProgressBody {
             inner: file.take(size),
             sent: 0,
+            dropped: 0,
             size,
             uploader: self,
             progress: Progress::new(
@@ -472,17 +474,22 @@ impl Uploader {
 }
 
 /// The PUT body: the file, counted for progress, paced under `max_bytes_per_s`, and cut
-/// short (an error) when the agent stops or the platform withdraws the upload.
-struct ProgressBody<'a, R> {
-    inner: R,
+/// short (an error) when the agent stops or the platform withdraws the upload. What was
+/// sent is dropped from the page cache every [`fsutil::FLUSH_EVERY`] bytes: the file is
+/// read once (a retry reads it from the disk again) and removed after, and a large upload
+/// should not evict what the device's programs use.
+struct ProgressBody<'a> {
+    inner: io::Take<&'a std::fs::File>,
     sent: u64,
+    /// Bytes from the start already dropped from the page cache.
+    dropped: u64,
     size: u64,
     uploader: &'a Uploader,
     progress: Progress<'a>,
     pace: crate::pace::Pace,
 }
 
-impl<R: Read> Read for ProgressBody<'_, R> {
+impl Read for ProgressBody<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.uploader.shutdown.is_set() || self.uploader.cancel.load(Ordering::SeqCst) {
             // Not `Interrupted`: readers retry those.
@@ -493,6 +500,12 @@ impl<R: Read> Read for ProgressBody<'_, R> {
         }
         let n = self.inner.read(buf)?;
         self.sent += n as u64;
+        if self.sent - self.dropped >= fsutil::FLUSH_EVERY {
+            // Best effort: the file is only read, so its pages are clean.
+            let _ =
+                fsutil::drop_cached(self.inner.get_ref(), self.dropped, self.sent - self.dropped);
+            self.dropped = self.sent;
+        }
         self.uploader
             .progress(&mut self.progress, self.sent, self.size);
         self.pace.after(n as u64, &self.uploader.shutdown);

@@ -458,6 +458,45 @@ fn an_entry_still_being_queued_is_not_read_or_sent_until_its_claim_ends() {
         .contains("claimed.bin: no saved MD5; reading the file for it"));
 }
 
+/// Bytes of `path` in the page cache (util-linux's `fincore`).
+fn cached_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux-extra) runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_large_upload_leaves_little_of_its_file_in_the_page_cache() {
+    let mut rig = Rig::new();
+    rig.config["max_bytes_per_s"] = serde_json::json!(16 << 20);
+    let src = rig.make_file("big.log", 64 << 20, 62);
+    let (code, out, err) = rig.cli(&["upload", src.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let entry = outbox(&rig).join("big.log");
+    // The copy was written back and dropped as it went (its last rounds may stay).
+    let after_copy = cached_bytes(&entry);
+    assert!(
+        after_copy <= 24 << 20,
+        "{after_copy} bytes of 64 MiB cached after the copy"
+    );
+    // The PUT drops what it has sent: looked at well into it.
+    let agent = rig.start_agent();
+    wait_until("60 % sent", || {
+        rig.journal()["upload"]["percent"].as_u64().unwrap_or(0) >= 60
+    });
+    let during = cached_bytes(&entry);
+    assert!(
+        during <= 24 << 20,
+        "{during} bytes of 64 MiB cached at 60 % of the PUT"
+    );
+    upload_done(&rig, &agent, "big.log");
+    assert_eq!(stored(&rig, "big.log").md5_hex, md5_hex(&src));
+}
+
 #[test]
 fn a_batch_of_small_files_confirmed_at_once_goes_at_the_pace_of_the_link() {
     let mut rig = Rig::new();
