@@ -50,13 +50,17 @@ pub(crate) enum OutboxError {
 /// network or FUSE file systems) the claim is not held and the daemon may hash the file
 /// itself, as before: slower, never wrong.
 ///
+/// The claim never waits: a `--move`d file that its writer holds locked is queued
+/// unclaimed (a hang of `upload` would be worse than a second hash).
+///
 /// `nix::fcntl::flock` is deprecated for `Flock`, whose drop panics when the unlock fails
 /// (with `panic = "abort"`, a dead process); closing the descriptor releases the lock
 /// anyway, so the plain call is kept and its errors only logged.
 #[allow(deprecated)]
 fn claim(file: &File) {
     use std::os::fd::AsRawFd;
-    if let Err(e) = nix::fcntl::flock(file.as_raw_fd(), nix::fcntl::FlockArg::LockExclusive) {
+    let exclusive = nix::fcntl::FlockArg::LockExclusiveNonblock;
+    if let Err(e) = nix::fcntl::flock(file.as_raw_fd(), exclusive) {
         log::debug!("no claim on the outbox entry (flock: {e}); the daemon may hash it too");
     }
 }
@@ -512,6 +516,22 @@ mod tests {
             &File::open(outbox.join("b.bin")).unwrap()
         ));
         drop(claimed);
+
+        // A file its writer holds locked is queued without waiting (and unclaimed).
+        std::fs::write(&src, b"locked").unwrap();
+        let writer = File::open(&src).unwrap();
+        claim(&writer);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, o) = (src.clone(), outbox.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(move_in(&s, &o, &o.join("c.bin")).map(|(md5, _)| md5));
+        });
+        let moved = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(writer);
+        let md5 = moved
+            .expect("move_in waited for the writer's lock")
+            .unwrap();
+        assert_eq!(md5, crate::digest::md5_file(&outbox.join("c.bin")).unwrap());
 
         // An entry without a saved MD5 while the claim is held: not read yet.
         let e = Entry {
