@@ -37,7 +37,8 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(60);
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 /// How soon an entry that `resagent upload` was still queueing is looked at again when
-/// no SIGUSR2 says it is ready (a killed `upload` sends none).
+/// no SIGUSR2 says it is ready (a killed `upload` sends none); doubling to
+/// [`SCAN_INTERVAL`] while it stays claimed.
 const QUEUEING_RECHECK: Duration = Duration::from_secs(1);
 /// Granularity of waits, so a stop is noticed quickly.
 const TICK: Duration = Duration::from_millis(200);
@@ -127,6 +128,21 @@ struct Waiting {
     next: Instant,
     backoff: Backoff,
     attempts: u32,
+    /// The next wait for an entry still being queued: [`QUEUEING_RECHECK`] doubling to
+    /// [`SCAN_INTERVAL`] (a file its writer keeps locked should not wake the thread
+    /// every second).
+    recheck: Duration,
+}
+
+impl Waiting {
+    fn new(now: Instant) -> Waiting {
+        Waiting {
+            next: now,
+            backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
+            attempts: 0,
+            recheck: QUEUEING_RECHECK,
+        }
+    }
 }
 
 impl Uploader {
@@ -159,21 +175,18 @@ impl Uploader {
                             waiting.remove(&entry.name);
                         }
                         Attempt::NotYet => {
-                            // Not a failure: no backoff, no retry on record.
-                            let w = waiting.entry(entry.name.clone()).or_insert(Waiting {
-                                next: now,
-                                backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
-                                attempts: 0,
-                            });
-                            w.next = now + QUEUEING_RECHECK;
+                            // Not a failure: no retry on record, no upload backoff.
+                            let w = waiting
+                                .entry(entry.name.clone())
+                                .or_insert_with(|| Waiting::new(now));
+                            w.next = now + w.recheck;
+                            w.recheck = (w.recheck * 2).min(SCAN_INTERVAL);
                             log::debug!("{} is still being queued; later", entry.name);
                         }
                         Attempt::Retry(reason) => {
-                            let w = waiting.entry(entry.name.clone()).or_insert(Waiting {
-                                next: now,
-                                backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
-                                attempts: 0,
-                            });
+                            let w = waiting
+                                .entry(entry.name.clone())
+                                .or_insert_with(|| Waiting::new(now));
                             w.attempts += 1;
                             let delay = w.backoff.next_delay(random::random_u64()).max(RETRY_MIN);
                             w.next = Instant::now() + delay;
