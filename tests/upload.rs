@@ -477,10 +477,11 @@ fn a_large_upload_leaves_little_of_its_file_in_the_page_cache() {
     let (code, out, err) = rig.cli(&["upload", src.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     let entry = outbox(&rig).join("big.log");
-    // The copy was written back and dropped as it went (its last rounds may stay).
+    // The copy was written back and dropped as it went: its last rounds may stay (two of
+    // 8 MiB, more when a slow disk made the flusher skip some), not the whole file.
     let after_copy = cached_bytes(&entry);
     assert!(
-        after_copy <= 24 << 20,
+        after_copy <= 40 << 20,
         "{after_copy} bytes of 64 MiB cached after the copy"
     );
     // The PUT drops what it has sent: looked at well into it.
