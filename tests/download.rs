@@ -483,7 +483,8 @@ fn a_server_that_stalls_ends_minus_1_after_one_resumed_retry() {
 const STALL_AT: u64 = 256 * 1024;
 
 /// A stalled server (one whole chunk of the reader, then silence, the socket open) with
-/// the default one-minute read timeout.
+/// the default one-minute read timeout. The tests wait for some bytes, not all: on a
+/// loaded machine the reader may hand a part on and hold the rest until its next read.
 fn stalled_download(rig: &mut Rig, name: &str, seed: u64) -> serde_json::Value {
     rig.config["transfer_timeout_s"] = json!(60);
     let (_f, task) = rig.task(name, 4 << 20, seed);
@@ -504,7 +505,7 @@ fn a_withdrawal_while_the_server_is_silent_stops_the_download_at_once() {
     let task = stalled_download(&mut rig, "silent.bin", 18);
     let mut agent = rig.start_agent();
     rig.platform.push(&device(), &task).unwrap();
-    rig.wait_staged("silent.bin", STALL_AT);
+    rig.wait_staged("silent.bin", 1);
     std::thread::sleep(Duration::from_millis(500));
     rig.platform
         .send(
@@ -525,7 +526,7 @@ fn sigterm_while_the_server_is_silent_stops_the_download_at_its_boundary() {
     let task = stalled_download(&mut rig, "hush.bin", 19);
     rig.platform.offer(&device(), task);
     let mut agent = rig.start_agent();
-    rig.wait_staged("hush.bin", STALL_AT);
+    rig.wait_staged("hush.bin", 1);
     std::thread::sleep(Duration::from_millis(500));
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(Some(0)));
@@ -540,7 +541,7 @@ fn sigterm_while_the_server_is_silent_stops_the_download_at_its_boundary() {
         "hush.bin",
         "resumable"
     );
-    assert_eq!(rig.staged("hush.bin"), STALL_AT, "{log}");
+    assert!((1..=STALL_AT).contains(&rig.staged("hush.bin")), "{log}");
 }
 
 #[test]
