@@ -128,6 +128,8 @@ fn kind_of(ft: std::fs::FileType) -> &'static str {
         "a socket"
     } else if ft.is_block_device() || ft.is_char_device() {
         "a device"
+    } else if ft.is_symlink() {
+        "a symbolic link"
     } else {
         "not a regular file"
     }
@@ -157,7 +159,14 @@ pub(crate) fn enqueue(
         path: src.to_path_buf(),
         source: e,
     };
-    let meta = std::fs::metadata(src).map_err(source)?;
+    // A copy reads what a link points to; `--move` would rename the link itself into
+    // the outbox (a relative one then points nowhere, and the daemon opens entries
+    // without following links), so it takes regular files only.
+    let meta = match how {
+        Handover::Copy => std::fs::metadata(src),
+        Handover::Move => std::fs::symlink_metadata(src),
+    }
+    .map_err(source)?;
     if !meta.file_type().is_file() {
         return Err(OutboxError::NotRegular {
             path: src.to_path_buf(),
@@ -251,10 +260,14 @@ fn copy_hashing(
 /// Renames the file into the outbox (same file system only) and hashes it there,
 /// claimed from before the rename; the MD5 and the claimed descriptor.
 fn move_in(src: &Path, outbox: &Path, dest: &Path) -> Result<(String, File), OutboxError> {
-    let mut file = File::open(src).map_err(|e| OutboxError::Source {
-        path: src.to_path_buf(),
-        source: e,
-    })?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(src)
+        .map_err(|e| OutboxError::Source {
+            path: src.to_path_buf(),
+            source: e,
+        })?;
     claim(&file);
     match rename_noreplace(src, dest) {
         Ok(()) => {}
@@ -641,6 +654,32 @@ mod tests {
             enqueue(&outbox, &fifo, None, Handover::Copy),
             Err(OutboxError::NotRegular { kind: "a FIFO", .. })
         ));
+        // `--move` of a link is refused and leaves it in place; a copy reads its target.
+        let target = d.path().join("target");
+        std::fs::write(&target, b"kept").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink("target", &link).unwrap();
+        assert!(matches!(
+            enqueue(&outbox, &link, None, Handover::Move),
+            Err(OutboxError::NotRegular {
+                kind: "a symbolic link",
+                ..
+            })
+        ));
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(
+            !outbox.join("link").exists()
+                && std::fs::symlink_metadata(outbox.join("link")).is_err()
+        );
+        let (e, _) = enqueue(&outbox, &link, None, Handover::Copy).unwrap();
+        assert_eq!(std::fs::read(&e.path).unwrap(), b"kept");
+        assert!(!std::fs::symlink_metadata(&e.path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert!(matches!(
             enqueue(&outbox, &d.path().join("missing"), None, Handover::Copy),
             Err(OutboxError::Source { .. })
