@@ -181,33 +181,37 @@ pub(crate) fn enqueue(
             outbox: outbox.to_path_buf(),
         });
     }
-    // The claimed descriptor of the entry: its close, after the MD5 is saved, ends the
-    // claim.
-    let (md5sum, claimed) = match how {
+    let queued = match how {
         Handover::Copy => copy_hashing(src, outbox, &name, &dest)?,
         Handover::Move => move_in(src, outbox, &dest)?,
     };
-    let meta = std::fs::metadata(&dest).map_err(|e| FsError::new("stat", &dest, e))?;
-    write_digest(outbox, &name, &md5sum, &meta);
-    drop(claimed);
+    write_digest(outbox, &name, &queued.md5sum, &queued.meta);
+    let size = queued.meta.len();
+    // Closing the claimed descriptor, now that the MD5 is saved, ends the claim.
+    drop(queued.claim);
     Ok((
         Entry {
             name,
             path: dest,
-            size: meta.len(),
+            size,
         },
-        md5sum,
+        queued.md5sum,
     ))
 }
 
-/// Copies under a dot-name while hashing, fsyncs, renames into place; the MD5 and the
-/// copy's descriptor, which holds the claim.
-fn copy_hashing(
-    src: &Path,
-    outbox: &Path,
-    name: &str,
-    dest: &Path,
-) -> Result<(String, File), OutboxError> {
+/// An entry just handed over: its MD5, the entry's metadata taken through the claimed
+/// descriptor no later than the hashing began (a write during the hash then makes the
+/// saved MD5 stale, so the daemon reads the file again instead of sending a wrong
+/// `Content-MD5` on every retry), and that descriptor.
+struct Queued {
+    md5sum: String,
+    meta: std::fs::Metadata,
+    claim: File,
+}
+
+/// Copies under a dot-name while hashing, fsyncs, renames into place (the copy is
+/// ours alone, so its metadata is taken after the rename, which changes it).
+fn copy_hashing(src: &Path, outbox: &Path, name: &str, dest: &Path) -> Result<Queued, OutboxError> {
     let mut input = File::open(src).map_err(|e| OutboxError::Source {
         path: src.to_path_buf(),
         source: e,
@@ -249,7 +253,12 @@ fn copy_hashing(
         drop(flusher);
         out.sync_all().map_err(|e| FsError::new("fsync", &tmp, e))?;
         place_new(&tmp, dest, name, outbox)?;
-        Ok((ctx.hex(), out))
+        let meta = out.metadata().map_err(|e| FsError::new("stat", dest, e))?;
+        Ok(Queued {
+            md5sum: ctx.hex(),
+            meta,
+            claim: out,
+        })
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -258,8 +267,9 @@ fn copy_hashing(
 }
 
 /// Renames the file into the outbox (same file system only) and hashes it there,
-/// claimed from before the rename; the MD5 and the claimed descriptor.
-fn move_in(src: &Path, outbox: &Path, dest: &Path) -> Result<(String, File), OutboxError> {
+/// claimed from before the rename; its metadata is taken after the rename (which changes
+/// it) and before the hash.
+fn move_in(src: &Path, outbox: &Path, dest: &Path) -> Result<Queued, OutboxError> {
     let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
@@ -292,8 +302,13 @@ fn move_in(src: &Path, outbox: &Path, dest: &Path) -> Result<(String, File), Out
     if let Some(dir) = src.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = fsutil::fsync_dir(dir);
     }
+    let meta = file.metadata().map_err(|e| FsError::new("stat", dest, e))?;
     let md5sum = crate::digest::md5_reader(&mut file).map_err(|e| FsError::new("read", dest, e))?;
-    Ok((md5sum, file))
+    Ok(Queued {
+        md5sum,
+        meta,
+        claim: file,
+    })
 }
 
 /// `rename(2)` that never replaces: two `resagent upload` of one name at once cannot
@@ -518,13 +533,13 @@ mod tests {
         let src = d.path().join("a.bin");
         std::fs::write(&src, b"moved").unwrap();
         let dest = outbox.join("a.bin");
-        let (md5, claimed) = move_in(&src, &outbox, &dest).unwrap();
-        assert_eq!(md5, "11dfd868d93bc2b0e4ce0bee5756f8b1");
+        let queued = move_in(&src, &outbox, &dest).unwrap();
+        assert_eq!(queued.md5sum, "11dfd868d93bc2b0e4ce0bee5756f8b1");
         assert!(claimed_elsewhere(&File::open(&dest).unwrap()));
-        drop(claimed);
+        drop(queued);
         assert!(!claimed_elsewhere(&File::open(&dest).unwrap()));
         std::fs::write(&src, b"copied").unwrap();
-        let (_, claimed) = copy_hashing(&src, &outbox, "b.bin", &outbox.join("b.bin")).unwrap();
+        let claimed = copy_hashing(&src, &outbox, "b.bin", &outbox.join("b.bin")).unwrap();
         assert!(claimed_elsewhere(
             &File::open(outbox.join("b.bin")).unwrap()
         ));
@@ -537,7 +552,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let (s, o) = (src.clone(), outbox.clone());
         std::thread::spawn(move || {
-            let _ = tx.send(move_in(&s, &o, &o.join("c.bin")).map(|(md5, _)| md5));
+            let _ = tx.send(move_in(&s, &o, &o.join("c.bin")).map(|q| q.md5sum));
         });
         let moved = rx.recv_timeout(std::time::Duration::from_secs(10));
         drop(writer);
@@ -561,6 +576,34 @@ mod tests {
         // The claim ends without a saved MD5 (a killed `upload`): the daemon hashes it.
         drop(held);
         let opened = open_entry(&outbox, &e).unwrap();
+        assert_eq!(opened.md5sum, crate::digest::md5_file(&dest).unwrap());
+    }
+
+    #[test]
+    fn a_write_after_a_moved_files_metadata_was_taken_is_never_hidden_by_its_saved_md5() {
+        let d = tempfile::tempdir().unwrap();
+        let outbox = d.path().join("outbox");
+        std::fs::create_dir(&outbox).unwrap();
+        let src = d.path().join("w.bin");
+        std::fs::write(&src, b"first").unwrap();
+        let dest = outbox.join("w.bin");
+        let queued = move_in(&src, &outbox, &dest).unwrap();
+        // A writer that still had the file open appends, as it could during the hash.
+        OpenOptions::new()
+            .append(true)
+            .open(&dest)
+            .unwrap()
+            .write_all(b" and more")
+            .unwrap();
+        write_digest(&outbox, "w.bin", &queued.md5sum, &queued.meta);
+        drop(queued.claim);
+        let e = Entry {
+            name: "w.bin".into(),
+            path: dest.clone(),
+            size: 0,
+        };
+        let opened = open_entry(&outbox, &e).unwrap();
+        assert_ne!(opened.md5sum, queued.md5sum);
         assert_eq!(opened.md5sum, crate::digest::md5_file(&dest).unwrap());
     }
 
