@@ -41,6 +41,16 @@ pub(crate) enum OutboxError {
     Fs(#[from] FsError),
 }
 
+impl OutboxError {
+    /// The error for `path` that cannot be opened or read, for `map_err`.
+    fn source(path: &Path) -> impl Fn(io::Error) -> OutboxError + Copy + '_ {
+        move |source| OutboxError::Source {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// `resagent upload`'s claim on an entry while it queues it: an exclusive `flock` on the
 /// file, taken before the entry has its name in the outbox and released (with the
 /// descriptor) once its MD5 is saved beside it. Without it the daemon, finding a `--move`d
@@ -155,10 +165,7 @@ pub(crate) fn enqueue(
             "`{name}` starts with `.`, which the outbox keeps for work in progress"
         )));
     }
-    let source = |e| OutboxError::Source {
-        path: src.to_path_buf(),
-        source: e,
-    };
+    let source = OutboxError::source(src);
     // A copy reads what a link points to; `--move` would rename the link itself into
     // the outbox (a relative one then points nowhere, and the daemon opens entries
     // without following links), so it takes regular files only.
@@ -212,10 +219,7 @@ struct Queued {
 /// Copies under a dot-name while hashing, fsyncs, renames into place (the copy is
 /// ours alone, so its metadata is taken after the rename, which changes it).
 fn copy_hashing(src: &Path, outbox: &Path, name: &str, dest: &Path) -> Result<Queued, OutboxError> {
-    let mut input = File::open(src).map_err(|e| OutboxError::Source {
-        path: src.to_path_buf(),
-        source: e,
-    })?;
+    let mut input = File::open(src).map_err(OutboxError::source(src))?;
     // A short dot-name of its own (a 255-byte name leaves no room for a suffix, and two
     // `resagent upload` at once must not share it).
     let tmp = outbox.join(format!(
@@ -242,12 +246,7 @@ fn copy_hashing(src: &Path, outbox: &Path, name: &str, dest: &Path) -> Result<Qu
         });
         match copied {
             Ok(_) => {}
-            Err(ChunkError::Read(source)) => {
-                return Err(OutboxError::Source {
-                    path: src.to_path_buf(),
-                    source,
-                })
-            }
+            Err(ChunkError::Read(e)) => return Err(OutboxError::source(src)(e)),
             Err(ChunkError::Sink(e)) => return Err(FsError::new("write", &tmp, e).into()),
         }
         drop(flusher);
@@ -274,10 +273,7 @@ fn move_in(src: &Path, outbox: &Path, dest: &Path) -> Result<Queued, OutboxError
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(src)
-        .map_err(|e| OutboxError::Source {
-            path: src.to_path_buf(),
-            source: e,
-        })?;
+        .map_err(OutboxError::source(src))?;
     claim(&file);
     match rename_noreplace(src, dest) {
         Ok(()) => {}
@@ -375,10 +371,7 @@ pub(crate) struct Opened {
 /// Opens `entry` for its upload and gets its MD5 (the saved one while it still fits the
 /// file, else computed from the descriptor and saved).
 pub(crate) fn open_entry(outbox: &Path, entry: &Entry) -> Result<Opened, OutboxError> {
-    let source = |e| OutboxError::Source {
-        path: entry.path.clone(),
-        source: e,
-    };
+    let source = OutboxError::source(&entry.path);
     let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
