@@ -43,6 +43,8 @@ Usage:
   resagent plugin run PLUGIN.so FILE [--name NAME] [--dest DIR] [-c CONFIG]
                                          validate, then install FILE with the plugin, in a
                                          child, as the daemon would (no broker needed)
+  resagent retry NAME [-c CONFIG]        forget that NAME rolled back: the next offer of it
+                                         installs it again
   resagent --version | --help
 
 CONFIG defaults to $RESAGENT_CONFIG, else /etc/resagent/config.json.
@@ -57,6 +59,10 @@ enum Command {
     },
     Check {
         config: Option<PathBuf>,
+    },
+    Retry {
+        config: Option<PathBuf>,
+        name: String,
     },
     Upload {
         config: Option<PathBuf>,
@@ -125,6 +131,7 @@ fn parse_args() -> Result<Command, Usage> {
             Long("dest") if sub == "plugin" => dest = Some(PathBuf::from(parser.value()?)),
             Long("move") if sub == "upload" => how = Handover::Move,
             Value(v) if sub == "upload" && file.is_none() => file = Some(PathBuf::from(v)),
+            Value(v) if sub == "retry" && name.is_none() => name = Some(v.string()?),
             Value(v) if is_plugin && positional.is_empty() => positional.push(v.string()?),
             Value(v) if is_plugin && file.is_none() => file = Some(PathBuf::from(v)),
             Value(v) if sub == "plugin" && second_file.is_none() => {
@@ -137,6 +144,11 @@ fn parse_args() -> Result<Command, Usage> {
     match sub.as_str() {
         "run" => Ok(Command::Run { config }),
         "check" => Ok(Command::Check { config }),
+        "retry" => Ok(Command::Retry {
+            config,
+            name: name
+                .ok_or_else(|| Usage("retry needs the NAME of a rolled-back image".into()))?,
+        }),
         "status" => Ok(Command::Status { config, json }),
         "plugin" if positional.first().map(String::as_str) == Some("check") => {
             Ok(Command::PluginCheck {
@@ -206,6 +218,7 @@ pub fn main() -> ExitCode {
             say!("asked resagent (pid {pid}) to check for a download task");
             Ok(())
         }),
+        Command::Retry { config, name } => with_config(config, |c| retry(c, &name)),
         Command::Upload {
             config,
             file,
@@ -231,6 +244,22 @@ pub fn main() -> ExitCode {
             Ok(())
         }),
     }
+}
+
+/// `resagent retry NAME`: a request file in `state_dir/retry/` that the daemon takes at
+/// its start and on SIGUSR1 (sent now when it runs): the rollback of NAME is forgotten,
+/// and the platform's next offer of it installs it again.
+fn retry(c: &config::Config, name: &str) -> Result<(), String> {
+    crate::protocol::validate_name(name).map_err(|e| format!("retry: {e}"))?;
+    let dir = c.state_dir.join(daemon::RETRY_DIR);
+    crate::fsutil::ensure_dir(&dir, 0o700).map_err(|e| e.to_string())?;
+    crate::fsutil::atomically_write_file_sync(&dir.join(name), b"", 0o600)
+        .map_err(|e| e.to_string())?;
+    match pidfile::signal_daemon(&c.state_dir, nix::sys::signal::Signal::SIGUSR1) {
+        Ok(pid) => say!("asked resagent (pid {pid}) to install {name} again at its next offer"),
+        Err(_) => say!("{name} is installed again at the next offer after resagent starts"),
+    }
+    Ok(())
 }
 
 /// `resagent upload`: queue the file, then tell the daemon (if one runs).

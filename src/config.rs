@@ -41,6 +41,7 @@ const KNOWN_KEYS: &[&str] = &[
     "sign_method",
     "allow_http",
     "plugin_sha256",
+    "plugin_only",
     // The device identity may stand inline instead of in `device_info`.
     "auth_mode",
     "productId",
@@ -179,6 +180,8 @@ pub(crate) struct Config {
     pub(crate) plugin_config: BTreeMap<String, Value>,
     /// Run (through `/bin/sh -c`) once a pending install was recorded and reported.
     pub(crate) reboot_command: Option<String>,
+    /// Shell patterns of names only a plugin may install (never the default installer).
+    pub(crate) plugin_only: Vec<String>,
 }
 
 impl Config {
@@ -271,6 +274,35 @@ impl<'a> Keys<'a> {
         max: u64,
     ) -> Result<Duration, ConfigError> {
         self.u64_in(key, default, min, max).map(Duration::from_secs)
+    }
+
+    /// A list of shell patterns (`plugin_only`): strings, not empty, no white space.
+    fn patterns(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        let items = match self.map.get(key) {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Array(items)) => items,
+            Some(v) => {
+                return Err(self.invalid(
+                    key,
+                    format!("expected an array of shell patterns, found {}", kind(v)),
+                ))
+            }
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) if !s.is_empty() && !s.contains(char::is_whitespace) => {
+                    Ok(s.clone())
+                }
+                Value::String(s) => {
+                    Err(self.invalid(key, format!("pattern `{s}` is empty or holds white space")))
+                }
+                v => Err(self.invalid(
+                    key,
+                    format!("expected a shell pattern (a string), found {}", kind(v)),
+                )),
+            })
+            .collect()
     }
 
     fn bool_or(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -420,6 +452,7 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         plugin_sha256,
         plugin_config,
         reboot_command: keys.string("reboot_command")?,
+        plugin_only: keys.patterns("plugin_only")?,
     })
 }
 
@@ -651,6 +684,7 @@ mod tests {
         assert_eq!(c.resource_dir, PathBuf::from("/var/lib/resagent/resources"));
         assert_eq!(c.sign_method, SignMethod::HmacSha256);
         assert!(!c.allow_http);
+        assert!(c.plugin_only.is_empty());
     }
 
     #[test]
@@ -747,6 +781,10 @@ mod tests {
             ("sign_method", serde_json::json!("md5")),
             ("broker", serde_json::json!("http://x")),
             ("transfer_timeout_s", serde_json::json!(-1)),
+            ("plugin_only", serde_json::json!("*.swu")),
+            ("plugin_only", serde_json::json!(["*.swu", ""])),
+            ("plugin_only", serde_json::json!(["*.swu *.raucb"])),
+            ("plugin_only", serde_json::json!([7])),
         ] {
             let mut cfg = serde_json::json!({"productId":"P","deviceName":"d","key_deviceinfo":{"deviceSecret":"eA=="}});
             cfg[k] = v;

@@ -13,9 +13,11 @@ use crate::pidfile::{Instance, PidError};
 use crate::plugin::{PluginHost, PluginSet};
 use crate::protocol::{self, Direction, DownMessage, Report, ResultCode, Task, MAX_MESSAGE_BYTES};
 use crate::random;
+use crate::reboot;
 use crate::report::Reporter;
 use crate::shutdown::Shutdown;
 use crate::signals::{self, Request};
+use crate::status;
 use crate::tasks::{self, Offer};
 use crate::upload::{UploadSignal, Uploader};
 use std::path::Path;
@@ -37,6 +39,11 @@ const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 /// How often a journal that could not be saved is tried again (docs/agent.md, "What
 /// never wedges").
 const JOURNAL_RETRY: Duration = Duration::from_secs(5);
+/// How often installs still pending after a reboot are asked to confirm again (an update
+/// daemon that comes up after the agent; docs/agent.md, "Installs pending a reboot").
+const CONFIRM_AGAIN: Duration = Duration::from_secs(60);
+/// The folder of `resagent retry NAME` requests, in `state_dir`.
+pub(crate) const RETRY_DIR: &str = "retry";
 /// How long a stop waits for the download thread to reach a chunk boundary; the journal
 /// is consistent at every instant, so the process may exit without it.
 /// A plugin call gets SIGTERM and, 3 s later, SIGKILL: this covers that and stays within
@@ -74,7 +81,8 @@ pub(crate) enum DaemonError {
 enum Event {
     Link(LinkEvent),
     Signal(Request),
-    /// The download thread finished `task` (None: the confirmation of pending installs).
+    /// The download thread finished `task` (None: the confirmation of pending installs,
+    /// `Outcome::Pending` when some are still pending).
     DownloadFinished(Option<Task>, Outcome),
 }
 
@@ -164,7 +172,10 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
         shutdown,
         events,
         in_flight: None,
-        confirmed: false,
+        confirm_due: false,
+        confirm_again: None,
+        started_up: false,
+        poll_owed: false,
         connected,
         uploads,
         upload_cancel,
@@ -233,8 +244,15 @@ struct Coordinator {
     in_flight: Option<Running>,
     /// systemd's notify socket and watchdog (nothing without `NOTIFY_SOCKET`).
     notifier: Notifier,
-    /// Whether the pending installs were confirmed since the start.
-    confirmed: bool,
+    /// Pending installs are to be asked to confirm as soon as the download thread is free.
+    confirm_due: bool,
+    /// When to ask again, while some are still pending.
+    confirm_again: Option<Instant>,
+    /// The start-up confirmation has run: task polls wait for it (a pending install is
+    /// answered before the platform is asked for a task).
+    started_up: bool,
+    /// A task poll that waited for the start-up confirmation.
+    poll_owed: bool,
     /// Shared with the upload thread, which uploads only while connected.
     connected: Arc<AtomicBool>,
     uploads: SyncSender<UploadSignal>,
@@ -249,7 +267,11 @@ struct Coordinator {
 impl Coordinator {
     fn run(&mut self, inbox: Receiver<Event>) {
         self.record_connection(ConnState::Disconnected);
-        // A download interrupted by a kill or a reboot resumes now, connected or not.
+        self.take_retry_requests();
+        // Pending installs are asked first (before the first task poll); then a download
+        // interrupted by a kill or a reboot resumes, connected or not.
+        self.confirm_due = !self.journal.snapshot().pending.is_empty();
+        self.started_up = !self.confirm_due;
         self.start_next();
         let mut next_poll = Instant::now() + self.config.poll_interval;
         let mut first_connect = true;
@@ -262,7 +284,15 @@ impl Coordinator {
             if let Some(at) = next_ping {
                 wait = wait.min(at.saturating_duration_since(Instant::now()));
             }
+            if let Some(at) = self.confirm_again {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
+            }
             let event = inbox.recv_timeout(wait);
+            if self.confirm_again.is_some_and(|at| Instant::now() >= at) {
+                self.confirm_again = None;
+                self.confirm_due = true;
+                self.start_next();
+            }
             if let (Some(at), Some(every)) = (next_ping, self.notifier.ping_every()) {
                 if Instant::now() >= at {
                     self.notifier.watchdog(self.in_flight.is_some());
@@ -386,7 +416,16 @@ impl Coordinator {
     fn on_connected(&mut self, ask: bool) {
         self.connected.store(true, Ordering::SeqCst);
         self.record_connection(ConnState::Connected);
-        self.reporter.resend_unacked();
+        for acked in self.reporter.resend_unacked() {
+            if reboot::is_pending_report(&acked) {
+                reboot::after_acknowledged(
+                    &self.config,
+                    &self.journal,
+                    &self.reporter,
+                    &acked.name,
+                );
+            }
+        }
         if ask {
             self.ask_for_task("connect");
         }
@@ -405,7 +444,14 @@ impl Coordinator {
         match request {
             Request::Stop => {}
             Request::Reload => self.reload(),
-            Request::CheckTasks => self.ask_for_task("SIGUSR1"),
+            Request::CheckTasks => {
+                self.take_retry_requests();
+                if !self.journal.snapshot().pending.is_empty() {
+                    self.confirm_due = true;
+                    self.start_next();
+                }
+                self.ask_for_task("SIGUSR1")
+            }
             Request::ScanOutbox => self.to_uploader(UploadSignal::Wake {
                 reset_backoff: true,
             }),
@@ -449,7 +495,38 @@ impl Coordinator {
         self.plugins = Arc::new(set);
     }
 
-    fn ask_for_task(&self, why: &str) {
+    /// `resagent retry NAME` requests (files in `state_dir/retry/`): the rollbacks of
+    /// those names are forgotten, so the platform's next offer installs them again.
+    fn take_retry_requests(&self) {
+        let dir = self.config.state_dir.join(RETRY_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let _ = std::fs::remove_file(entry.path());
+            if protocol::validate_name(&name).is_err() {
+                log::warn!("ignored a retry request with an unsafe name");
+                continue;
+            }
+            if self.journal.record(|j| tasks::forget_rollback(j, &name)) {
+                log::info!(
+                    "{name}: its rollback is forgotten on request; the next offer installs it"
+                );
+            } else {
+                log::info!("{name}: retry requested, but no rollback of it is recorded");
+            }
+        }
+    }
+
+    fn ask_for_task(&mut self, why: &str) {
+        if !self.started_up {
+            log::info!(
+                "asking for a download task once pending installs were asked to confirm ({why})"
+            );
+            self.poll_owed = true;
+            return;
+        }
         if !self.connected.load(Ordering::SeqCst) {
             log::info!("not connected; asking for a download task after the next connect ({why})");
             return;
@@ -550,6 +627,40 @@ impl Coordinator {
             Ok(Offer::DuplicateOfInFlight) => {
                 log::debug!("task {} is in flight already", task.name)
             }
+            Ok(Offer::PendingReboot(p)) => {
+                log::info!(
+                    "{} with md5 {} is written and waits for a reboot; nothing to fetch",
+                    task.name,
+                    task.md5sum
+                );
+                let report =
+                    reboot::pending_report(&task.name, &p.plugin, p.reboot_error.as_deref());
+                if self.reporter.final_report(report) {
+                    reboot::after_acknowledged(
+                        &self.config,
+                        &self.journal,
+                        &self.reporter,
+                        &task.name,
+                    );
+                }
+            }
+            Ok(Offer::RolledBack(r)) => {
+                let reason = format!(
+                    "{} (md5 {}) rolled back on this device at {}: {}; not installed again (`resagent retry {}` on the device allows it)",
+                    r.name,
+                    r.md5sum,
+                    status::utc_time(r.at),
+                    r.reason,
+                    r.name
+                );
+                self.reporter.final_report(Report::fail(
+                    Direction::Download,
+                    &task.name,
+                    0,
+                    ResultCode::InstallFailed,
+                    &reason,
+                ));
+            }
             Ok(Offer::QueueFull) => {
                 let reason = format!(
                     "task {} refused: {} tasks wait already",
@@ -607,8 +718,19 @@ impl Coordinator {
     }
 
     fn on_download_finished(&mut self, task: Option<&Task>, outcome: Outcome) {
-        if let Some(task) = task {
-            log::debug!("{}: {outcome:?}", task.name);
+        match task {
+            Some(task) => log::debug!("{}: {outcome:?}", task.name),
+            None => {
+                if outcome == Outcome::Pending {
+                    self.confirm_again = Some(Instant::now() + CONFIRM_AGAIN);
+                }
+                if outcome != Outcome::Interrupted && !self.started_up {
+                    self.started_up = true;
+                    if std::mem::take(&mut self.poll_owed) {
+                        self.ask_for_task("after the start-up confirmation");
+                    }
+                }
+            }
         }
         self.in_flight = None;
         if outcome != Outcome::Interrupted {
@@ -623,8 +745,8 @@ impl Coordinator {
         if self.in_flight.is_some() || self.shutdown.is_set() {
             return;
         }
-        let confirm = !self.confirmed && !self.journal.snapshot().pending.is_empty();
-        self.confirmed = true;
+        let confirm =
+            std::mem::take(&mut self.confirm_due) && !self.journal.snapshot().pending.is_empty();
         let task = if confirm {
             None
         } else {
@@ -650,10 +772,8 @@ impl Coordinator {
             .spawn(move || {
                 let outcome = match &job {
                     Some(task) => downloader.run(task),
-                    None => {
-                        downloader.confirm_pending();
-                        Outcome::Installed
-                    }
+                    None if downloader.confirm_pending() => Outcome::Pending,
+                    None => Outcome::Installed,
                 };
                 let _ = tx.send(Event::DownloadFinished(job, outcome));
             });

@@ -74,6 +74,18 @@ pub(crate) struct InFlight {
     pub(crate) attempt_started_ms: u64,
     #[serde(default)]
     pub(crate) attempt_start_bytes: u64,
+    /// Install attempts begun for the verified file (recorded before the chain runs): a
+    /// start that finds one without an outcome knows a reboot or a crash cut it short.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) install_attempts: u32,
+    /// The install plugin called last in that attempt (asked `resagent_installed`
+    /// after a cut), none while no install plugin was called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) install_plugin: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl InFlight {
@@ -84,6 +96,8 @@ impl InFlight {
             etag: None,
             attempt_started_ms: 0,
             attempt_start_bytes: 0,
+            install_attempts: 0,
+            install_plugin: None,
         }
     }
 }
@@ -98,10 +112,15 @@ pub(crate) struct Installed {
     /// The install plugin that took it, or none for the default installer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) plugin: Option<String>,
+    /// The same plugin installed another resource since: for a plugin that cannot say
+    /// what it holds (no `resagent_installed`), this one is no longer taken as installed
+    /// (an A/B plugin holds one image).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) superseded: bool,
 }
 
 /// An install a plugin wrote but that takes effect after a reboot (`RESAGENT_PENDING`):
-/// its task stays open until the plugin's `resagent_confirm` answers after a restart.
+/// its task stays open until the plugin's `resagent_confirm` answers in a later boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PendingInstall {
     pub(crate) task: Task,
@@ -109,7 +128,32 @@ pub(crate) struct PendingInstall {
     pub(crate) plugin: String,
     /// Unix seconds of the install.
     pub(crate) since: u64,
+    /// The boot the install was made in (`boot::current`): confirm is asked only in
+    /// another one. None: recorded by an older resagent (judged by the clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) boot_id: Option<String>,
+    /// `reboot_command` was started for this install (once per install).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) reboot_started: bool,
+    /// Why `reboot_command` failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reboot_error: Option<String>,
 }
+
+/// An image whose confirmation failed (the device rolled back): the same name and MD5
+/// are never installed again automatically (docs/agent.md, "Installs pending a reboot").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RolledBack {
+    pub(crate) name: String,
+    pub(crate) md5sum: String,
+    /// Unix seconds of the failed confirmation.
+    pub(crate) at: u64,
+    /// The plugin's reason.
+    pub(crate) reason: String,
+}
+
+/// Rolled-back images remembered at most; the oldest go first.
+pub(crate) const MAX_ROLLED_BACK: usize = 64;
 
 /// The upload in flight, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +199,9 @@ pub(crate) struct Journal {
     /// Installs waiting for a reboot and their confirmation, by resource name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) pending: BTreeMap<String, PendingInstall>,
+    /// Images whose confirmation failed, oldest first (at most [`MAX_ROLLED_BACK`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) rolled_back: Vec<RolledBack>,
     /// Pinned plugins that did not load at the last scan (downloads fail -9 meanwhile).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) pinned_not_loaded: Vec<String>,
@@ -365,6 +412,7 @@ mod tests {
                         size: 1,
                         installed_at: 5,
                         plugin: None,
+                        superseded: false,
                     },
                 )
             })

@@ -18,6 +18,8 @@
 //! | `protocol` | message shapes, validation, result codes (no I/O) |
 //! | `report` | progress and final reports, throttling, re-sending |
 //! | `journal` | the state kept across kills and reboots |
+//! | `boot` | which boot this is: a restart of the agent is not a reboot |
+//! | `reboot` | the "reboot pending" report and `reboot_command` |
 //! | `status` | `resagent status` from the state on disk |
 //! | `digest` | every read-and-hash (MD5, SHA-256) |
 //! | `backoff`, `pace` | retry delays and the rate cap |
@@ -26,6 +28,7 @@
 //! | `pidfile`, `signals`, `shutdown`, `logging`, `random` | process plumbing |
 
 mod backoff;
+mod boot;
 mod cli;
 mod config;
 mod daemon;
@@ -43,6 +46,7 @@ mod pidfile;
 mod plugin;
 mod protocol;
 mod random;
+mod reboot;
 mod report;
 mod shutdown;
 mod signals;

@@ -50,22 +50,6 @@ impl Reporter {
         }
     }
 
-    /// An intermediate report sent as QoS 1 (the `burning` 100 of a pending install,
-    /// which `reboot_command` waits for); whether the broker acknowledged it.
-    pub(crate) fn progress_acked(&self, report: &Report) -> bool {
-        match self.publisher.publish(&report.to_message(), 1) {
-            Ok(()) => true,
-            Err(e) => {
-                log::warn!(
-                    "{} report for {} not acknowledged: {e}",
-                    report.state,
-                    report.name
-                );
-                false
-            }
-        }
-    }
-
     /// A final report: recorded in the journal first, removed once acknowledged.
     /// Returns whether the broker acknowledged it now.
     pub(crate) fn final_report(&self, report: Report) -> bool {
@@ -102,9 +86,12 @@ impl Reporter {
         self.send_final(&report)
     }
 
-    /// Sends every final report still waiting for its acknowledgement (after a connect).
-    pub(crate) fn resend_unacked(&self) {
+    /// Sends every final report still waiting for its acknowledgement (after a connect);
+    /// returns those acknowledged now (a "reboot pending" among them starts
+    /// `reboot_command`).
+    pub(crate) fn resend_unacked(&self) -> Vec<Report> {
         let _guard = self.finals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut acked = Vec::new();
         for report in self.journal.snapshot().unacked_reports {
             log::info!(
                 "re-sending the unacknowledged {} report for {}",
@@ -114,7 +101,9 @@ impl Reporter {
             if !self.send_final(&report) {
                 break;
             }
+            acked.push(report);
         }
+        acked
     }
 
     /// A final report of `direction` about another resource than `name`, published

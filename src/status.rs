@@ -97,7 +97,10 @@ pub(crate) fn render_json(v: &StatusView) -> Value {
         "unacknowledged_reports": j.unacked_reports.len(),
         "pending_reboot": j.pending.iter().map(|(name, p)| json!({
             "name": name, "md5sum": p.task.md5sum, "plugin": p.plugin, "since": p.since,
+            "boot_id": p.boot_id, "waits_for": pending_state(p),
+            "reboot_command_started": p.reboot_started, "reboot_error": p.reboot_error,
         })).collect::<Vec<_>>(),
+        "rolled_back": j.rolled_back,
         "pinned_not_loaded": j.pinned_not_loaded,
     })
 }
@@ -217,11 +220,32 @@ pub(crate) fn render_text(v: &StatusView) -> String {
         for (name, p) in &j.pending {
             let _ = writeln!(
                 out,
-                "             {}  md5 {}  written by {} {} ago; reboot pending",
+                "             {}  md5 {}  written by {} {} ago; {}",
                 shown(name),
                 p.task.md5sum,
                 p.plugin,
-                human_duration(now.saturating_sub(p.since))
+                human_duration(now.saturating_sub(p.since)),
+                pending_state(p)
+            );
+            if let Some(e) = &p.reboot_error {
+                let _ = writeln!(out, "             {}", shown(e));
+            }
+        }
+    }
+    if !j.rolled_back.is_empty() {
+        let _ = writeln!(
+            out,
+            "Rolled back: {} image(s) the device did not keep; not installed again (resagent retry NAME)",
+            j.rolled_back.len()
+        );
+        for r in &j.rolled_back {
+            let _ = writeln!(
+                out,
+                "             {}  md5 {}  at {}: {}",
+                shown(&r.name),
+                r.md5sum,
+                utc_time(r.at),
+                shown(&r.reason)
             );
         }
     }
@@ -289,6 +313,37 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
+/// What a pending install waits for: a reboot (it was written in this boot), or its
+/// plugin's confirmation (the device rebooted since).
+fn pending_state(p: &crate::journal::PendingInstall) -> &'static str {
+    if crate::boot::earlier_boot(p.boot_id.as_deref(), p.since) {
+        "rebooted since; waiting for the plugin to confirm the new image runs"
+    } else {
+        "waits for a reboot"
+    }
+}
+
+/// Unix seconds as `2026-12-02T15:43:07Z`.
+pub(crate) fn utc_time(unix: u64) -> String {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
+}
+
 /// `2h 5m`-style durations.
 pub(crate) fn human_duration(secs: u64) -> String {
     match secs {
@@ -301,6 +356,13 @@ pub(crate) fn human_duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn utc_times_are_civil_dates() {
+        assert_eq!(super::utc_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc_time(1_796_226_187), "2026-12-02T15:43:07Z");
+    }
+
     #[test]
     fn control_characters_in_names_are_shown_escaped() {
         assert_eq!(shown("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");

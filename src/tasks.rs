@@ -3,7 +3,7 @@
 //! so every rule of docs/protocol.md ("one download at a time", "a later task for the same
 //! name replaces one that waits", "a repeated task is done at once") is tested directly.
 
-use crate::journal::{InFlight, Installed, Journal, PendingInstall};
+use crate::journal::{InFlight, Installed, Journal, PendingInstall, RolledBack, MAX_ROLLED_BACK};
 use crate::protocol::{validate_name, validate_task, Task, TaskLimits};
 
 /// Tasks that may wait behind the one in flight; a further one fails -11
@@ -25,6 +25,11 @@ pub(crate) enum Offer {
     DuplicateOfInFlight,
     /// [`MAX_WAITING`] tasks wait already: this one is refused.
     QueueFull,
+    /// The same name and md5sum were written and wait for a reboot: report that again,
+    /// download and install nothing (on an A/B device it would go to the fallback slot).
+    PendingReboot(PendingInstall),
+    /// The same name and md5sum rolled back on this device: `fail` -5, no transfer.
+    RolledBack(RolledBack),
 }
 
 /// Offers `task` to the journal's queue. `still_present` tells whether an installed
@@ -34,6 +39,26 @@ pub(crate) fn offer(
     task: Task,
     still_present: impl Fn(&str, &Installed) -> bool,
 ) -> Offer {
+    let pending = journal
+        .pending
+        .get(&task.name)
+        .filter(|p| p.task.same_content(&task))
+        .cloned();
+    let rolled_back = journal
+        .rolled_back
+        .iter()
+        .find(|r| r.name == task.name && r.md5sum == task.md5sum)
+        .cloned();
+    // Either is answered now, and is the newest wish for the name: an older one that
+    // waits must not run after it.
+    if let Some(p) = pending {
+        journal.waiting.retain(|w| w.name != task.name);
+        return Offer::PendingReboot(p);
+    }
+    if let Some(r) = rolled_back {
+        journal.waiting.retain(|w| w.name != task.name);
+        return Offer::RolledBack(r);
+    }
     if let Some(current) = &journal.download {
         if current.task.same_content(&task) {
             // The newest wish for this name is what runs now: an older one that waits
@@ -143,6 +168,17 @@ pub(crate) fn next(journal: &mut Journal) -> Option<Task> {
 /// Records that the download in flight is installed (`plugin`: the install plugin that
 /// took it) and clears it.
 pub(crate) fn installed(journal: &mut Journal, task: &Task, plugin: Option<String>, now: u64) {
+    // What the same plugin installed before is no longer known to be there: an A/B
+    // plugin holds one image (a plugin answering `resagent_installed` is asked anyway).
+    if plugin.is_some() {
+        for (_, other) in journal
+            .installed
+            .iter_mut()
+            .filter(|(name, i)| **name != task.name && i.plugin == plugin)
+        {
+            other.superseded = true;
+        }
+    }
     journal.installed.insert(
         task.name.clone(),
         Installed {
@@ -150,25 +186,72 @@ pub(crate) fn installed(journal: &mut Journal, task: &Task, plugin: Option<Strin
             size: task.size,
             installed_at: now,
             plugin,
+            superseded: false,
         },
     );
-    // A newer install of the name supersedes one that waited for a reboot.
+    // A newer install of the name supersedes one that waited for a reboot, and one
+    // installed on purpose is no longer a rollback.
     journal.pending.remove(&task.name);
+    journal
+        .rolled_back
+        .retain(|r| !(r.name == task.name && r.md5sum == task.md5sum));
     clear_in_flight(journal, task);
 }
 
-/// Records that `plugin` wrote the download in flight, effective after a reboot: the
-/// task leaves the queue and waits, in `pending`, for the plugin's confirmation.
-pub(crate) fn pending(journal: &mut Journal, task: &Task, plugin: &str, now: u64) {
+/// Records that `plugin` wrote the download in flight in boot `boot_id`, effective after
+/// a reboot: the task leaves the queue and waits, in `pending`, for the plugin's
+/// confirmation in a later boot.
+pub(crate) fn pending(
+    journal: &mut Journal,
+    task: &Task,
+    plugin: &str,
+    boot_id: Option<String>,
+    now: u64,
+) {
     journal.pending.insert(
         task.name.clone(),
         PendingInstall {
             task: task.clone(),
             plugin: plugin.to_string(),
             since: now,
+            boot_id,
+            reboot_started: false,
+            reboot_error: None,
         },
     );
     clear_in_flight(journal, task);
+}
+
+/// Records that the pending install `task` did not take (its confirmation failed, the
+/// device rolled back): it leaves `pending` and is remembered in `rolled_back`, so the
+/// same name and md5sum are not installed again automatically.
+pub(crate) fn rolled_back(journal: &mut Journal, task: &Task, reason: &str, now: u64) {
+    if journal
+        .pending
+        .get(&task.name)
+        .is_some_and(|p| p.task.same_content(task))
+    {
+        journal.pending.remove(&task.name);
+    }
+    journal
+        .rolled_back
+        .retain(|r| !(r.name == task.name && r.md5sum == task.md5sum));
+    journal.rolled_back.push(RolledBack {
+        name: task.name.clone(),
+        md5sum: task.md5sum.clone(),
+        at: now,
+        reason: reason.to_string(),
+    });
+    let excess = journal.rolled_back.len().saturating_sub(MAX_ROLLED_BACK);
+    journal.rolled_back.drain(..excess);
+}
+
+/// Forgets the rollbacks of resource `name` (an operator's `resagent retry NAME`);
+/// whether there was one.
+pub(crate) fn forget_rollback(journal: &mut Journal, name: &str) -> bool {
+    let before = journal.rolled_back.len();
+    journal.rolled_back.retain(|r| r.name != name);
+    journal.rolled_back.len() != before
 }
 
 /// Clears the download in flight if it is `task` (it failed or was cancelled).
@@ -312,7 +395,7 @@ mod tests {
         let mut j = Journal::default();
         offer(&mut j, task("fw", '1'), PRESENT);
         offer(&mut j, task("b", '1'), PRESENT);
-        pending(&mut j, &task("fw", '1'), "acme", 9);
+        pending(&mut j, &task("fw", '1'), "acme", Some("boot-1".into()), 9);
         assert!(j.download.is_none());
         assert_eq!(j.pending["fw"].plugin, "acme");
         assert_eq!(next(&mut j).unwrap().name, "b", "other tasks go on");
@@ -378,5 +461,68 @@ mod tests {
         }));
         assert_eq!(next(&mut j).unwrap().name, "fw");
         assert_eq!(j.waiting.len(), 1);
+    }
+
+    #[test]
+    fn a_task_equal_to_a_pending_install_is_answered_pending_and_never_queued() {
+        let mut j = Journal::default();
+        offer(&mut j, task("fw", '1'), PRESENT);
+        pending(&mut j, &task("fw", '1'), "acme", Some("boot-1".into()), 9);
+        offer(&mut j, task("other", '1'), PRESENT);
+        offer(&mut j, task("fw", '3'), PRESENT);
+        match offer(&mut j, task("fw", '1'), PRESENT) {
+            Offer::PendingReboot(p) => assert_eq!(p.boot_id.as_deref(), Some("boot-1")),
+            o => panic!("{o:?}"),
+        }
+        let names: Vec<_> = j.waiting.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            Vec::<&str>::new(),
+            "no older wish for fw waits: {names:?}"
+        );
+        assert_eq!(j.download.as_ref().unwrap().task.name, "other");
+        // Another MD5 of the name is a new install.
+        assert_eq!(offer(&mut j, task("fw", '2'), PRESENT), Offer::Queued);
+    }
+
+    #[test]
+    fn a_rolled_back_image_is_refused_until_forgotten_and_a_new_md5_installs() {
+        let mut j = Journal::default();
+        offer(&mut j, task("fw", '1'), PRESENT);
+        pending(&mut j, &task("fw", '1'), "acme", None, 9);
+        rolled_back(&mut j, &task("fw", '1'), "booted the other slot", 20);
+        assert!(j.pending.is_empty());
+        match offer(&mut j, task("fw", '1'), PRESENT) {
+            Offer::RolledBack(r) => {
+                assert_eq!((r.at, r.reason.as_str()), (20, "booted the other slot"))
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(j.download.is_none(), "nothing is fetched");
+        assert_eq!(offer(&mut j, task("fw", '2'), PRESENT), Offer::Start);
+        assert!(forget_rollback(&mut j, "fw"));
+        assert!(!forget_rollback(&mut j, "fw"));
+        clear_in_flight(&mut j, &task("fw", '2'));
+        assert_eq!(offer(&mut j, task("fw", '1'), PRESENT), Offer::Start);
+        for i in 0..(MAX_ROLLED_BACK + 5) {
+            rolled_back(&mut j, &task(&format!("n{i}"), '1'), "x", i as u64);
+        }
+        assert_eq!(j.rolled_back.len(), MAX_ROLLED_BACK, "bounded");
+        assert_eq!(j.rolled_back[0].name, "n5", "the oldest went first");
+    }
+
+    #[test]
+    fn an_install_by_a_plugin_supersedes_what_that_plugin_installed_before() {
+        let mut j = Journal::default();
+        installed(&mut j, &task("os-1", '1'), Some("ab".into()), 1);
+        installed(&mut j, &task("pack", '1'), Some("audio".into()), 2);
+        installed(&mut j, &task("plain", '1'), None, 3);
+        installed(&mut j, &task("os-2", '2'), Some("ab".into()), 4);
+        assert!(j.installed["os-1"].superseded, "the slot holds os-2 now");
+        assert!(!j.installed["os-2"].superseded);
+        assert!(!j.installed["pack"].superseded, "another plugin's");
+        assert!(!j.installed["plain"].superseded, "the default installer's");
+        installed(&mut j, &task("os-1", '1'), Some("ab".into()), 5);
+        assert!(!j.installed["os-1"].superseded && j.installed["os-2"].superseded);
     }
 }

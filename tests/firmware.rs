@@ -226,8 +226,47 @@ fn a_downgrade_and_a_rollback_are_flashed_again_not_reported_done() {
     assert_eq!(rig.gets(&t1).0, 3);
 }
 
+/// Waits for a `burning` 100 "reboot pending" report of `name`, the `n`th (from 0).
+fn nth_pending(rig: &Rig, agent: &Agent, name: &str, n: usize) -> Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let pending: Vec<Value> = rig
+            .platform
+            .reports_for(&device(), name)
+            .into_iter()
+            .filter(|m| {
+                m["progress"]["state"] == "burning"
+                    && m["progress"]["percent"] == 100
+                    && msg(m).contains("reboot pending")
+            })
+            .collect();
+        if let Some(r) = pending.get(n) {
+            return r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending report #{n} for {name}; log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn finals(rig: &Rig, name: &str) -> usize {
+    rig.platform
+        .reports_for(&device(), name)
+        .iter()
+        .filter(|m| matches!(m["progress"]["state"].as_str(), Some("done" | "fail")))
+        .count()
+}
+
+fn stop(agent: &mut Agent) {
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+}
+
 #[test]
-fn a_pending_install_reports_burning_100_then_done_or_fail_after_a_restart() {
+fn a_pending_install_reports_burning_100_then_done_or_fail_after_a_reboot_not_a_restart() {
     let (mut rig, partition, booted) = firmware_rig(true);
     let marker = rig.path().join("rebooted");
     rig.config["reboot_command"] = json!(format!("touch {}", marker.display()));
@@ -236,15 +275,7 @@ fn a_pending_install_reports_burning_100_then_done_or_fail_after_a_restart() {
     let v3 = rsfw_image(3, 5000);
     let t3 = serve(&rig, "fw-3.bin", &v3);
     rig.platform.push(&device(), &t3).unwrap();
-    let pending = rig
-        .platform
-        .wait_for(&device(), T, |m| {
-            m["name"] == "fw-3.bin"
-                && m["progress"]["state"] == "burning"
-                && m["progress"]["percent"] == 100
-                && msg(m).contains("reboot pending")
-        })
-        .unwrap_or_else(|| panic!("no pending report; log:\n{}", agent.log_text()));
+    let pending = nth_pending(&rig, &agent, "fw-3.bin", 0);
     assert_eq!(pending["progress"]["result_code"], 0);
     assert_eq!(
         std::fs::read(&partition).unwrap(),
@@ -256,43 +287,76 @@ fn a_pending_install_reports_burning_100_then_done_or_fail_after_a_restart() {
         assert!(Instant::now() < deadline, "reboot_command ran");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        rig.platform
-            .wait_final(&device(), "fw-3.bin", Duration::from_millis(10))
-            .is_none(),
-        "no done before the new image ran"
-    );
     assert_eq!(rig.journal()["pending"]["fw-3.bin"]["plugin"], "firmware");
+    assert_eq!(rig.journal()["pending"]["fw-3.bin"]["boot_id"], "boot-1");
+
+    // The same task again (the platform's answer to every poll): the pending report
+    // again, nothing fetched or flashed into the other slot.
+    rig.platform.push(&device(), &t3).unwrap();
+    nth_pending(&rig, &agent, "fw-3.bin", 1);
+    assert_eq!(rig.gets(&t3).0, 1, "not downloaded again");
+
+    // A restart of the agent is not a reboot, even when the boot process already says
+    // the image runs: nothing is confirmed, nothing final is reported.
+    std::fs::write(&booted, md5_of(&v3)).unwrap();
+    stop(&mut agent);
+    let mut agent = rig.start_agent();
+    wait_log(
+        &agent,
+        "fw-3.bin: written in this boot; waiting for a reboot",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        finals(&rig, "fw-3.bin"),
+        0,
+        "no final report before a reboot"
+    );
     let (_, status, _) = rig.cli(&["status"]);
     assert!(
-        status.contains("fw-3.bin") && status.contains("reboot"),
+        status.contains("fw-3.bin") && status.contains("waits for a reboot"),
         "{status}"
     );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "",
+        "reboot_command ran once"
+    );
 
-    // "Reboot": the boot process records the running image; the agent starts again.
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
-    std::fs::write(&booted, md5_of(&v3)).unwrap();
+    // The reboot: a new boot identity. Confirmed before the first task poll.
+    stop(&mut agent);
+    rig.reboot();
+    let seen = rig.platform.received(&device()).len();
     let mut agent = rig.spawn_agent();
     let r = rig.final_report(&agent, "fw-3.bin", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}");
     let journal = rig.journal();
     assert_eq!(journal["installed"]["fw-3.bin"]["plugin"], "firmware");
     assert!(journal["pending"].is_null(), "{journal}");
+    let deadline = Instant::now() + T;
+    let after = loop {
+        let after: Vec<Value> = rig.platform.received(&device())[seen..].to_vec();
+        if after.iter().any(|m| m["type"] == "get_download_task") {
+            break after;
+        }
+        assert!(Instant::now() < deadline, "no task poll after the reboot");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let done_at = after
+        .iter()
+        .position(|m| m["name"] == "fw-3.bin" && m["progress"]["state"] == "done");
+    let poll_at = after.iter().position(|m| m["type"] == "get_download_task");
+    assert!(
+        done_at.is_some() && poll_at.is_some() && done_at < poll_at,
+        "confirmed before the first task poll: {after:?}"
+    );
 
     // A second image that the device does not keep (rolled back to v3): fail -5.
     let v4 = rsfw_image(4, 5000);
-    rig.platform
-        .push(&device(), &serve(&rig, "fw-4.bin", &v4))
-        .unwrap();
-    rig.platform
-        .wait_for(&device(), T, |m| {
-            m["name"] == "fw-4.bin" && msg(m).contains("reboot pending")
-        })
-        .expect("pending");
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+    let t4 = serve(&rig, "fw-4.bin", &v4);
+    rig.platform.push(&device(), &t4).unwrap();
+    nth_pending(&rig, &agent, "fw-4.bin", 0);
+    stop(&mut agent);
+    rig.reboot();
     let agent = rig.spawn_agent();
     let r = rig.final_report(&agent, "fw-4.bin", T);
     assert_eq!(state_of(&r), ("fail", -5), "{r}");
@@ -301,6 +365,177 @@ fn a_pending_install_reports_burning_100_then_done_or_fail_after_a_restart() {
         "{r}"
     );
     assert!(rig.journal()["pending"].is_null());
+
+    // A rollback stays rolled back: the re-offer is refused without a transfer.
+    rig.platform.push(&device(), &t4).unwrap();
+    let r = nth_final(&rig, &agent, "fw-4.bin", 1);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(
+        msg(&r).contains("rolled back on this device at") && msg(&r).contains("did not stay"),
+        "{r}"
+    );
+    assert_eq!(rig.gets(&t4).0, 1, "no transfer for a rolled-back image");
+    let (_, status, _) = rig.cli(&["status"]);
+    assert!(
+        status.contains("Rolled back") && status.contains("fw-4.bin"),
+        "{status}"
+    );
+    // On purpose, the operator retries: the next offer installs it again.
+    let (code, out, err) = rig.cli(&["retry", "fw-4.bin"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_log(&agent, "fw-4.bin: its rollback is forgotten on request");
+    rig.platform.push(&device(), &t4).unwrap();
+    nth_pending(&rig, &agent, "fw-4.bin", 1);
+    assert_eq!(
+        rig.gets(&t4).0,
+        2,
+        "downloaded and flashed again on request"
+    );
+}
+
+#[test]
+fn confirm_is_asked_again_without_a_restart_and_a_failed_reboot_command_is_heard() {
+    let (mut rig, _, booted) = firmware_rig(true);
+    rig.config["reboot_command"] = json!("echo no reboot today >&2; exit 3");
+    build_firmware(&plugin_dir(&rig).join("20-firmware.so"));
+    let mut agent = rig.start_agent();
+    let v5 = rsfw_image(5, 4000);
+    rig.platform
+        .push(&device(), &serve(&rig, "fw-5.bin", &v5))
+        .unwrap();
+    nth_pending(&rig, &agent, "fw-5.bin", 0);
+    let failed = nth_pending(&rig, &agent, "fw-5.bin", 1);
+    assert!(
+        msg(&failed).contains("reboot_command `echo no reboot today >&2; exit 3` failed")
+            && msg(&failed).contains("exit status: 3"),
+        "{failed}"
+    );
+    let (_, status, _) = rig.cli(&["status"]);
+    assert!(
+        status.contains("reboot_command") && status.contains("exit status: 3"),
+        "{status}"
+    );
+    assert!(
+        rig.journal()["pending"]["fw-5.bin"].is_object(),
+        "still pending"
+    );
+
+    // Rebooted by hand; the boot process has not said what runs yet: still pending.
+    stop(&mut agent);
+    rig.reboot();
+    let agent = rig.spawn_agent();
+    wait_log(&agent, "fw-5.bin: still pending (plugin firmware)");
+    assert_eq!(finals(&rig, "fw-5.bin"), 0);
+    // Now it has; SIGUSR1 asks again at once, no restart.
+    std::fs::write(&booted, md5_of(&v5)).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGUSR1);
+    let r = rig.final_report(&agent, "fw-5.bin", Duration::from_secs(10));
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+}
+
+#[test]
+fn an_install_that_reboots_the_device_is_tried_twice_then_fails_minus_5() {
+    let mut rig = Rig::new();
+    let installs = rig.path().join("installs");
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-kill.so",
+        &[
+            "PLUGIN_NAME=\"kill\"",
+            &format!("KILL_AGENT=\"{}\"", installs.display()),
+        ],
+    );
+    let mut agent = rig.start_agent();
+    let (_, t) = rig.task("reboot-fw.bin", 3000, 4);
+    rig.platform.push(&device(), &t).unwrap();
+    for boot in 1..=2 {
+        assert!(
+            agent.wait_exit(T).is_some(),
+            "the install killed the agent (boot {boot})"
+        );
+        rig.reboot();
+        agent = rig.spawn_agent();
+    }
+    let r = rig.final_report(&agent, "reboot-fw.bin", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(
+        msg(&r).contains("install interrupted 2 times: reboot or crash during install"),
+        "{r}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&installs).unwrap().lines().count(),
+        2,
+        "installed at most twice"
+    );
+    assert_eq!(rig.gets(&t).0, 1, "downloaded once");
+    assert!(agent.is_alive());
+    // The agent goes on with later tasks.
+    let (_, later) = rig.task("later.bin", 2000, 5);
+    rig.platform.push(&device(), &later).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "later.bin", T)),
+        ("done", 0)
+    );
+}
+
+#[test]
+fn a_name_only_a_plugin_may_install_never_reaches_the_default_installer() {
+    let mut rig = Rig::new();
+    rig.config["plugin_only"] = json!(["*.swu", "*.raucb"]);
+    let agent = rig.start_agent();
+    for name in ["rootfs-5.swu", "rootfs-5.SWU"] {
+        let (_, t) = rig.task(name, 3000, 6);
+        rig.platform.push(&device(), &t).unwrap();
+        let r = rig.final_report(&agent, name, T);
+        assert_eq!(state_of(&r), ("fail", -9), "{r}");
+        assert!(
+            msg(&r).contains("matches plugin_only pattern `*.swu`")
+                && msg(&r).contains("no loaded plugin claims it"),
+            "{r}"
+        );
+        assert!(!rig.resource(name).exists(), "nothing placed");
+        assert_eq!(rig.gets(&t).0, 0, "nothing fetched");
+    }
+    let (_, t) = rig.task("notes.txt", 1000, 7);
+    rig.platform.push(&device(), &t).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "notes.txt", T)),
+        ("done", 0)
+    );
+}
+
+#[test]
+fn installed_already_never_outlives_the_slot_of_a_plugin_that_cannot_say() {
+    let mut rig = Rig::new();
+    fixture(&rig, "rogue.c", "10-slot.so", &["PLUGIN_NAME=\"slot\""]);
+    let agent = rig.start_agent();
+    let (_, a) = rig.task("os-a.img", 2000, 8);
+    let (_, b) = rig.task("os-b.img", 2000, 9);
+    for (t, name, n) in [
+        (&a, "os-a.img", 0),
+        (&b, "os-b.img", 0),
+        (&b, "os-b.img", 1),
+    ] {
+        rig.platform.push(&device(), t).unwrap();
+        assert_eq!(state_of(&nth_final(&rig, &agent, name, n)), ("done", 0));
+    }
+    assert_eq!(
+        rig.gets(&b).0,
+        1,
+        "os-b is what the slot holds: no transfer"
+    );
+    // os-a was installed by the same plugin before os-b: no longer taken as installed.
+    rig.platform.push(&device(), &a).unwrap();
+    assert_eq!(
+        state_of(&nth_final(&rig, &agent, "os-a.img", 1)),
+        ("done", 0)
+    );
+    assert_eq!(
+        rig.gets(&a).0,
+        2,
+        "installed again, not reported from the record"
+    );
 }
 
 fn md5_of(bytes: &[u8]) -> String {

@@ -13,13 +13,16 @@ mod pipeline;
 mod retry;
 mod staging;
 
+use crate::boot;
 use crate::config::Config;
 use crate::fsutil::FsError;
 use crate::install::chain::{Chain, ChainEnd, ChainStop, InstalledBy};
 use crate::install::{self, Paths};
-use crate::journal::{self, JournalStore, Phase};
+use crate::journal::{self, InFlight, Journal, JournalStore, Phase};
+use crate::plugin::glob;
 use crate::plugin::{CallOutcome, Op, PluginFailure, PluginHost, PluginSet, ResourceArgs};
 use crate::protocol::{percent, Direction, ProgressState, Report, ResultCode, Task};
+use crate::reboot;
 use crate::report::{Progress, Reporter};
 use crate::shutdown::Shutdown;
 use crate::tasks;
@@ -28,6 +31,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
+
+/// Install attempts a task may begin; one more cut short fails it -5 (an install that
+/// reboots the device, or crashes the agent, must not loop).
+const MAX_INSTALL_ATTEMPTS: u32 = 2;
 
 /// How a task ended, for the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +101,13 @@ pub(crate) enum DownloadError {
     /// A pinned plugin is absent or refused: nothing is installed until it loads.
     #[error("pinned plugins not loaded: {}", problems.join("; "))]
     PinnedNotLoaded { problems: Vec<String> },
+    /// The name matches `plugin_only` and no loaded plugin claims it: nothing is fetched
+    /// or placed.
+    #[error("{name} matches plugin_only pattern `{pattern}` and no loaded plugin claims it; not installed")]
+    PluginOnly { name: String, pattern: String },
+    /// The install was cut short (a reboot or a crash) as often as it may be.
+    #[error("{name}: install interrupted {attempts} times: reboot or crash during install")]
+    InstallInterrupted { name: String, attempts: u32 },
     /// The plugin claiming the resource declined it (or exports no install).
     #[error("plugin {plugin}: {name} is claimed by this plugin, which did not install it")]
     ClaimedNotInstalled { plugin: String, name: String },
@@ -114,10 +128,11 @@ impl DownloadError {
                 source.result_code()
             }
             DownloadError::Thread(_) => ResultCode::Other,
-            DownloadError::Rejected(_) | DownloadError::PinnedNotLoaded { .. } => {
-                ResultCode::ValidateRejected
-            }
+            DownloadError::Rejected(_)
+            | DownloadError::PinnedNotLoaded { .. }
+            | DownloadError::PluginOnly { .. } => ResultCode::ValidateRejected,
             DownloadError::PluginInstall(_)
+            | DownloadError::InstallInterrupted { .. }
             | DownloadError::ClaimedNotInstalled { .. }
             | DownloadError::Install { .. } => ResultCode::InstallFailed,
         }
@@ -193,19 +208,47 @@ impl Downloader {
             );
             return Ok(ChainEnd::Installed(by));
         }
+        if let Some(pattern) = glob::first_match_ignoring_case(&self.config.plugin_only, &task.name)
+        {
+            if self.plugins.owner_of(&task.name).is_none() {
+                return Err(DownloadError::PluginOnly {
+                    name: task.name.clone(),
+                    pattern: pattern.to_string(),
+                }
+                .into());
+            }
+        }
         if !self.plugins.pin_problems.is_empty() {
             return Err(DownloadError::PinnedNotLoaded {
                 problems: self.plugins.pin_problems.clone(),
             }
             .into());
         }
-        let phase = self
+        let in_flight = self
             .journal
             .snapshot()
             .download
-            .filter(|d| d.task.same_content(task))
-            .map(|d| d.phase)
-            .unwrap_or_default();
+            .filter(|d| d.task.same_content(task));
+        let phase = in_flight.as_ref().map(|d| d.phase).unwrap_or_default();
+        if phase == Phase::Verified {
+            if let Some(d) = in_flight.as_ref().filter(|d| d.install_attempts > 0) {
+                if let Some(by) = self.installed_after_cut(task, paths, d)? {
+                    return Ok(ChainEnd::Installed(by));
+                }
+                if d.install_attempts >= MAX_INSTALL_ATTEMPTS {
+                    return Err(DownloadError::InstallInterrupted {
+                        name: task.name.clone(),
+                        attempts: d.install_attempts,
+                    }
+                    .into());
+                }
+                log::warn!(
+                    "{}: the install was cut short (a reboot or a crash during attempt {}); trying once more",
+                    task.name,
+                    d.install_attempts
+                );
+            }
+        }
         let verified = phase == Phase::Verified && staged_file_complete(paths, task);
         if phase == Phase::Verified
             && !verified
@@ -225,6 +268,40 @@ impl Downloader {
         self.install(task, paths)
     }
 
+    /// After an install attempt that has no outcome: whether it installed anyway — the
+    /// plugin it called says so (`resagent_installed`), or the default installer's file
+    /// is in place. None: unknown, the install is tried again (or fails).
+    fn installed_after_cut(
+        &self,
+        task: &Task,
+        paths: &Paths,
+        attempt: &InFlight,
+    ) -> Result<Option<InstalledBy>, Stop> {
+        let Some(name) = &attempt.install_plugin else {
+            let default =
+                self.plugins.owner_of(&task.name).is_none() && installed_before_kill(paths, task);
+            return Ok(default.then_some(InstalledBy::Default));
+        };
+        let Some(plugin) = self.plugins.named(name).filter(|p| p.installed) else {
+            return Ok(None);
+        };
+        let resource = self.resource_args(task, paths, None);
+        match self
+            .plugin_host()
+            .call(plugin, Op::Installed, &resource, |_| {})
+        {
+            CallOutcome::Ok => {
+                log::info!(
+                    "{}: plugin {name} says the interrupted install took",
+                    task.name
+                );
+                Ok(Some(InstalledBy::Plugin(name.clone())))
+            }
+            CallOutcome::Interrupted => Err(Stop::Interrupted),
+            _ => Ok(None),
+        }
+    }
+
     /// Whether the task is what is installed already, so nothing is transferred: the
     /// journal's record says so, and the plugin that installed it (when it answers
     /// `resagent_installed`) agrees — a rolled-back or reflashed image is installed again.
@@ -242,7 +319,8 @@ impl Downloader {
         };
         let by = InstalledBy::Plugin(name.clone());
         let Some(plugin) = self.plugins.named(name).filter(|p| p.installed) else {
-            return Ok(Some(by));
+            // The record decides — unless the plugin installed something else since.
+            return Ok((!i.superseded).then_some(by));
         };
         let resource = self.resource_args(task, paths, None);
         match self
@@ -307,10 +385,29 @@ impl Downloader {
             plugins: &self.plugins,
             host: &host,
         };
+        // On disk before any plugin runs: an install that reboots the device (or a crash)
+        // is known as cut short at the next start, and tried at most twice.
+        self.journal.record(|j| {
+            if let Some(d) = in_flight_of(j, task) {
+                d.install_attempts += 1;
+                d.install_plugin = None;
+            }
+        });
         chain
-            .run(&resource, paths, |p| {
-                progress.report(ProgressState::Burning, p);
-            })
+            .run(
+                &resource,
+                paths,
+                |p| {
+                    progress.report(ProgressState::Burning, p);
+                },
+                |plugin| {
+                    self.journal.record(|j| {
+                        if let Some(d) = in_flight_of(j, task) {
+                            d.install_plugin = Some(plugin.to_string());
+                        }
+                    })
+                },
+            )
             .map_err(|stop| match stop {
                 ChainStop::Interrupted => Stop::Interrupted,
                 ChainStop::Rejected(f) => DownloadError::Rejected(f).into(),
@@ -351,44 +448,61 @@ impl Downloader {
     }
 
     /// Records the pending install (the task leaves the queue) and reports `burning` 100
-    /// "reboot pending", acknowledged; then runs `reboot_command`, if configured.
+    /// "reboot pending", in one journal write (sent again after a connect until it is
+    /// acknowledged); its first acknowledgement runs `reboot_command`, if configured.
     fn report_pending(&self, task: &Task, plugin: &str) -> Outcome {
         let now = journal::unix_now();
         log::info!(
             "{} written by plugin {plugin}; it takes effect after a reboot",
             task.name
         );
-        self.journal
-            .record(|j| tasks::pending(j, task, plugin, now));
-        let mut report =
-            Report::progress(Direction::Download, &task.name, ProgressState::Burning, 100);
-        report.result_msg = format!("reboot pending (plugin {plugin})");
-        let acked = self.reporter.progress_acked(&report);
-        match (&self.config.reboot_command, acked) {
-            (Some(cmd), true) => run_reboot_command(cmd),
-            (Some(_), false) => log::warn!(
-                "{}: the pending report was not acknowledged; reboot_command not run",
+        let boot_id = match boot::current() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                // Never confirmed by the clock alone in this boot: see boot::earlier_boot.
+                log::error!("{e}; the pending install is judged by the clock");
+                None
+            }
+        };
+        let report = reboot::pending_report(&task.name, plugin, None);
+        let acked = self
+            .reporter
+            .final_report_with(report, |j| tasks::pending(j, task, plugin, boot_id, now));
+        if acked {
+            reboot::after_acknowledged(&self.config, &self.journal, &self.reporter, &task.name);
+        } else {
+            log::warn!(
+                "{}: the pending report was not acknowledged; it is sent again after the next connect",
                 task.name
-            ),
-            (None, _) => log::info!("{}: a reboot is pending (no reboot_command)", task.name),
+            );
         }
         Outcome::Pending
     }
 
-    /// Asks the plugin of each pending install whether its image runs now (once per
-    /// start): `done`, `fail` -5 with the plugin's reason, or still pending.
-    pub(crate) fn confirm_pending(&self) {
+    /// Asks the plugin of each pending install made in an earlier boot whether its image
+    /// runs now: `done`, `fail` -5 with the plugin's reason (the image is then remembered
+    /// as rolled back), or still pending. An install made in this boot is not asked: a
+    /// restart of the agent is not a reboot. Whether any install is still pending.
+    pub(crate) fn confirm_pending(&self) -> bool {
+        let mut still = false;
         for (name, pending) in self.journal.snapshot().pending {
             if self.shutdown.is_set() {
-                return;
+                return true;
+            }
+            if !boot::earlier_boot(pending.boot_id.as_deref(), pending.since) {
+                log::info!("{name}: written in this boot; waiting for a reboot");
+                still = true;
+                continue;
             }
             let Some(plugin) = self.plugins.named(&pending.plugin) else {
                 log::error!(
                     "{name}: pending a confirmation by plugin {}, which is not loaded; still pending",
                     pending.plugin
                 );
+                still = true;
                 continue;
             };
+            crate::notify::beat();
             let paths = install::paths(&self.config.resource_dir, &name);
             let resource = self.resource_args(&pending.task, &paths, None);
             let outcome = if plugin.confirm {
@@ -407,25 +521,23 @@ impl Downloader {
                     self.report_installed(task, InstalledBy::Plugin(plugin.name.clone()));
                 }
                 CallOutcome::Pending | CallOutcome::Declined => {
-                    log::info!("{name}: still pending a reboot (plugin {})", plugin.name)
+                    log::info!("{name}: still pending (plugin {})", plugin.name);
+                    still = true;
                 }
-                CallOutcome::Interrupted => return,
+                CallOutcome::Interrupted => return true,
                 CallOutcome::Failed(f) => {
                     let e = DownloadError::PluginInstall(f);
                     log::error!("{name}: the pending install did not take: {e}");
-                    let report = Report::fail(
-                        Direction::Download,
-                        &name,
-                        100,
-                        e.result_code(),
-                        &e.to_string(),
-                    );
-                    self.reporter.final_report_with(report, |j| {
-                        j.pending.remove(&name);
-                    });
+                    let reason = e.to_string();
+                    let report =
+                        Report::fail(Direction::Download, &name, 100, e.result_code(), &reason);
+                    let now = journal::unix_now();
+                    self.reporter
+                        .final_report_with(report, |j| tasks::rolled_back(j, task, &reason, now));
                 }
             }
         }
+        still
     }
 
     /// Drops the staged bytes, clears the task and reports `fail`, in one journal write.
@@ -460,26 +572,9 @@ impl Downloader {
     }
 }
 
-/// Runs `reboot_command` through `/bin/sh -c`, without waiting for it (a reboot ends
-/// this process); its exit is logged if it comes back.
-fn run_reboot_command(cmd: &str) {
-    log::info!("running reboot_command `{cmd}`");
-    match std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .spawn()
-    {
-        Ok(mut child) => {
-            let _ = std::thread::Builder::new()
-                .name("reboot".into())
-                .spawn(move || match child.wait() {
-                    Ok(st) if st.success() => log::info!("reboot_command finished"),
-                    Ok(st) => log::error!("reboot_command ended with {st}"),
-                    Err(e) => log::error!("reboot_command: {e}"),
-                });
-        }
-        Err(e) => log::error!("cannot run reboot_command `{cmd}`: {e}"),
-    }
+/// The journal's download in flight, if it is `task`.
+fn in_flight_of<'a>(j: &'a mut Journal, task: &Task) -> Option<&'a mut InFlight> {
+    j.download.as_mut().filter(|d| d.task.same_content(task))
 }
 
 /// Whether the staging file left from before a restart is the verified resource: its

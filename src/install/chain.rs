@@ -62,12 +62,14 @@ pub(crate) struct Chain<'a> {
 
 impl Chain<'_> {
     /// Validates and installs the verified file at `paths.staging`; `on_progress` gets
-    /// the plugins' progress (0..100).
+    /// the plugins' progress (0..100), `before_install` the name of each install plugin
+    /// before it is called (the journal records it: asked after a cut).
     pub(crate) fn run(
         &self,
         resource: &ResourceArgs,
         paths: &Paths,
         mut on_progress: impl FnMut(u8),
+        mut before_install: impl FnMut(&str),
     ) -> Result<ChainEnd, ChainStop> {
         for p in self.plugins.validators() {
             match self.call(p, Op::Validate, resource, &mut on_progress) {
@@ -79,6 +81,7 @@ impl Chain<'_> {
         }
         let owner = self.plugins.owner_of(&resource.name);
         for p in self.plugins.installers() {
+            before_install(&p.name);
             match self.call(p, Op::Install, resource, &mut on_progress) {
                 CallOutcome::Declined if p.claims(&resource.name) => {
                     return Err(ChainStop::ClaimedNotInstalled {

@@ -36,14 +36,18 @@ pub(crate) fn staging_dir(resource_dir: &Path) -> PathBuf {
 }
 
 /// Whether an installed resource is still where it was installed: an install plugin's
-/// placement is its own business; the default installer's file must still exist (one
-/// removed by hand is fetched again).
+/// placement is its own business until that plugin installs another resource (then it
+/// is superseded); the default installer's file must still exist (one removed by hand is
+/// fetched again).
 pub(crate) fn still_present(
     resource_dir: &Path,
     name: &str,
     installed: &crate::journal::Installed,
 ) -> bool {
-    installed.plugin.is_some() || std::fs::symlink_metadata(resource_dir.join(name)).is_ok()
+    match installed.plugin {
+        Some(_) => !installed.superseded,
+        None => std::fs::symlink_metadata(resource_dir.join(name)).is_ok(),
+    }
 }
 
 /// Removes a staging file; a missing one is fine.

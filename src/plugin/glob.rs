@@ -79,9 +79,31 @@ pub(crate) fn any_matches(patterns: &[String], name: &str) -> bool {
     patterns.iter().any(|p| matches(p, name))
 }
 
+/// The first of `patterns` that matches `name` when ASCII case is ignored (`plugin_only`:
+/// `rootfs.SWU` is a `*.swu` too, whatever the plugin that claims `*.swu` says).
+pub(crate) fn first_match_ignoring_case<'a>(patterns: &'a [String], name: &str) -> Option<&'a str> {
+    let name = name.to_ascii_lowercase();
+    patterns
+        .iter()
+        .find(|p| matches(&p.to_ascii_lowercase(), &name))
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{first_match_ignoring_case, matches};
+
+    #[test]
+    fn plugin_only_patterns_ignore_case() {
+        let p = vec!["*.swu".to_string(), "*.RAUCB".to_string()];
+        assert_eq!(first_match_ignoring_case(&p, "rootfs-5.SWU"), Some("*.swu"));
+        assert_eq!(first_match_ignoring_case(&p, "os.raucb"), Some("*.RAUCB"));
+        assert_eq!(first_match_ignoring_case(&p, "notes.txt"), None);
+        assert!(
+            !matches("*.swu", "rootfs-5.SWU"),
+            "claims stay as fnmatch(3)"
+        );
+    }
 
     #[test]
     fn patterns_as_fnmatch() {

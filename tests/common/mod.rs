@@ -146,6 +146,29 @@ impl Rig {
         self.dir.path()
     }
 
+    /// The file the rig's agents read as the kernel's boot identity
+    /// (`RESAGENT_BOOT_ID_FILE`); written with the first boot's identity.
+    pub fn boot_id_file(&self) -> PathBuf {
+        let p = self.path().join("boot_id");
+        if !p.exists() {
+            std::fs::write(&p, "boot-1\n").unwrap();
+        }
+        p
+    }
+
+    /// "Reboots" the device: a new boot identity for the agents started from now on
+    /// (the agent must be stopped first, as a reboot would).
+    pub fn reboot(&self) {
+        let p = self.boot_id_file();
+        let n: u32 = std::fs::read_to_string(&p)
+            .unwrap()
+            .trim()
+            .trim_start_matches("boot-")
+            .parse()
+            .unwrap();
+        std::fs::write(&p, format!("boot-{}\n", n + 1)).unwrap();
+    }
+
     pub fn resource(&self, name: &str) -> PathBuf {
         self.path().join("resources").join(name)
     }
@@ -209,6 +232,7 @@ impl Rig {
             .args(["run", "-c"])
             .arg(&cfg)
             .env("RUST_LOG", rust_log)
+            .env("RESAGENT_BOOT_ID_FILE", self.boot_id_file())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -223,6 +247,7 @@ impl Rig {
             .args(args)
             .arg("-c")
             .arg(&cfg)
+            .env("RESAGENT_BOOT_ID_FILE", self.boot_id_file())
             .output()
             .unwrap();
         (

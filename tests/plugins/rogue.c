@@ -9,7 +9,10 @@
  *   INSPECT="file"         write what the process sees (its descriptors, environment and
  *                          signal state) to that file, then ok
  *   HANG_IN_ABI            hang in resagent_plugin_abi (the scan's probe)
- *   LOAD_MARKER="file"     append a line to that file whenever the library is loaded */
+ *   LOAD_MARKER="file"     append a line to that file whenever the library is loaded
+ *   KILL_AGENT="file"      for names starting `reboot-`: append a line to that file, then
+ *                          SIGKILL the agent (this child's parent), as a reboot during
+ *                          the install would; other names install at once */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <signal.h>
@@ -93,6 +96,14 @@ int resagent_install(const struct resagent_host *h, const struct resagent_resour
 #elif defined(INSPECT)
     (void)h;
     inspect();
+#elif defined(KILL_AGENT)
+    (void)h;
+    if (strncmp(r->name, "reboot-", 7) == 0) {
+        FILE *f = fopen(KILL_AGENT, "a");
+        if (f) { fprintf(f, "install %s\n", r->name); fclose(f); }
+        kill(getppid(), SIGKILL);
+        for (;;) pause();
+    }
 #else
     (void)h;
 #endif

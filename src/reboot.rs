@@ -1,0 +1,91 @@
+//! Installs pending a reboot, seen from the platform: the `burning` 100 "reboot pending"
+//! report (journaled like a final report, so a link that is down as the install ends
+//! still hears it after the next connect), and `reboot_command`, run on that report's
+//! first acknowledgement — once per install — whose failure is reported, not only logged
+//! (docs/agent.md, "Installs pending a reboot").
+
+use crate::config::Config;
+use crate::journal::JournalStore;
+use crate::protocol::{Direction, ProgressState, Report};
+use crate::report::Reporter;
+use std::sync::Arc;
+
+/// The report that an install waits for a reboot: `burning` 100, result code 0.
+pub(crate) fn pending_report(name: &str, plugin: &str, extra: Option<&str>) -> Report {
+    let mut report = Report::progress(Direction::Download, name, ProgressState::Burning, 100);
+    report.result_msg = match extra {
+        Some(extra) => format!("reboot pending (plugin {plugin}); {extra}"),
+        None => format!("reboot pending (plugin {plugin})"),
+    };
+    report
+}
+
+/// Whether `report` is a "reboot pending" report (so its acknowledgement may start
+/// `reboot_command`).
+pub(crate) fn is_pending_report(report: &Report) -> bool {
+    report.direction == Direction::Download
+        && report.state == ProgressState::Burning
+        && report.result_msg.starts_with("reboot pending")
+}
+
+/// The "reboot pending" report of `name` was acknowledged: runs `reboot_command` if this
+/// install has not run it yet (recorded first: a kill right after never runs it twice).
+/// Its failure is recorded for `status` and reported as `burning` 100 naming the command
+/// and its exit status; the install stays pending.
+pub(crate) fn after_acknowledged(
+    config: &Config,
+    journal: &Arc<JournalStore>,
+    reporter: &Arc<Reporter>,
+    name: &str,
+) {
+    let Some(cmd) = config.reboot_command.clone() else {
+        log::info!("{name}: a reboot is pending (no reboot_command)");
+        return;
+    };
+    let plugin = journal.record(|j| match j.pending.get_mut(name) {
+        Some(p) if !p.reboot_started => {
+            p.reboot_started = true;
+            Some(p.plugin.clone())
+        }
+        _ => None,
+    });
+    let Some(plugin) = plugin else { return };
+    log::info!("{name}: running reboot_command `{cmd}`");
+    let (store, reporter, owned) = (journal.clone(), reporter.clone(), name.to_string());
+    let spawned = std::thread::Builder::new()
+        .name("reboot".into())
+        .spawn(move || {
+            let failure = match std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&cmd)
+                .status()
+            {
+                Ok(st) if st.success() => {
+                    log::info!("reboot_command finished");
+                    return;
+                }
+                Ok(st) => format!("reboot_command `{cmd}` failed: {st}"),
+                Err(e) => format!("reboot_command `{cmd}` could not run: {e}"),
+            };
+            let name = owned;
+            log::error!("{name}: {failure}; the install stays pending");
+            let still_pending = store.record(|j| match j.pending.get_mut(&name) {
+                Some(p) => {
+                    p.reboot_error = Some(failure.clone());
+                    true
+                }
+                None => false,
+            });
+            if still_pending {
+                reporter.final_report(pending_report(&name, &plugin, Some(&failure)));
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("{name}: cannot start the reboot thread: {e}");
+        journal.record(|j| {
+            if let Some(p) = j.pending.get_mut(name) {
+                p.reboot_error = Some(format!("cannot start reboot_command: {e}"));
+            }
+        });
+    }
+}
