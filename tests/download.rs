@@ -168,6 +168,7 @@ fn unsafe_names_are_refused_without_a_request_or_a_file_outside() {
                 || rel.ends_with(".log")
                 || rel.ends_with(".conf")
                 || rel == "config.json"
+                || rel == "boot_id"
                 || rel.starts_with("run/"),
             "unexpected file {rel}"
         );

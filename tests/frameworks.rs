@@ -116,13 +116,25 @@ impl SwUpdate {
 
     /// SWUpdate's update state (`ustate`), asked over its IPC by a client compiled here.
     fn ustate(&self, dir: &Path) -> char {
+        self.ustate_client(dir, None)
+    }
+
+    /// Sets `ustate` as the bootloader does after a fallback ('3': FAILED).
+    fn set_ustate(&self, dir: &Path, state: char) {
+        assert_eq!(self.ustate_client(dir, Some(state)), state);
+    }
+
+    fn ustate_client(&self, dir: &Path, set: Option<char>) -> char {
         let src = dir.join("ustate.c");
         let bin = dir.join("ustate");
         if !bin.exists() {
             std::fs::write(
                 &src,
                 "#include <stdio.h>\n#include <string.h>\n#include <network_ipc.h>\n\
-                 int main(void) { ipc_message m; memset(&m, 0, sizeof m);\n\
+                 int main(int argc, char **argv) { ipc_message m; memset(&m, 0, sizeof m);\n\
+                 if (argc > 1) { m.type = SET_UPDATE_STATE; m.data.msg[0] = argv[1][0];\n\
+                   if (ipc_send_cmd(&m) != 0 || m.type != ACK) return 1;\n\
+                   memset(&m, 0, sizeof m); }\n\
                  m.type = GET_UPDATE_STATE;\n\
                  if (ipc_send_cmd(&m) != 0 || m.type != ACK) return 1;\n\
                  printf(\"%c\", m.data.msg[0]); return 0; }\n",
@@ -134,10 +146,11 @@ impl SwUpdate {
                 .arg(&bin)
                 .arg("-lswupdate"));
         }
-        let out = Command::new(&bin)
-            .env("TMPDIR", &self.run_dir)
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(&bin);
+        if let Some(c) = set {
+            cmd.arg(c.to_string());
+        }
+        let out = cmd.env("TMPDIR", &self.run_dir).output().unwrap();
         assert!(out.status.success(), "GET_UPDATE_STATE");
         String::from_utf8_lossy(&out.stdout)
             .chars()
@@ -318,8 +331,65 @@ fn swupdate_installs_a_good_image_byte_for_byte_and_refusals_fail_minus_5_with_i
         .contains("SWUPDATE successful"));
 }
 
+fn stop(agent: &mut Agent) {
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+fn finals(rig: &Rig, name: &str) -> Vec<Value> {
+    rig.platform
+        .reports_for(&device(), name)
+        .into_iter()
+        .filter(|m| matches!(m["progress"]["state"].as_str(), Some("done" | "fail")))
+        .collect()
+}
+
+/// The `n`th final report of `name` (from 0).
+fn nth_final(rig: &Rig, agent: &Agent, name: &str, n: usize) -> Value {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(r) = finals(rig, name).get(n) {
+            return r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no final report #{n} for {name}; log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for the `n`th (from 0) `burning` 100 "reboot pending" report of `name`.
+fn nth_pending(rig: &Rig, agent: &Agent, name: &str, n: usize) {
+    let deadline = Instant::now() + T;
+    while rig
+        .platform
+        .reports_for(&device(), name)
+        .iter()
+        .filter(|m| {
+            m["progress"]["state"] == "burning"
+                && m["progress"]["percent"] == 100
+                && msg(m).contains("reboot pending")
+        })
+        .count()
+        <= n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no pending report #{n} for {name}; log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_pending(rig: &Rig, agent: &Agent, name: &str) {
+    nth_pending(rig, agent, name, 0)
+}
+
 #[test]
-fn swupdate_pending_until_the_restart_then_confirmed_from_its_update_state() {
+fn swupdate_pending_until_a_reboot_not_a_restart_then_confirmed_and_a_rollback_stays() {
     let (mut rig, sw, ca) = swupdate_rig(true);
     let slot = rig.path().join("slot-b.img");
     std::fs::write(&slot, b"").unwrap();
@@ -330,32 +400,37 @@ fn swupdate_pending_until_the_restart_then_confirmed_from_its_update_state() {
         "rootfs-7.swu",
         &make_swu(rig.path(), &ca, &image, "1.0", &slot),
     );
-    rig.platform
-        .wait_for(&device(), T, |m| {
-            m["name"] == "rootfs-7.swu"
-                && m["progress"]["state"] == "burning"
-                && m["progress"]["percent"] == 100
-                && msg(m).contains("reboot pending")
-        })
-        .unwrap_or_else(|| panic!("no pending report; log:\n{}", agent.log_text()));
+    wait_pending(&rig, &agent, "rootfs-7.swu");
     assert_eq!(std::fs::read(&slot).unwrap(), image);
     assert_eq!(
         sw.ustate(rig.path()),
         '1',
         "SWUpdate marked the update INSTALLED"
     );
+
+    // A restart of the agent (a crash, the watchdog, systemctl restart) is no reboot:
+    // the old system runs, SWUpdate stays INSTALLED, nothing final is reported.
+    stop(&mut agent);
+    let mut agent = rig.start_agent();
+    wait_log(
+        &agent,
+        "rootfs-7.swu: written in this boot; waiting for a reboot",
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        rig.platform
-            .wait_final(&device(), "rootfs-7.swu", Duration::from_millis(10))
-            .is_none(),
-        "no done before the new image runs"
+        finals(&rig, "rootfs-7.swu").is_empty(),
+        "no done on the old system"
+    );
+    assert_eq!(
+        sw.ustate(rig.path()),
+        '1',
+        "ustate untouched: still INSTALLED"
     );
 
-    // "Reboot": resagent starts again; SWUpdate's state says the update is installed.
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
-    let agent = rig.spawn_agent();
+    // The reboot: SWUpdate's state says the update is installed; it is confirmed.
+    stop(&mut agent);
+    rig.reboot();
+    let mut agent = rig.spawn_agent();
     let r = rig.final_report(&agent, "rootfs-7.swu", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
     assert_eq!(sw.ustate(rig.path()), '0', "confirmed: ustate is OK again");
@@ -364,6 +439,117 @@ fn swupdate_pending_until_the_restart_then_confirmed_from_its_update_state() {
         rig.journal()["installed"]["rootfs-7.swu"]["plugin"],
         "swupdate"
     );
+
+    // The next image does not boot: the bootloader falls back and sets ustate FAILED.
+    let image8 = payload(8, 200_000);
+    let (_, t8) = rig.serve_bytes(
+        "rootfs-8.swu",
+        &make_swu(rig.path(), &ca, &image8, "1.0", &slot),
+    );
+    rig.platform.push(&device(), &t8).unwrap();
+    wait_pending(&rig, &agent, "rootfs-8.swu");
+    stop(&mut agent);
+    sw.set_ustate(rig.path(), '3');
+    rig.reboot();
+    let agent = rig.spawn_agent();
+    let r = nth_final(&rig, &agent, "rootfs-8.swu", 0);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(msg(&r).contains("ustate=FAILED"), "{r}");
+    // Offered again: refused without a transfer, saying it rolled back here.
+    rig.platform.push(&device(), &t8).unwrap();
+    let r = nth_final(&rig, &agent, "rootfs-8.swu", 1);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(msg(&r).contains("rolled back on this device"), "{r}");
+    assert_eq!(rig.gets(&t8).0, 1, "not downloaded or flashed again");
+}
+
+#[test]
+fn swupdate_downgrade_then_re_upgrade_and_a_later_rollback_are_flashed_not_reported() {
+    let (mut rig, sw, ca) = swupdate_rig(false);
+    let slot = rig.path().join("slot.img");
+    std::fs::write(&slot, b"").unwrap();
+    let agent = rig.start_agent();
+    // One length: SWUpdate's raw handler writes over the slot without truncating it.
+    let (v2, v1) = (payload(12, 150_000), payload(11, 150_000));
+    let (_, t2) = rig.serve_bytes(
+        "rootfs-1.0.2.swu",
+        &make_swu(rig.path(), &ca, &v2, "1.0", &slot),
+    );
+    let (_, t1) = rig.serve_bytes(
+        "rootfs-1.0.1.swu",
+        &make_swu(rig.path(), &ca, &v1, "1.0", &slot),
+    );
+    for (t, name, n, image) in [
+        (&t2, "rootfs-1.0.2.swu", 0, &v2),
+        (&t1, "rootfs-1.0.1.swu", 0, &v1),
+        (&t2, "rootfs-1.0.2.swu", 1, &v2),
+    ] {
+        rig.platform.push(&device(), t).unwrap();
+        let r = nth_final(&rig, &agent, name, n);
+        assert_eq!(
+            state_of(&r),
+            ("done", 0),
+            "{name}: {r}\n{}",
+            agent.log_text()
+        );
+        assert_eq!(
+            &std::fs::read(&slot).unwrap(),
+            image,
+            "{name} is in the slot"
+        );
+    }
+    assert_eq!(
+        rig.gets(&t2).0,
+        2,
+        "1.0.2 downloaded and flashed again after 1.0.1"
+    );
+    // Offered again while it really runs: nothing to do.
+    rig.platform.push(&device(), &t2).unwrap();
+    assert_eq!(
+        state_of(&nth_final(&rig, &agent, "rootfs-1.0.2.swu", 2)),
+        ("done", 0)
+    );
+    assert_eq!(rig.gets(&t2).0, 2);
+    // The bootloader rolled back later (ustate FAILED): the plugin says so, and the image
+    // is flashed again instead of `done` from the record.
+    sw.set_ustate(rig.path(), '3');
+    std::fs::write(&slot, &v1).unwrap();
+    rig.platform.push(&device(), &t2).unwrap();
+    assert_eq!(
+        state_of(&nth_final(&rig, &agent, "rootfs-1.0.2.swu", 3)),
+        ("done", 0)
+    );
+    assert_eq!(rig.gets(&t2).0, 3);
+    assert_eq!(std::fs::read(&slot).unwrap(), v2);
+}
+
+#[test]
+fn swupdate_briefly_unreachable_at_install_is_asked_again() {
+    let (mut rig, sw, ca) = swupdate_rig(false);
+    let slot = rig.path().join("slot.img");
+    std::fs::write(&slot, b"").unwrap();
+    let agent = rig.start_agent();
+    // SWUpdate is down (a restart of its service): its sockets are gone.
+    drop(sw);
+    for s in ["sockinstctrl", "swupdateprog"] {
+        let _ = std::fs::remove_file(rig.path().join("swupdate-run").join(s));
+    }
+    let image = payload(21, 120_000);
+    push(
+        &rig,
+        "late.swu",
+        &make_swu(rig.path(), &ca, &image, "1.0", &slot),
+    );
+    wait_log(&agent, "late.swu: plugin swupdate install");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        finals(&rig, "late.swu").is_empty(),
+        "still asking, not failed"
+    );
+    let _sw = SwUpdate::start(rig.path(), &rig.path().join("swu-signer.pem"));
+    let r = rig.final_report(&agent, "late.swu", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
+    assert_eq!(std::fs::read(&slot).unwrap(), image);
 }
 
 // -------------------------------------------------------------------------------- RAUC
@@ -542,13 +728,6 @@ fn rauc_rig() -> (Rig, Rauc, (PathBuf, PathBuf)) {
     (rig, rauc, ca)
 }
 
-fn slot_status<'a>(status: &'a Value, slot: &str) -> &'a Value {
-    status["slots"]
-        .as_array()
-        .and_then(|a| a.iter().find_map(|s| s.get(slot)))
-        .unwrap_or(&Value::Null)
-}
-
 #[test]
 fn rauc_installs_the_inactive_slot_pending_then_confirms_the_booted_slot_or_fails_a_fallback() {
     let (mut rig, mut rauc, ca) = rauc_rig();
@@ -579,51 +758,63 @@ fn rauc_installs_the_inactive_slot_pending_then_confirms_the_booted_slot_or_fail
     assert!(std::fs::read(rauc.slot("slot-b.img")).unwrap().is_empty());
 
     // A good bundle: written to the inactive slot B, pending until the reboot.
-    push(
-        &rig,
+    let (_, t1) = rig.serve_bytes(
         "os-1.raucb",
         &make_bundle(rig.path(), &ca, &image, "resagent-test"),
     );
-    rig.platform
-        .wait_for(&device(), T, |m| {
-            m["name"] == "os-1.raucb"
-                && m["progress"]["state"] == "burning"
-                && m["progress"]["percent"] == 100
-                && msg(m).contains("reboot pending")
-        })
-        .unwrap_or_else(|| panic!("no pending report; log:\n{}", agent.log_text()));
+    rig.platform.push(&device(), &t1).unwrap();
+    wait_pending(&rig, &agent, "os-1.raucb");
     assert_eq!(std::fs::read(rauc.slot("slot-b.img")).unwrap(), image);
     assert!(std::fs::read(rauc.slot("slot-a.img")).unwrap().is_empty());
     assert_eq!(rauc.status()["boot_primary"], "rootfs.1", "B is next");
+    let marked_b = rauc.dir.join("boot/state.B");
+    let _ = std::fs::remove_file(&marked_b);
+
+    // A restart of the agent before the reboot: A still runs. No false `fail`, B is not
+    // marked, nothing final is reported.
+    stop(&mut agent);
+    let mut agent = rig.start_agent();
+    wait_log(
+        &agent,
+        "os-1.raucb: written in this boot; waiting for a reboot",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        finals(&rig, "os-1.raucb").is_empty(),
+        "nothing final before the reboot"
+    );
+    assert!(!marked_b.exists(), "B not marked on the old system");
 
     // The device boots B: confirmed, B marked good.
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut agent);
     rauc.boot("B");
+    rig.reboot();
     let mut agent = rig.spawn_agent();
     let r = rig.final_report(&agent, "os-1.raucb", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
-    let st = rauc.status();
-    assert_eq!(slot_status(&st, "rootfs.1")["boot_status"], "good", "{st}");
+    assert_eq!(std::fs::read_to_string(&marked_b).unwrap().trim(), "good");
     assert_eq!(rig.journal()["installed"]["os-1.raucb"]["plugin"], "rauc");
+    // Offered again while it runs from B: RAUC's own state says so, no transfer.
+    rig.platform.push(&device(), &t1).unwrap();
+    assert_eq!(
+        state_of(&nth_final(&rig, &agent, "os-1.raucb", 1)),
+        ("done", 0)
+    );
+    assert_eq!(rig.gets(&t1).0, 1);
 
     // A second bundle goes to A; the device falls back to B: `fail`, not `done`.
     let image2 = payload(4, 250_000);
-    push(
-        &rig,
+    let (_, t2) = rig.serve_bytes(
         "os-2.raucb",
         &make_bundle(rig.path(), &ca, &image2, "resagent-test"),
     );
-    rig.platform
-        .wait_for(&device(), T, |m| {
-            m["name"] == "os-2.raucb" && msg(m).contains("reboot pending")
-        })
-        .expect("pending");
+    rig.platform.push(&device(), &t2).unwrap();
+    wait_pending(&rig, &agent, "os-2.raucb");
     assert_eq!(std::fs::read(rauc.slot("slot-a.img")).unwrap(), image2);
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut agent);
     rauc.boot("B");
-    let agent = rig.spawn_agent();
+    rig.reboot();
+    let mut agent = rig.spawn_agent();
     let r = rig.final_report(&agent, "os-2.raucb", T);
     assert_eq!(state_of(&r), ("fail", -5), "{r}");
     assert!(
@@ -631,4 +822,37 @@ fn rauc_installs_the_inactive_slot_pending_then_confirms_the_booted_slot_or_fail
         "{r}"
     );
     assert!(rig.journal()["pending"].is_null());
+    // The rolled-back bundle offered again: refused, no transfer, no second flash.
+    rig.platform.push(&device(), &t2).unwrap();
+    let r = nth_final(&rig, &agent, "os-2.raucb", 1);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(msg(&r).contains("rolled back on this device"), "{r}");
+    assert_eq!(rig.gets(&t2).0, 1);
+
+    // Downgrade and back: os-3 to A and booted, then os-1 again — the record names os-3
+    // now, so RAUC is asked and os-1 is written again (to B), not reported from memory.
+    let image3 = payload(5, 250_000);
+    push(
+        &rig,
+        "os-3.raucb",
+        &make_bundle(rig.path(), &ca, &image3, "resagent-test"),
+    );
+    wait_pending(&rig, &agent, "os-3.raucb");
+    stop(&mut agent);
+    rauc.boot("A");
+    rig.reboot();
+    let agent = rig.spawn_agent();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "os-3.raucb", T)),
+        ("done", 0)
+    );
+    std::fs::write(rauc.slot("slot-b.img"), b"").unwrap();
+    rig.platform.push(&device(), &t1).unwrap();
+    nth_pending(&rig, &agent, "os-1.raucb", 1);
+    assert_eq!(rig.gets(&t1).0, 2, "downloaded again");
+    assert_eq!(
+        std::fs::read(rauc.slot("slot-b.img")).unwrap(),
+        image,
+        "and written"
+    );
 }

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "resagent_plugin.h"
@@ -57,6 +58,25 @@ static inline int rp_config_bool(const char *json, const char *key, int fallback
     if (p && strncmp(p, "true", 4) == 0) return 1;
     if (p && strncmp(p, "false", 5) == 0) return 0;
     return fallback;
+}
+
+/* The whole-number value of `key`; `fallback` when absent or not a number. */
+static inline long rp_config_long(const char *json, const char *key, long fallback) {
+    const char *p = rp_config_value(json, key);
+    if (!p || *p < '0' || *p > '9') return fallback;
+    return strtol(p, NULL, 10);
+}
+
+/* Reads the first line of the record `dir`/`file` into `out` ("" when absent). */
+static inline void rp_read_record(const char *dir, const char *file, char *out, size_t len) {
+    char path[4200];
+    out[0] = '\0';
+    if (!dir || snprintf(path, sizeof path, "%s/%s", dir, file) >= (int)sizeof path) return;
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    if (!fgets(out, (int)len, f)) out[0] = '\0';
+    fclose(f);
+    out[strcspn(out, "\n")] = '\0';
 }
 
 /* Writes `text` to `dest` durably: a temporary file beside it, then resagent's

@@ -9,10 +9,17 @@
  *   success the slot now primary (GetPrimary) is recorded in the plugin's private folder
  *   and the call returns RESAGENT_PENDING ("reboot": true, the default) — RAUC switched
  *   the boot target; the bundle runs after a reboot.
- * confirm (after the reboot): the recorded slot must be the booted one (GetSlotStatus:
- *   its "state" is "booted"); then it is marked good (Mark("good", "booted")) and the task
- *   is `done`. Another slot booted: the bootloader fell back — `fail`. RAUC not reachable
- *   yet: still pending, asked again at the next start.
+ *   The bundle's MD5 is recorded (`submitted`) before InstallBundle: when resagent
+ *   restarts while RAUC still installs it (a kill, a timeout), the next call follows that
+ *   installation (Operation "installing") to its end instead of failing on a busy RAUC.
+ * confirm (resagent asks only in a later boot): the recorded slot must be the booted one
+ *   (GetSlotStatus: its "state" is "booted"); then it is marked good (Mark("good",
+ *   "booted")), recorded (`installed`: MD5, slot, the slot's image SHA-256) and the task
+ *   is `done`. Another slot booted: the bootloader fell back — `fail`. RAUC not
+ *   reachable yet: still pending, asked again.
+ * installed: the `installed` record names this bundle, its slot is the booted one and
+ *   still holds the image RAUC wrote then (its "sha256"); otherwise (a fallback, a
+ *   downgrade or another install since, RAUC not reachable) not installed.
  *
  * plugin_config (resagent's configuration, key "rauc"), all optional:
  *   "bus":    "system" (default), "session", or a D-Bus address ("unix:path=/run/...")
@@ -104,6 +111,44 @@ static void string_property(GDBusConnection *c, const char *name, char *out, siz
     if (v) g_variant_unref(v);
 }
 
+/* The booted slot's name into `booted`, and the "sha256" of slot `slot` (when given)
+ * into `sha`; 0, or -1 with the reason in err. */
+static int slot_status(GDBusConnection *bus, const char *slot, char *booted, size_t booted_len,
+                       char *sha, size_t sha_len, char *err, size_t err_len) {
+    booted[0] = '\0';
+    if (sha) sha[0] = '\0';
+    GVariant *status = call(bus, "GetSlotStatus", NULL, "(a(sa{sv}))", err, err_len);
+    if (!status) return -1;
+    GVariantIter *slots = NULL;
+    const gchar *name = NULL;
+    GVariant *props = NULL;
+    g_variant_get(status, "(a(sa{sv}))", &slots);
+    while (g_variant_iter_loop(slots, "(&s@a{sv})", &name, &props)) {
+        const gchar *value = NULL;
+        if (g_variant_lookup(props, "state", "&s", &value) && strcmp(value, "booted") == 0)
+            snprintf(booted, booted_len, "%s", name);
+        if (sha && slot && strcmp(name, slot) == 0 && g_variant_lookup(props, "sha256", "&s", &value))
+            snprintf(sha, sha_len, "%s", value);
+    }
+    g_variant_iter_free(slots);
+    g_variant_unref(status);
+    return 0;
+}
+
+/* Writes `text` as the record `file` in the private folder; 0, or -1 with err set. */
+static int write_private(const struct resagent_host *host, const char *file, const char *text,
+                         char *err, size_t err_len) {
+    const char *private_dir = rp_host_private_dir(host);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", private_dir ? private_dir : ".", file);
+    int rc = private_dir ? rp_write_record(host, path, text) : -ENOENT;
+    if (rc != 0) {
+        snprintf(err, err_len, "cannot keep the record %s: %s", file, strerror(-rc));
+        return -1;
+    }
+    return 0;
+}
+
 /* What an install waits for. */
 struct wait {
     const struct resagent_host *host;
@@ -112,6 +157,7 @@ struct wait {
     int completed;
     int result;
     int last_percent;
+    int attached; /* following an installation started before a restart */
 };
 
 static void on_completed(GDBusConnection *c, const gchar *sender, const gchar *path,
@@ -124,10 +170,24 @@ static void on_completed(GDBusConnection *c, const gchar *sender, const gchar *p
     g_main_loop_quit(w->loop);
 }
 
-/* Every 200 ms: RAUC's Progress as `burning`. (A Completed signal that never comes —
- * RAUC killed midway — leaves the wait to resagent's plugin_timeout_s.) */
+/* Every 200 ms: RAUC's Progress as `burning`; an installation followed after a restart
+ * may end between our look at Operation and the subscription, so an idle RAUC ends the
+ * wait too (its LastError then says how). (A Completed signal that never comes — RAUC
+ * killed midway — leaves the wait to resagent's plugin_timeout_s.) */
 static gboolean on_tick(gpointer data) {
     struct wait *w = data;
+    if (w->attached) {
+        char operation[64];
+        string_property(w->bus, "Operation", operation, sizeof operation);
+        if (strcmp(operation, "idle") == 0) {
+            char last_error[16];
+            string_property(w->bus, "LastError", last_error, sizeof last_error);
+            w->result = last_error[0] ? 1 : 0;
+            w->completed = 1;
+            g_main_loop_quit(w->loop);
+            return G_SOURCE_CONTINUE;
+        }
+    }
     GVariant *p = property(w->bus, "Progress");
     if (p && g_variant_is_of_type(p, G_VARIANT_TYPE("(isi)"))) {
         gint32 percent = 0, depth = 0;
@@ -156,15 +216,6 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     GDBusConnection *bus = open_bus(config, err, err_len);
     if (!bus) return RESAGENT_FAILED;
 
-    char operation[64];
-    string_property(bus, "Operation", operation, sizeof operation);
-    if (strcmp(operation, "idle") != 0) {
-        snprintf(err, err_len, "RAUC is %s (its Operation), not idle: is another install running?",
-                 operation[0] ? operation : "not answering");
-        g_object_unref(bus);
-        return RESAGENT_FAILED;
-    }
-
     struct wait w = {.host = host, .bus = bus, .result = -1, .last_percent = -1};
     GMainContext *ctx = g_main_context_new();
     g_main_context_push_thread_default(ctx);
@@ -172,10 +223,33 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     guint sub = g_dbus_connection_signal_subscribe(bus, RAUC_NAME, RAUC_INSTALLER, "Completed",
                                                    RAUC_PATH, NULL, G_DBUS_SIGNAL_FLAGS_NONE,
                                                    on_completed, &w, NULL);
-    GVariantBuilder args;
-    g_variant_builder_init(&args, G_VARIANT_TYPE("a{sv}"));
-    GVariant *r = call(bus, "InstallBundle", g_variant_new("(sa{sv})", res->path, &args), NULL,
-                       err, err_len);
+    char operation[64], submitted[64];
+    string_property(bus, "Operation", operation, sizeof operation);
+    rp_read_record(private_dir, "submitted", submitted, sizeof submitted);
+    GVariant *r = NULL;
+    if (strcmp(operation, "installing") == 0 && strcmp(submitted, res->md5sum) == 0) {
+        char line[400];
+        snprintf(line, sizeof line, "RAUC still installs %.255s from before; following it",
+                 res->name);
+        host->log(RESAGENT_LOG_INFO, line);
+        w.attached = 1;
+        r = g_variant_new("()");
+        g_variant_ref_sink(r);
+    } else if (strcmp(operation, "idle") != 0) {
+        snprintf(err, err_len, "RAUC is %s (its Operation), not idle: is another install running?",
+                 operation[0] ? operation : "not answering");
+    } else {
+        char record[64];
+        snprintf(record, sizeof record, "%s\n", res->md5sum);
+        if (private_dir && write_private(host, "submitted", record, err, err_len) != 0) {
+            /* without the record a restart could not follow this install: not started */
+        } else {
+            GVariantBuilder args;
+            g_variant_builder_init(&args, G_VARIANT_TYPE("a{sv}"));
+            r = call(bus, "InstallBundle", g_variant_new("(sa{sv})", res->path, &args), NULL,
+                     err, err_len);
+        }
+    }
     int rc = RESAGENT_FAILED;
     if (r) {
         g_variant_unref(r);
@@ -213,34 +287,43 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     }
     /* The slot RAUC will boot next is the one this bundle went to. */
     GVariant *p = call(bus, "GetPrimary", NULL, "(s)", err, err_len);
-    g_object_unref(bus);
-    if (!p) return RESAGENT_FAILED;
+    if (!p) {
+        g_object_unref(bus);
+        return RESAGENT_FAILED;
+    }
     const gchar *primary = NULL;
     g_variant_get(p, "(&s)", &primary);
-    char record_path[4200], record[400];
-    snprintf(record_path, sizeof record_path, "%s/pending", private_dir);
-    snprintf(record, sizeof record, "%s %.300s\n", res->md5sum, primary);
+    char booted[300], sha[100], record[600];
+    if (slot_status(bus, primary, booted, sizeof booted, sha, sizeof sha, err, err_len) != 0) {
+        g_variant_unref(p);
+        g_object_unref(bus);
+        return RESAGENT_FAILED;
+    }
+    g_object_unref(bus);
+    snprintf(record, sizeof record, "%s %.300s %.90s\n", res->md5sum, primary, sha[0] ? sha : "-");
     snprintf(line, sizeof line, "RAUC installed %.255s into %.300s; it runs after a reboot",
              res->name, primary);
     g_variant_unref(p);
-    int wrc = rp_write_record(host, record_path, record);
-    if (wrc != 0) {
-        snprintf(err, err_len, "installed, but cannot record the slot: %s", strerror(-wrc));
-        return RESAGENT_FAILED;
-    }
+    if (write_private(host, "pending", record, err, err_len) != 0) return RESAGENT_FAILED;
     host->log(RESAGENT_LOG_INFO, line);
     return RESAGENT_PENDING;
 }
 
+/* Reads the record `file` ("MD5 SLOT SHA256") of the private folder; the number of
+ * fields read. */
+static int read_slot_record(const struct resagent_host *host, const char *file, char *md5,
+                            char *slot, char *sha) {
+    char line[600];
+    rp_read_record(rp_host_private_dir(host), file, line, sizeof line);
+    md5[0] = slot[0] = sha[0] = '\0';
+    return sscanf(line, "%39s %299s %99s", md5, slot, sha);
+}
+
 int resagent_confirm(const struct resagent_host *host, const struct resagent_resource *res,
                      char *err, size_t err_len) {
-    const char *private_dir = rp_host_private_dir(host);
-    char record_path[4200], md5[40] = "", slot[300] = "";
-    snprintf(record_path, sizeof record_path, "%s/pending", private_dir ? private_dir : ".");
-    FILE *f = private_dir ? fopen(record_path, "r") : NULL;
-    int fields = f ? fscanf(f, "%39s %299s", md5, slot) : 0;
-    if (f) fclose(f);
-    if (fields != 2 || strcmp(md5, res->md5sum) != 0) {
+    char md5[40], slot[300], sha[100];
+    int fields = read_slot_record(host, "pending", md5, slot, sha);
+    if (fields < 2 || strcmp(md5, res->md5sum) != 0) {
         snprintf(err, err_len, "no record of which slot %s went to", res->name);
         return RESAGENT_FAILED;
     }
@@ -248,26 +331,14 @@ int resagent_confirm(const struct resagent_host *host, const struct resagent_res
     GDBusConnection *bus = open_bus(rp_host_config(host), why, sizeof why);
     if (!bus) {
         host->log(RESAGENT_LOG_WARN, why);
-        return RESAGENT_PENDING; /* RAUC's bus not up yet: ask at the next start */
+        return RESAGENT_PENDING; /* RAUC's bus not up yet: ask again */
     }
-    GVariant *status = call(bus, "GetSlotStatus", NULL, "(a(sa{sv}))", why, sizeof why);
-    if (!status) {
+    char booted[300];
+    if (slot_status(bus, NULL, booted, sizeof booted, NULL, 0, why, sizeof why) != 0) {
         host->log(RESAGENT_LOG_WARN, why);
         g_object_unref(bus);
         return RESAGENT_PENDING;
     }
-    char booted[300] = "";
-    GVariantIter *slots = NULL;
-    const gchar *name = NULL;
-    GVariant *props = NULL;
-    g_variant_get(status, "(a(sa{sv}))", &slots);
-    while (g_variant_iter_loop(slots, "(&s@a{sv})", &name, &props)) {
-        const gchar *state = NULL;
-        if (g_variant_lookup(props, "state", "&s", &state) && strcmp(state, "booted") == 0)
-            snprintf(booted, sizeof booted, "%s", name);
-    }
-    g_variant_iter_free(slots);
-    g_variant_unref(status);
     if (strcmp(booted, slot) != 0) {
         g_object_unref(bus);
         snprintf(err, err_len, "RAUC booted %s, not %s where %s went: the bundle did not stay",
@@ -279,8 +350,39 @@ int resagent_confirm(const struct resagent_host *host, const struct resagent_res
     g_object_unref(bus);
     if (!marked) return RESAGENT_FAILED;
     g_variant_unref(marked);
+    char record[600];
+    snprintf(record, sizeof record, "%s %s %s\n", md5, slot, fields == 3 ? sha : "-");
+    if (write_private(host, "installed", record, err, err_len) != 0) return RESAGENT_FAILED;
     char line[700];
     snprintf(line, sizeof line, "%.255s runs from %.300s, marked good", res->name, slot);
     host->log(RESAGENT_LOG_INFO, line);
+    return RESAGENT_OK;
+}
+
+int resagent_installed(const struct resagent_host *host, const struct resagent_resource *res,
+                       char *err, size_t err_len) {
+    char md5[40], slot[300], sha[100];
+    int fields = read_slot_record(host, "installed", md5, slot, sha);
+    if (fields < 2 || strcmp(md5, res->md5sum) != 0) {
+        snprintf(err, err_len, "RAUC's last confirmed bundle is %s, not %s",
+                 md5[0] ? md5 : "unknown", res->md5sum);
+        return RESAGENT_FAILED;
+    }
+    GDBusConnection *bus = open_bus(rp_host_config(host), err, err_len);
+    if (!bus) return RESAGENT_FAILED;
+    char booted[300], now[100];
+    int rc = slot_status(bus, slot, booted, sizeof booted, now, sizeof now, err, err_len);
+    g_object_unref(bus);
+    if (rc != 0) return RESAGENT_FAILED;
+    if (strcmp(booted, slot) != 0) {
+        snprintf(err, err_len, "RAUC booted %s, not %s that holds %s",
+                 booted[0] ? booted : "an unknown slot", slot, res->name);
+        return RESAGENT_FAILED;
+    }
+    if (fields == 3 && strcmp(sha, "-") != 0 && strcmp(sha, now) != 0) {
+        snprintf(err, err_len, "%s no longer holds %s (another image was written since)", slot,
+                 res->name);
+        return RESAGENT_FAILED;
+    }
     return RESAGENT_OK;
 }

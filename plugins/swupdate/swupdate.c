@@ -7,12 +7,20 @@
  *   hardware compatibility and runs the handlers of its sw-description); SWUpdate's
  *   progress becomes resagent's `burning` percent; a refusal fails the task with
  *   SWUpdate's own error message; success returns RESAGENT_PENDING when the update takes
- *   effect after a reboot ("reboot": true, the default), RESAGENT_OK otherwise.
- * confirm (after the reboot): SWUpdate's update state in the bootloader environment
- *   (`ustate`, GET_UPDATE_STATE): INSTALLED or TESTING — the new image runs: it is marked
- *   OK (SET_UPDATE_STATE) and the task is `done`; OK — already confirmed: `done`;
- *   FAILED — rolled back: `fail`; IN_PROGRESS/WAIT or SWUpdate not reachable yet — still
- *   pending (asked again at the next start); no state at all — `fail`, saying why.
+ *   effect after a reboot ("reboot": true, the default), RESAGENT_OK otherwise. SWUpdate
+ *   not reachable yet (socket missing or refused) is asked again for connect_timeout_s.
+ *   The image's MD5 is recorded (`submitted`) before it is handed over: when resagent
+ *   restarts while SWUpdate still runs that update (a kill, a timeout), the next call
+ *   follows it to its end instead of starting another.
+ * confirm (resagent asks only in a later boot): SWUpdate's update state in the
+ *   bootloader environment (`ustate`, GET_UPDATE_STATE): INSTALLED or TESTING — the new
+ *   image runs: it is marked OK (SET_UPDATE_STATE) and the task is `done`; OK — already
+ *   confirmed: `done`; FAILED — rolled back: `fail`; IN_PROGRESS/WAIT or SWUpdate not
+ *   reachable yet — still pending (asked again); no state at all — `fail`, saying why.
+ *   A confirmed image's MD5 is recorded (`installed`).
+ * installed: the image is what SWUpdate installed last and confirmed (the `installed`
+ *   record) and `ustate` is not FAILED; otherwise (a rollback, a downgrade since, SWUpdate
+ *   not reachable) not installed — resagent installs it again instead of saying `done`.
  *
  * plugin_config (resagent's configuration, key "swupdate"), all optional:
  *   "socket_dir":   folder of SWUpdate's sockets `sockinstctrl` and `swupdateprog`
@@ -21,6 +29,8 @@
  *   "software_set", "running_mode": the selection sent with the request (SWUpdate's `-e`)
  *   "dry_run":      true — SWUpdate checks the image and installs nothing (then `done`
  *                   means "accepted"; for bring-up only)
+ *   "connect_timeout_s": how long an unreachable SWUpdate is asked again at install
+ *                   (default 30)
  *
  * Build: cc -shared -fPIC -I resagent/plugins/include swupdate.c -lswupdate -o 30-swupdate.so
  */
@@ -32,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <network_ipc.h>
@@ -169,9 +180,39 @@ static int wait_for_result(struct run *r) {
     }
 }
 
+/* Seconds on the monotonic clock. */
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* Whether SWUpdate runs an update now (1), is idle (0), or cannot be asked (-1). Queued
+ * messages are read past (each carries the state it was queued in): the state that
+ * counts comes with the empty answer after them. */
+static int swupdate_busy(void) {
+    for (int i = 0; i < 10000; i++) {
+        ipc_message msg;
+        if (ipc_get_status(&msg) < 0) return -1;
+        if (msg.data.status.desc[0] != '\0') continue;
+        int current = msg.data.status.current;
+        return current == START || current == RUN || current == DOWNLOAD;
+    }
+    return 1;
+}
+
+/* Asks SWUpdate whether it is busy until it answers or `deadline` passes. */
+static int swupdate_busy_within(double deadline) {
+    for (;;) {
+        int busy = swupdate_busy();
+        if (busy >= 0 || now_s() >= deadline) return busy;
+        usleep(500 * 1000);
+    }
+}
+
 /* Streams `path` into SWUpdate; 0, or -1 with the reason in err. */
 static int stream_image(struct run *r, const char *config, const char *path, const char *name,
-                        char *err, size_t err_len) {
+                        double deadline, char *err, size_t err_len) {
     const struct resagent_host *host = r->host;
     struct swupdate_request req;
     swupdate_prepare_req(&req);
@@ -189,7 +230,9 @@ static int stream_image(struct run *r, const char *config, const char *path, con
         snprintf(err, err_len, "cannot open %s: %s", path, strerror(errno));
         return -1;
     }
-    int fd = ipc_inst_start_ext(&req, sizeof req);
+    int fd;
+    while ((fd = ipc_inst_start_ext(&req, sizeof req)) < 0 && now_s() < deadline)
+        usleep(500 * 1000);
     if (fd < 0) {
         snprintf(err, err_len,
                  "SWUpdate refused the request or is not running (control socket %s)", ctrl_path);
@@ -217,6 +260,21 @@ static int stream_image(struct run *r, const char *config, const char *path, con
     return 0;
 }
 
+/* Records `md5` as the image SWUpdate installed last and that runs (or needs no reboot). */
+static void record_installed(const struct resagent_host *host, const char *md5) {
+    const char *private_dir = rp_host_private_dir(host);
+    if (!private_dir) return;
+    char path[4200], record[64];
+    snprintf(path, sizeof path, "%s/installed", private_dir);
+    snprintf(record, sizeof record, "%s\n", md5);
+    int rc = rp_write_record(host, path, record);
+    if (rc != 0) {
+        char line[300];
+        snprintf(line, sizeof line, "cannot keep the installed record: %s", strerror(-rc));
+        host->log(RESAGENT_LOG_WARN, line);
+    }
+}
+
 int resagent_install(const struct resagent_host *host, const struct resagent_resource *res,
                      char *err, size_t err_len) {
     size_t len = strlen(res->name);
@@ -224,14 +282,43 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     const char *config = rp_host_config(host);
     use_sockets(config);
 
+    const char *private_dir = rp_host_private_dir(host);
+    long connect_s = rp_config_long(config, "connect_timeout_s", 30);
+    double deadline = now_s() + (double)connect_s;
+
     struct run r = {.host = host, .progress_fd = -1, .last_percent = 101};
+    int busy = swupdate_busy_within(deadline);
+    if (busy < 0) {
+        snprintf(err, err_len, "SWUpdate is not reachable at %.400s (asked for %ld s)", ctrl_path,
+                 connect_s);
+        return RESAGENT_FAILED;
+    }
+    char submitted[64];
+    rp_read_record(private_dir, "submitted", submitted, sizeof submitted);
+    int attach = busy && strcmp(submitted, res->md5sum) == 0;
+    if (busy && !attach) {
+        snprintf(err, err_len, "SWUpdate is busy with another update; %s not started", res->name);
+        return RESAGENT_FAILED;
+    }
     r.progress_fd = progress_ipc_connect(false); /* optional: progress only */
     if (r.progress_fd >= 0) fcntl(r.progress_fd, F_SETFD, FD_CLOEXEC);
 
-    drop_old_status();
-    if (stream_image(&r, config, res->path, res->name, err, err_len) != 0) {
-        if (r.progress_fd >= 0) close(r.progress_fd);
-        return RESAGENT_FAILED;
+    if (attach) {
+        /* Submitted before a restart of resagent and still running: follow it. */
+        char line[400];
+        snprintf(line, sizeof line, "SWUpdate still installs %.255s from before; following it",
+                 res->name);
+        host->log(RESAGENT_LOG_INFO, line);
+    } else {
+        drop_old_status();
+        char record[64], path[4200];
+        snprintf(record, sizeof record, "%s\n", res->md5sum);
+        snprintf(path, sizeof path, "%s/submitted", private_dir ? private_dir : ".");
+        if (private_dir) rp_write_record(host, path, record);
+        if (stream_image(&r, config, res->path, res->name, deadline, err, err_len) != 0) {
+            if (r.progress_fd >= 0) close(r.progress_fd);
+            return RESAGENT_FAILED;
+        }
     }
     int result = wait_for_result(&r);
     drain_progress(&r);
@@ -254,10 +341,12 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     snprintf(line, sizeof line, "SWUpdate installed %.255s", res->name);
     host->log(RESAGENT_LOG_INFO, line);
     host->progress(100);
-    if (rp_config_bool(config, "reboot", 1) && !rp_config_bool(config, "dry_run", 0)) {
+    if (rp_config_bool(config, "dry_run", 0)) return RESAGENT_OK;
+    if (rp_config_bool(config, "reboot", 1)) {
         host->log(RESAGENT_LOG_INFO, "the update takes effect after a reboot");
         return RESAGENT_PENDING;
     }
+    record_installed(host, res->md5sum);
     return RESAGENT_OK;
 }
 
@@ -292,9 +381,11 @@ int resagent_confirm(const struct resagent_host *host, const struct resagent_res
         }
         snprintf(line, sizeof line, "%.255s runs: SWUpdate's update state set to OK", res->name);
         host->log(RESAGENT_LOG_INFO, line);
+        record_installed(host, res->md5sum);
         return RESAGENT_OK;
     case USTATE_OK:
         host->log(RESAGENT_LOG_INFO, "SWUpdate's update state is already OK");
+        record_installed(host, res->md5sum);
         return RESAGENT_OK;
     case USTATE_FAILED:
         snprintf(err, err_len, "SWUpdate reports the update of %s failed (ustate=FAILED): rolled back",
@@ -304,7 +395,7 @@ int resagent_confirm(const struct resagent_host *host, const struct resagent_res
     case USTATE_WAIT:
         return RESAGENT_PENDING;
     case 0:
-        snprintf(line, sizeof line, "SWUpdate is not reachable at %.400s yet; asking again at the next start",
+        snprintf(line, sizeof line, "SWUpdate is not reachable at %.400s yet; asking again later",
                  ctrl_path);
         host->log(RESAGENT_LOG_WARN, line);
         return RESAGENT_PENDING;
@@ -315,4 +406,28 @@ int resagent_confirm(const struct resagent_host *host, const struct resagent_res
                  state);
         return RESAGENT_FAILED;
     }
+}
+
+int resagent_installed(const struct resagent_host *host, const struct resagent_resource *res,
+                       char *err, size_t err_len) {
+    use_sockets(rp_host_config(host));
+    char last[64];
+    rp_read_record(rp_host_private_dir(host), "installed", last, sizeof last);
+    if (strcmp(last, res->md5sum) != 0) {
+        snprintf(err, err_len, "SWUpdate's last confirmed install is %s, not %s",
+                 last[0] ? last : "unknown", res->md5sum);
+        return RESAGENT_FAILED;
+    }
+    char state = get_update_state();
+    if (state == 0) {
+        snprintf(err, err_len, "SWUpdate is not reachable at %.400s: cannot tell what runs",
+                 ctrl_path);
+        return RESAGENT_FAILED;
+    }
+    if (state == USTATE_FAILED) {
+        snprintf(err, err_len, "SWUpdate's ustate is FAILED: the device rolled back from %s",
+                 res->name);
+        return RESAGENT_FAILED;
+    }
+    return RESAGENT_OK;
 }
