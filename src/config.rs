@@ -391,6 +391,15 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
                         format!("expected an object, found {}", kind(value)),
                     ));
                 }
+                let timeout_key = crate::plugin::PLUGIN_TIMEOUT_KEY;
+                if let Some(t) = value.get(timeout_key) {
+                    if !t.as_u64().is_some_and(|t| (1..=86_400).contains(&t)) {
+                        return Err(keys.invalid(
+                            &format!("plugin_config.{name}.{timeout_key}"),
+                            format!("expected seconds in 1..=86400, found {t}"),
+                        ));
+                    }
+                }
                 out.insert(name.clone(), value.clone());
             }
             out
@@ -785,6 +794,10 @@ mod tests {
             ("plugin_only", serde_json::json!(["*.swu", ""])),
             ("plugin_only", serde_json::json!(["*.swu *.raucb"])),
             ("plugin_only", serde_json::json!([7])),
+            (
+                "plugin_config",
+                serde_json::json!({"rauc": {"timeout_s": 0}}),
+            ),
         ] {
             let mut cfg = serde_json::json!({"productId":"P","deviceName":"d","key_deviceinfo":{"deviceSecret":"eA=="}});
             cfg[k] = v;

@@ -434,6 +434,53 @@ fn confirm_is_asked_again_without_a_restart_and_a_failed_reboot_command_is_heard
 }
 
 #[test]
+fn a_reboot_pending_report_made_while_the_link_is_down_is_sent_after_it_and_reboots_once() {
+    let mut rig = Rig::new();
+    let marker = rig.path().join("rebooted");
+    rig.config["reboot_command"] = json!(format!("echo >> {}", marker.display()));
+    // The install takes 2 s: over plugin_timeout_s, within the plugin's own bound.
+    rig.config["plugin_timeout_s"] = json!(1);
+    rig.config["plugin_config"] = json!({"slow": {"timeout_s": 10}});
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-slow.so",
+        &["PLUGIN_NAME=\"slow\"", "PENDING_AFTER_MS=2000"],
+    );
+    let agent = rig.start_agent();
+    let (_, t) = rig.task("slow-fw.bin", 3000, 3);
+    rig.platform.push(&device(), &t).unwrap();
+    wait_log(&agent, "slow-fw.bin: plugin slow install");
+    rig.broker.stop();
+    wait_log(&agent, "slow-fw.bin written by plugin slow");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !marker.exists(),
+        "no reboot before the platform heard of it"
+    );
+    let unacked = rig.journal()["unacked_reports"].clone();
+    assert!(
+        unacked.to_string().contains("reboot pending"),
+        "journaled: {unacked}"
+    );
+    rig.broker.restart();
+    nth_pending(&rig, &agent, "slow-fw.bin", 0);
+    let deadline = Instant::now() + T;
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "reboot_command ran after the acknowledgement"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Offered again (and acknowledged again): reboot_command does not run twice.
+    rig.platform.push(&device(), &t).unwrap();
+    nth_pending(&rig, &agent, "slow-fw.bin", 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1);
+}
+
+#[test]
 fn an_install_that_reboots_the_device_is_tried_twice_then_fails_minus_5() {
     let mut rig = Rig::new();
     let installs = rig.path().join("installs");

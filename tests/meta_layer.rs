@@ -294,6 +294,7 @@ fn a_plugin_recipe_installs_its_config_fragment_and_a_drop_in_that_systemd_accep
             "RESAGENT_PLUGIN_CONFIG_KEY": "swupdate",
             "RESAGENT_PLUGIN_RW_PATHS": "/tmp /data/firmware",
             "RESAGENT_PLUGIN_SERVICE": "PrivateTmp=no",
+            "RESAGENT_PLUGIN_CLAIMS": "*.swu  *.SWU",
             "DISTRO_FEATURES": "acl ipv6 systemd usrmerge",
             "datadir": "/usr/share", "systemd_system_unitdir": "/usr/lib/systemd/system",
         })
@@ -311,6 +312,11 @@ fn a_plugin_recipe_installs_its_config_fragment_and_a_drop_in_that_systemd_accep
     assert_eq!(
         fragment,
         serde_json::json!({"swupdate": {"socket_dir": "/tmp", "reboot": true}})
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("usr/share/resagent/plugin-only.d/30-swupdate")).unwrap(),
+        "*.swu\n*.SWU\n",
+        "its claims, for the image's plugin_only"
     );
     let dropin = dest.join("usr/lib/systemd/system/resagent.service.d/30-swupdate.conf");
     let text = std::fs::read_to_string(&dropin).unwrap();
@@ -479,4 +485,81 @@ fn the_rootfs_step_merges_plugin_config_and_pins_the_plugins_that_ship() {
     let (code, err) = bbfunc("resagent-rootfs.bbclass", "resagent_rootfs_config", v);
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read_dir(&other).unwrap().count(), 0);
+}
+
+#[test]
+fn the_rootfs_step_writes_plugin_only_and_pins_only_what_the_agent_would_load() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let d = tempfile::tempdir().unwrap();
+    let rootfs = d.path().join("rootfs");
+    let etc = rootfs.join("etc/resagent");
+    let real = rootfs.join("opt/vendor/plugins");
+    let claims = rootfs.join("usr/share/resagent/plugin-only.d");
+    for dir in [&etc, &real, &claims, &rootfs.join("usr/lib/resagent")] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    // plugin_dir is an absolute link inside the image: it must be followed there.
+    symlink(
+        "/opt/vendor/plugins",
+        rootfs.join("usr/lib/resagent/plugins"),
+    )
+    .unwrap();
+    std::fs::write(etc.join("config.json"), r#"{"plugin_only": ["fw-*.bin"]}"#).unwrap();
+    std::fs::write(claims.join("30-swupdate"), "*.swu\n").unwrap();
+    std::fs::write(claims.join("40-rauc"), "*.raucb\n").unwrap();
+    std::fs::write(real.join("30-swupdate.so"), b"plugin").unwrap();
+    // The default is on: no RESAGENT_PIN_PLUGINS given means "1" (the class's ??=).
+    let vars = serde_json::json!({
+        "IMAGE_ROOTFS": rootfs, "RESAGENT_IMAGE_CONFIG": "/etc/resagent/config.json",
+        "RESAGENT_PIN_PLUGINS": "1", "datadir": "/usr/share", "libdir": "/usr/lib",
+    });
+    let class =
+        std::fs::read_to_string(project().join("meta-layer/classes/resagent-rootfs.bbclass"))
+            .unwrap();
+    assert!(
+        class.contains("RESAGENT_PIN_PLUGINS ??= \"1\""),
+        "pinning is the default"
+    );
+    let run = || {
+        bbfunc(
+            "resagent-rootfs.bbclass",
+            "resagent_rootfs_config",
+            vars.clone(),
+        )
+    };
+    let (code, err) = run();
+    assert_eq!(code, 0, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(etc.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["plugin_only"],
+        serde_json::json!(["fw-*.bin", "*.swu", "*.raucb"])
+    );
+    assert_eq!(
+        config["plugin_sha256"],
+        serde_json::json!({"30-swupdate.so": sha256_hex(&real.join("30-swupdate.so"))}),
+        "pinned through the link inside the image"
+    );
+
+    // What the agent refuses stops the build, with the reason.
+    let group_writable = real.join("30-swupdate.so");
+    std::fs::set_permissions(&group_writable, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let (code, err) = run();
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("30-swupdate.so is writable by group or others (mode 664)"),
+        "{err}"
+    );
+    std::fs::set_permissions(&group_writable, std::fs::Permissions::from_mode(0o755)).unwrap();
+    symlink("30-swupdate.so", real.join("40-rauc.so")).unwrap();
+    let (code, err) = run();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("40-rauc.so is a symbolic link"), "{err}");
+    std::fs::remove_file(real.join("40-rauc.so")).unwrap();
+
+    // Pinning asked, a plugin_dir in the image, nothing to pin: the build stops.
+    std::fs::remove_file(real.join("30-swupdate.so")).unwrap();
+    let (code, err) = run();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("holds no plugin to pin"), "{err}");
 }

@@ -28,6 +28,11 @@
 #   RESAGENT_PLUGIN_SERVICE = "PrivateTmp=no"
 #       further [Service] settings for that drop-in, space-separated KEY=VALUE items
 #       (values without spaces), e.g. to reach a daemon's socket in the real /tmp.
+#   RESAGENT_PLUGIN_CLAIMS = "*.swu"
+#       the shell patterns of the names only this plugin may install (what its
+#       resagent_plugin_claims returns): resagent-rootfs.bbclass adds them to the image
+#       config's "plugin_only", so such a name never reaches the default installer even
+#       when the plugin does not load on the device.
 
 # Where resagent looks for plugins (its plugin_dir).
 RESAGENT_PLUGIN_DIR ?= "${libdir}/resagent/plugins"
@@ -43,6 +48,7 @@ RESAGENT_PLUGIN_CONFIG ?= ""
 RESAGENT_PLUGIN_CONFIG_KEY ?= "${RESAGENT_PLUGIN_NAME}"
 RESAGENT_PLUGIN_RW_PATHS ?= ""
 RESAGENT_PLUGIN_SERVICE ?= ""
+RESAGENT_PLUGIN_CLAIMS ?= ""
 
 # scarthgap unpacks into WORKDIR, wrynose into UNPACKDIR.
 UNPACKDIR_OR_WORKDIR = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
@@ -50,6 +56,7 @@ UNPACKDIR_OR_WORKDIR = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
 DEPENDS:append = " resagent"
 FILES:${PN} += "${RESAGENT_PLUGIN_DIR}/*.so \
                 ${datadir}/resagent/plugin-config.d \
+                ${datadir}/resagent/plugin-only.d \
                 ${systemd_system_unitdir}/resagent.service.d \
                 "
 RDEPENDS:${PN}:append = " resagent"
@@ -82,6 +89,14 @@ python resagent_plugin_install_extras() {
             json.dump({d.getVar('RESAGENT_PLUGIN_CONFIG_KEY'): entry}, f, indent=2, sort_keys=True)
             f.write('\n')
         os.chmod(path, 0o644)
+    claims = (d.getVar('RESAGENT_PLUGIN_CLAIMS') or '').split()
+    if claims:
+        folder = dest + d.getVar('datadir') + '/resagent/plugin-only.d'
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, '%s-%s' % (order, name))
+        with open(path, 'w') as f:
+            f.write('\n'.join(claims) + '\n')
+        os.chmod(path, 0o644)
     paths = (d.getVar('RESAGENT_PLUGIN_RW_PATHS') or '').split()
     settings = (d.getVar('RESAGENT_PLUGIN_SERVICE') or '').split()
     systemd = bb.utils.contains('DISTRO_FEATURES', 'systemd', True, False, d)
@@ -98,8 +113,8 @@ python resagent_plugin_install_extras() {
                 f.write('%s\n' % s)
         os.chmod(path, 0o644)
 }
-resagent_plugin_install_extras[doc] = "Writes the plugin's plugin_config fragment and its resagent.service.d drop-in"
-resagent_plugin_install_extras[vardeps] += "RESAGENT_PLUGIN_CONFIG RESAGENT_PLUGIN_RW_PATHS RESAGENT_PLUGIN_SERVICE"
+resagent_plugin_install_extras[doc] = "Writes the plugin's plugin_config fragment, its plugin_only patterns and its resagent.service.d drop-in"
+resagent_plugin_install_extras[vardeps] += "RESAGENT_PLUGIN_CONFIG RESAGENT_PLUGIN_RW_PATHS RESAGENT_PLUGIN_SERVICE RESAGENT_PLUGIN_CLAIMS"
 
 # Defined here rather than exported (a class name with a dash cannot export functions):
 # inherit resagent-plugin after a build class such as cargo, so this install wins.

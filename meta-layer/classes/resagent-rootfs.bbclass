@@ -6,12 +6,21 @@
 #   - plugin_config: each plugin recipe's RESAGENT_PLUGIN_CONFIG (resagent-plugin.bbclass
 #     installs it under ${datadir}/resagent/plugin-config.d/) is merged into the config's
 #     "plugin_config"; an entry the image's config already has wins.
-#   - RESAGENT_PIN_PLUGINS = "1" (in the image recipe, local.conf or the distro): the
-#     config's "plugin_sha256" is set to the SHA-256 of every plugin in the image's
-#     plugin_dir — the stripped files that ship — so a plugin altered or added on the
-#     device never runs (resagent fails closed), and no one copies a hash by hand.
+#   - plugin_only: each plugin recipe's RESAGENT_PLUGIN_CLAIMS (installed under
+#     ${datadir}/resagent/plugin-only.d/) is added to the config's "plugin_only", so a
+#     `*.swu` never reaches the default installer, even when its plugin does not load.
+#   - RESAGENT_PIN_PLUGINS = "1" (the default; "0" in the image recipe, local.conf or the
+#     distro turns it off): the config's "plugin_sha256" is set to the SHA-256 of every
+#     plugin in the image's plugin_dir — the stripped files that ship — so a plugin
+#     altered or added on the device never runs (resagent fails closed), and no one
+#     copies a hash by hand. The agent's own checks are applied here first: a plugin
+#     that is a symbolic link, not a regular file, or writable by group or others stops
+#     the build with the reason (the device would refuse it and fail every download -9).
+#     plugin_dir is resolved inside the image (an absolute link points into the image,
+#     not the build host); a plugin_dir that exists but yields no plugin stops the build.
+#     An image with no plugin_dir pins none: no plugin may be added on the device.
 
-RESAGENT_PIN_PLUGINS ??= "0"
+RESAGENT_PIN_PLUGINS ??= "1"
 # The configuration file inside the image.
 RESAGENT_IMAGE_CONFIG ??= "${sysconfdir}/resagent/config.json"
 
@@ -38,14 +47,64 @@ python resagent_rootfs_config() {
                         entries.setdefault(key, value)
     if entries:
         config['plugin_config'] = entries
+    only = list(config.get('plugin_only') or [])
+    claims = rootfs + d.getVar('datadir') + '/resagent/plugin-only.d'
+    if os.path.isdir(claims):
+        for name in sorted(os.listdir(claims)):
+            with open(os.path.join(claims, name)) as f:
+                for pattern in f.read().split():
+                    if pattern not in only:
+                        only.append(pattern)
+    if only:
+        config['plugin_only'] = only
+
+    def inside(path):
+        # `path` (absolute, as the device sees it) resolved inside the image root: an
+        # absolute link points into the image, never at the build host.
+        parts = [p for p in path.split('/') if p]
+        real = ''
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == '..':
+                real = real.rsplit('/', 1)[0]
+                continue
+            if part == '.':
+                continue
+            candidate = real + '/' + part
+            if os.path.islink(rootfs + candidate):
+                hops += 1
+                if hops > 40:
+                    bb.fatal('resagent: %s: too many symbolic links inside the image' % path)
+                target = os.readlink(rootfs + candidate)
+                parts = [p for p in target.split('/') if p] + parts
+                if target.startswith('/'):
+                    real = ''
+                continue
+            real = candidate
+        return rootfs + real
+
     if bb.utils.to_boolean(d.getVar('RESAGENT_PIN_PLUGINS')):
+        import stat
         plugin_dir = config.get('plugin_dir') or (d.getVar('libdir') + '/resagent/plugins')
-        folder = rootfs + plugin_dir
+        folder = inside(plugin_dir)
         pins = {}
-        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            if name.endswith('.so'):
-                with open(os.path.join(folder, name), 'rb') as f:
-                    pins[name] = hashlib.sha256(f.read()).hexdigest()
+        exists = os.path.isdir(folder)
+        for name in sorted(os.listdir(folder)) if exists else []:
+            if not name.endswith('.so'):
+                continue
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                bb.fatal('resagent: plugin %s/%s is a symbolic link; the agent refuses it (install the file itself)' % (plugin_dir, name))
+            if not stat.S_ISREG(st.st_mode):
+                bb.fatal('resagent: plugin %s/%s is not a regular file; the agent refuses it' % (plugin_dir, name))
+            if st.st_mode & 0o022:
+                bb.fatal('resagent: plugin %s/%s is writable by group or others (mode %o); the agent refuses it' % (plugin_dir, name, st.st_mode & 0o7777))
+            with open(path, 'rb') as f:
+                pins[name] = hashlib.sha256(f.read()).hexdigest()
+        if exists and not pins:
+            bb.fatal('resagent: RESAGENT_PIN_PLUGINS is on but %s in the image holds no plugin to pin' % plugin_dir)
         config['plugin_sha256'] = pins
         bb.note('resagent: pinned %d plugin(s): %s' % (len(pins), ' '.join(sorted(pins))))
     tmp = config_path + '.tmp'

@@ -25,6 +25,8 @@ use thiserror::Error;
 pub(crate) const ABI_VERSION: u32 = resagent_plugin_sdk::ABI_VERSION;
 /// The internal subcommand the child runs.
 pub(crate) const CHILD_COMMAND: &str = "__plugin";
+/// The key of a `plugin_config` entry that bounds that plugin's calls (seconds).
+pub(crate) const PLUGIN_TIMEOUT_KEY: &str = "timeout_s";
 /// Longest log line or reason taken from a plugin.
 pub(crate) const MAX_PLUGIN_TEXT: usize = 1024;
 
@@ -420,7 +422,7 @@ impl PluginHost<'_> {
             label: &plugin.name,
             mode: op.as_str(),
             input: &input,
-            timeout: self.timeout,
+            timeout: self.timeout_of(&plugin.name),
             shutdown: self.shutdown,
         };
         let run = match run_child(&call, on_progress) {
@@ -457,6 +459,17 @@ impl PluginHost<'_> {
                 how: run.status,
             }),
         }
+    }
+
+    /// The bound of one call of plugin `name`: its `plugin_config` entry's `timeout_s`
+    /// when set (an update framework's install, followed to its end, may take longer
+    /// than other plugins may), else `plugin_timeout_s`.
+    fn timeout_of(&self, name: &str) -> Duration {
+        self.plugin_config
+            .and_then(|c| c.get(name))
+            .and_then(|v| v.get(PLUGIN_TIMEOUT_KEY))
+            .and_then(Value::as_u64)
+            .map_or(self.timeout, Duration::from_secs)
     }
 
     /// `state_dir/plugins/NAME/`, created 0700; None when the name is not a safe folder

@@ -12,7 +12,8 @@
  *   LOAD_MARKER="file"     append a line to that file whenever the library is loaded
  *   KILL_AGENT="file"      for names starting `reboot-`: append a line to that file, then
  *                          SIGKILL the agent (this child's parent), as a reboot during
- *                          the install would; other names install at once */
+ *                          the install would; other names install at once
+ *   PENDING_AFTER_MS=n     sleep n ms, then return RESAGENT_PENDING (confirm: ok) */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <signal.h>
@@ -96,6 +97,10 @@ int resagent_install(const struct resagent_host *h, const struct resagent_resour
 #elif defined(INSPECT)
     (void)h;
     inspect();
+#elif defined(PENDING_AFTER_MS)
+    (void)h;
+    usleep(PENDING_AFTER_MS * 1000);
+    return RESAGENT_PENDING;
 #elif defined(KILL_AGENT)
     (void)h;
     if (strncmp(r->name, "reboot-", 7) == 0) {
@@ -109,3 +114,10 @@ int resagent_install(const struct resagent_host *h, const struct resagent_resour
 #endif
     return RESAGENT_OK;
 }
+
+#ifdef PENDING_AFTER_MS
+int resagent_confirm(const struct resagent_host *h, const struct resagent_resource *r, char *e, size_t n) {
+    (void)h; (void)r; (void)e; (void)n;
+    return RESAGENT_OK;
+}
+#endif

@@ -18,7 +18,11 @@ RDEPENDS:${PN} += "rauc"
 RESAGENT_RAUC_BUS ?= "system"
 
 RESAGENT_PLUGIN_ORDER = "40"
-RESAGENT_PLUGIN_CONFIG = '{"bus": "${RESAGENT_RAUC_BUS}"}'
+# How long one call may take: an install is followed to RAUC's own end.
+RESAGENT_RAUC_TIMEOUT ?= "3600"
+RESAGENT_PLUGIN_CONFIG = '{"bus": "${RESAGENT_RAUC_BUS}", "timeout_s": ${RESAGENT_RAUC_TIMEOUT}}'
+# A *.raucb is never placed by the default installer, even if this plugin does not load.
+RESAGENT_PLUGIN_CLAIMS = "*.raucb"
 
 inherit pkgconfig resagent-plugin
 

@@ -23,8 +23,14 @@ RESAGENT_SWUPDATE_SOCKET_DIR ?= "/tmp"
 # once the rebooted system confirms it; see plugins/swupdate/README.md).
 RESAGENT_SWUPDATE_REBOOT ?= "true"
 
+# How long one call may take: an install is followed to SWUpdate's own end, longer than
+# resagent's plugin_timeout_s allows other plugins.
+RESAGENT_SWUPDATE_TIMEOUT ?= "3600"
+
 RESAGENT_PLUGIN_ORDER = "30"
-RESAGENT_PLUGIN_CONFIG = '{"socket_dir": "${RESAGENT_SWUPDATE_SOCKET_DIR}", "reboot": ${RESAGENT_SWUPDATE_REBOOT}}'
+RESAGENT_PLUGIN_CONFIG = '{"socket_dir": "${RESAGENT_SWUPDATE_SOCKET_DIR}", "reboot": ${RESAGENT_SWUPDATE_REBOOT}, "timeout_s": ${RESAGENT_SWUPDATE_TIMEOUT}}'
+# A *.swu is never placed by the default installer, even if this plugin does not load.
+RESAGENT_PLUGIN_CLAIMS = "*.swu"
 # The hardened unit gives resagent a private /tmp: SWUpdate's sockets in the real /tmp
 # are reachable only without it.
 RESAGENT_PLUGIN_RW_PATHS = "${RESAGENT_SWUPDATE_SOCKET_DIR}"
