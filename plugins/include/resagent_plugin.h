@@ -23,15 +23,19 @@
  *       naming the plugin).
  *   int resagent_installed(host, resource, err, err_len);
  *       asked before a task equal to what resagent recorded as installed by this plugin
- *       is reported `done` without a transfer: 0 still installed (done, no transfer),
+ *       is reported `done` without a transfer, and after an install of this plugin that
+ *       a reboot or a crash cut short: 0 still installed (done, no transfer),
  *       1 no opinion (resagent's record decides), <0 not installed any more (rolled
  *       back, reflashed, wiped): the resource is downloaded and installed again. A
  *       downgrade to an earlier image is therefore never `done` without flashing.
  *   int resagent_confirm(host, resource, err, err_len);
- *       required of a plugin whose install returns RESAGENT_PENDING; called once per
- *       start of resagent for each pending install: 0 the new image runs (`done`), <0 it
- *       did not boot or was rolled back (`fail` -5 with the reason), RESAGENT_PENDING
- *       still pending (asked again at the next start). resource->path is then NULL.
+ *       required of a plugin whose install returns RESAGENT_PENDING; called for each
+ *       pending install only in a later boot than the install's (a restart of resagent
+ *       is not a reboot), before the first task poll after a start, then every 60 s
+ *       while it answers pending and on SIGUSR1: 0 the new image runs (`done`), <0 it
+ *       did not boot or was rolled back (`fail` -5 with the reason; the same name and
+ *       md5sum are then not installed again automatically), RESAGENT_PENDING still
+ *       pending. resource->path is then NULL.
  *
  * When they are called:
  *   - After a download passed its size and MD5 check, every plugin that exports
