@@ -182,8 +182,63 @@ fn make_swu(dir: &Path, ca: &(PathBuf, PathBuf), image: &[u8], hw: &str, device:
         ),
     )
     .unwrap();
+    sign_and_pack(
+        &work,
+        ca,
+        &["sw-description", "sw-description.sig", "rootfs.img"],
+    )
+}
+
+/// A `.swu` like [`make_swu`] whose shell script sleeps `secs` after the image is
+/// written (SWUpdate's `shellscript` handler runs it as `postinst`): an update that is
+/// still running after its whole stream was taken.
+fn make_slow_swu(
+    dir: &Path,
+    ca: &(PathBuf, PathBuf),
+    image: &[u8],
+    device: &Path,
+    secs: u32,
+) -> Vec<u8> {
+    let work = dir.join(format!("swu-slow-{}", image.len()));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("rootfs.img"), image).unwrap();
+    std::fs::write(
+        work.join("post.sh"),
+        format!("#!/bin/sh\nif [ \"$1\" = postinst ]; then sleep {secs}; fi\nexit 0\n"),
+    )
+    .unwrap();
+    let (img_sha, sh_sha) = (
+        sha256_hex(&work.join("rootfs.img")),
+        sha256_hex(&work.join("post.sh")),
+    );
+    std::fs::write(
+        work.join("sw-description"),
+        format!(
+            "software =\n{{\n\tversion = \"1.0.1\";\n\thardware-compatibility = [ \"1.0\" ];\n\
+             \timages: (\n\t\t{{\n\t\t\tfilename = \"rootfs.img\";\n\t\t\tdevice = \"{}\";\n\
+             \t\t\ttype = \"raw\";\n\t\t\tsha256 = \"{img_sha}\";\n\t\t}}\n\t);\n\
+             \tscripts: (\n\t\t{{\n\t\t\tfilename = \"post.sh\";\n\t\t\ttype = \"shellscript\";\n\
+             \t\t\tsha256 = \"{sh_sha}\";\n\t\t}}\n\t);\n}}\n",
+            device.display()
+        ),
+    )
+    .unwrap();
+    sign_and_pack(
+        &work,
+        ca,
+        &[
+            "sw-description",
+            "sw-description.sig",
+            "rootfs.img",
+            "post.sh",
+        ],
+    )
+}
+
+/// Signs `work/sw-description` with `ca` and packs `files` as SWUpdate's newc cpio.
+fn sign_and_pack(work: &Path, ca: &(PathBuf, PathBuf), files: &[&str]) -> Vec<u8> {
     run(Command::new("openssl")
-        .current_dir(&work)
+        .current_dir(work)
         .args([
             "cms",
             "-sign",
@@ -198,7 +253,7 @@ fn make_swu(dir: &Path, ca: &(PathBuf, PathBuf), image: &[u8], hw: &str, device:
         .arg(&ca.1)
         .args(["-outform", "DER", "-nosmimecap", "-binary"]));
     let mut cpio = Command::new("cpio")
-        .current_dir(&work)
+        .current_dir(work)
         .args(["-o", "-H", "crc"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -206,10 +261,11 @@ fn make_swu(dir: &Path, ca: &(PathBuf, PathBuf), image: &[u8], hw: &str, device:
         .spawn()
         .expect("cpio");
     use std::io::Write;
+    let list: String = files.iter().map(|f| format!("{f}\n")).collect();
     cpio.stdin
         .take()
         .unwrap()
-        .write_all(b"sw-description\nsw-description.sig\nrootfs.img\n")
+        .write_all(list.as_bytes())
         .unwrap();
     let out = cpio.wait_with_output().unwrap();
     assert!(out.status.success() && !out.stdout.is_empty(), "cpio");
@@ -854,5 +910,48 @@ fn rauc_installs_the_inactive_slot_pending_then_confirms_the_booted_slot_or_fail
         std::fs::read(rauc.slot("slot-b.img")).unwrap(),
         image,
         "and written"
+    );
+}
+
+#[test]
+fn swupdate_still_installing_when_the_agent_died_is_followed_not_started_again() {
+    let (mut rig, sw, ca) = swupdate_rig(false);
+    let slot = rig.path().join("slot.img");
+    std::fs::write(&slot, b"").unwrap();
+    let image = payload(41, 100_000);
+    let mut agent = rig.start_agent();
+    let (_, t) = rig.serve_bytes(
+        "slow.swu",
+        &make_slow_swu(rig.path(), &ca, &image, &slot, 6),
+    );
+    rig.platform.push(&device(), &t).unwrap();
+    // SWUpdate took the whole image and runs its script: the agent dies (a crash, the
+    // OOM killer), its plugin child with it.
+    let deadline = Instant::now() + T;
+    while std::fs::read(&slot).unwrap() != image {
+        assert!(Instant::now() < deadline, "the image reached the slot");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for child in children_of(agent.pid()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-child),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    agent.kill9();
+    let agent = rig.spawn_agent();
+    wait_log(
+        &agent,
+        "SWUpdate still installs slow.swu from before; following it",
+    );
+    let r = rig.final_report(&agent, "slow.swu", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
+    assert_eq!(rig.gets(&t).0, 1, "not downloaded again");
+    let log = std::fs::read_to_string(&sw.log).unwrap();
+    assert!(log.contains("SWUPDATE successful"), "{log}");
+    assert_eq!(
+        log.matches("Software Update started").count(),
+        1,
+        "one update, not a second one started: {log}"
     );
 }

@@ -205,28 +205,6 @@ fn power_cuts_leave_old_or_new_a_journal_that_agrees_and_no_lost_upload() {
     );
 }
 
-/// The processes whose parent is `pid`.
-fn children_of(pid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse::<i32>()
-                        .ok()
-                })
-                == Some(pid)
-        })
-        .collect()
-}
-
 /// The MD5 of every upload the platform stored.
 fn uploaded_md5s(rig: &Rig) -> Vec<String> {
     rig.platform

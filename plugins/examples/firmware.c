@@ -17,9 +17,10 @@
  *           new image), keeps a record "MD5 CRC32" in its private folder, and returns
  *           RESAGENT_PENDING on an A/B device ("ab": true), where the image runs only
  *           after a reboot;
- * installed answers from that record and the partition's content: an image rolled back
- *           or reflashed behind resagent's back (or a downgrade to an earlier name) is
- *           reported gone, so resagent flashes it again instead of saying `done`;
+ * installed answers from that record and the partition's content (and, on A/B, the
+ *           boot process's word that it runs): an image rolled back or reflashed behind
+ *           resagent's back (or a downgrade to an earlier name) is reported gone, so
+ *           resagent flashes it again instead of saying `done`;
  * confirm   after the reboot, reads the version the boot process says is running (a
  *           file named by "booted_file", holding the running image's MD5): the pending
  *           image runs (done), another one runs (rolled back: fail), or nothing is
@@ -220,6 +221,18 @@ int resagent_installed(const struct resagent_host *host, const struct resagent_r
         snprintf(err, err_len, "%s no longer holds this image (rolled back or reflashed)",
                  partition);
         return RESAGENT_FAILED;
+    }
+    if (rp_config_bool(rp_host_config(host), "ab", 0)) {
+        /* On A/B, written is not running: only the boot process can say it runs. */
+        char booted_file[4096], booted[40] = "";
+        rp_config_string(rp_host_config(host), "booted_file", booted_file, sizeof booted_file);
+        FILE *b = booted_file[0] ? fopen(booted_file, "r") : NULL;
+        int got = b ? fscanf(b, "%32s", booted) : 0;
+        if (b) fclose(b);
+        if (got != 1 || strcmp(booted, res->md5sum) != 0) {
+            snprintf(err, err_len, "written to %s but not running", partition);
+            return RESAGENT_FAILED;
+        }
     }
     return RESAGENT_OK;
 }

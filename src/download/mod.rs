@@ -385,14 +385,11 @@ impl Downloader {
             plugins: &self.plugins,
             host: &host,
         };
-        // On disk before any plugin runs: an install that reboots the device (or a crash)
-        // is known as cut short at the next start, and tried at most twice.
-        self.journal.record(|j| {
-            if let Some(d) = in_flight_of(j, task) {
-                d.install_attempts += 1;
-                d.install_plugin = None;
-            }
-        });
+        // On disk before an install plugin runs: an install that reboots the device (or
+        // a crash) is known as cut short at the next start, and tried at most twice. The
+        // default installer (one rename, recognised by its MD5 after a kill) and the
+        // validators are not counted.
+        let mut counted = false;
         chain
             .run(
                 &resource,
@@ -401,8 +398,10 @@ impl Downloader {
                     progress.report(ProgressState::Burning, p);
                 },
                 |plugin| {
+                    let first = !std::mem::replace(&mut counted, true);
                     self.journal.record(|j| {
                         if let Some(d) = in_flight_of(j, task) {
+                            d.install_attempts += u32::from(first);
                             d.install_plugin = Some(plugin.to_string());
                         }
                     })
@@ -482,7 +481,8 @@ impl Downloader {
     /// Asks the plugin of each pending install made in an earlier boot whether its image
     /// runs now: `done`, `fail` -5 with the plugin's reason (the image is then remembered
     /// as rolled back), or still pending. An install made in this boot is not asked: a
-    /// restart of the agent is not a reboot. Whether any install is still pending.
+    /// restart of the agent is not a reboot. Whether any install of an earlier boot is
+    /// still pending (then the coordinator asks again later).
     pub(crate) fn confirm_pending(&self) -> bool {
         let mut still = false;
         for (name, pending) in self.journal.snapshot().pending {
@@ -490,8 +490,8 @@ impl Downloader {
                 return true;
             }
             if !boot::earlier_boot(pending.boot_id.as_deref(), pending.since) {
+                // Not asked again on a timer: the boot changes only with a restart.
                 log::info!("{name}: written in this boot; waiting for a reboot");
-                still = true;
                 continue;
             }
             let Some(plugin) = self.plugins.named(&pending.plugin) else {
