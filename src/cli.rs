@@ -478,7 +478,7 @@ fn plugin_run(
             ExitCode::SUCCESS
         }
         plugin::CallOutcome::Pending => {
-            say!("verdict:  pending a reboot (the daemon reports burning 100, then asks resagent_confirm after the restart)");
+            say!("verdict:  pending a reboot (the daemon reports burning 100, then asks resagent_confirm in the next boot)");
             ExitCode::SUCCESS
         }
         plugin::CallOutcome::Declined if plugin.claims(&name) => {

@@ -16,13 +16,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(90);
 
-fn msg(r: &Value) -> String {
-    r["progress"]["result_msg"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -387,61 +380,8 @@ fn swupdate_installs_a_good_image_byte_for_byte_and_refusals_fail_minus_5_with_i
         .contains("SWUPDATE successful"));
 }
 
-fn stop(agent: &mut Agent) {
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
-}
-
-fn finals(rig: &Rig, name: &str) -> Vec<Value> {
-    rig.platform
-        .reports_for(&device(), name)
-        .into_iter()
-        .filter(|m| matches!(m["progress"]["state"].as_str(), Some("done" | "fail")))
-        .collect()
-}
-
-/// The `n`th final report of `name` (from 0).
-fn nth_final(rig: &Rig, agent: &Agent, name: &str, n: usize) -> Value {
-    let deadline = Instant::now() + T;
-    loop {
-        if let Some(r) = finals(rig, name).get(n) {
-            return r.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no final report #{n} for {name}; log:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Waits for the `n`th (from 0) `burning` 100 "reboot pending" report of `name`.
-fn nth_pending(rig: &Rig, agent: &Agent, name: &str, n: usize) {
-    let deadline = Instant::now() + T;
-    while rig
-        .platform
-        .reports_for(&device(), name)
-        .iter()
-        .filter(|m| {
-            m["progress"]["state"] == "burning"
-                && m["progress"]["percent"] == 100
-                && msg(m).contains("reboot pending")
-        })
-        .count()
-        <= n
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no pending report #{n} for {name}; log:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn wait_pending(rig: &Rig, agent: &Agent, name: &str) {
-    nth_pending(rig, agent, name, 0)
+    nth_pending(rig, agent, name, 0);
 }
 
 #[test]

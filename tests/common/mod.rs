@@ -592,3 +592,69 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         })
         .collect()
 }
+
+/// A report's `result_msg`.
+pub fn msg(r: &Value) -> String {
+    r["progress"]["result_msg"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The final reports (`done`, `fail`) of `name` received so far, in order.
+pub fn finals(rig: &Rig, name: &str) -> Vec<Value> {
+    rig.platform
+        .reports_for(&device(), name)
+        .into_iter()
+        .filter(|m| matches!(m["progress"]["state"].as_str(), Some("done" | "fail")))
+        .collect()
+}
+
+/// Waits up to a minute for the `n`th (from 0) final report of `name`.
+pub fn nth_final(rig: &Rig, agent: &Agent, name: &str, n: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = finals(rig, name).get(n) {
+            return r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no final report #{n} for {name}; log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits up to a minute for the `n`th (from 0) `burning` 100 "reboot pending" report of
+/// `name`.
+pub fn nth_pending(rig: &Rig, agent: &Agent, name: &str, n: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending: Vec<Value> = rig
+            .platform
+            .reports_for(&device(), name)
+            .into_iter()
+            .filter(|m| {
+                m["progress"]["state"] == "burning"
+                    && m["progress"]["percent"] == 100
+                    && msg(m).contains("reboot pending")
+            })
+            .collect();
+        if let Some(r) = pending.get(n) {
+            return r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending report #{n} for {name}; log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM, and the agent's exit within 10 s.
+pub fn stop(agent: &mut Agent) {
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+}
