@@ -465,6 +465,61 @@ fn an_install_that_reboots_the_device_is_tried_twice_then_fails_minus_5() {
 }
 
 #[test]
+fn an_install_cut_short_that_took_is_done_when_the_plugin_says_so() {
+    let mut rig = Rig::new();
+    let installs = rig.path().join("installs");
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-kill.so",
+        &[
+            "PLUGIN_NAME=\"kill\"",
+            &format!("KILL_AGENT=\"{}\"", installs.display()),
+            // It wrote its record before the "reboot": resagent_installed says so.
+            &format!("INSTALLED_IF=\"{}\"", installs.display()),
+        ],
+    );
+    let mut agent = rig.start_agent();
+    let (_, t) = rig.task("reboot-os.img", 3000, 6);
+    rig.platform.push(&device(), &t).unwrap();
+    assert!(agent.wait_exit(T).is_some(), "the install killed the agent");
+    rig.reboot();
+    let agent = rig.spawn_agent();
+    let r = rig.final_report(&agent, "reboot-os.img", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    assert_eq!(
+        std::fs::read_to_string(&installs).unwrap().lines().count(),
+        1,
+        "asked, not installed again"
+    );
+    assert_eq!(
+        rig.journal()["installed"]["reboot-os.img"]["plugin"],
+        "kill"
+    );
+}
+
+#[test]
+fn confirm_is_asked_again_every_60_s_while_pending() {
+    let (mut rig, _, booted) = firmware_rig(true);
+    build_firmware(&plugin_dir(&rig).join("20-firmware.so"));
+    let mut agent = rig.start_agent();
+    let v6 = rsfw_image(6, 3000);
+    rig.platform
+        .push(&device(), &serve(&rig, "fw-6.bin", &v6))
+        .unwrap();
+    nth_pending(&rig, &agent, "fw-6.bin", 0);
+    stop(&mut agent);
+    rig.reboot();
+    let agent = rig.spawn_agent();
+    wait_log(&agent, "fw-6.bin: still pending (plugin firmware)");
+    // The boot process says what runs only later (an update daemon that comes up after
+    // the agent); no signal, no restart: the next look, within a minute, confirms.
+    std::fs::write(&booted, md5_of(&v6)).unwrap();
+    let r = rig.final_report(&agent, "fw-6.bin", Duration::from_secs(75));
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+}
+
+#[test]
 fn a_name_only_a_plugin_may_install_never_reaches_the_default_installer() {
     let mut rig = Rig::new();
     rig.config["plugin_only"] = json!(["*.swu", "*.raucb"]);

@@ -13,7 +13,8 @@
  *   KILL_AGENT="file"      for names starting `reboot-`: append a line to that file, then
  *                          SIGKILL the agent (this child's parent), as a reboot during
  *                          the install would; other names install at once
- *   PENDING_AFTER_MS=n     sleep n ms, then return RESAGENT_PENDING (confirm: ok) */
+ *   PENDING_AFTER_MS=n     sleep n ms, then return RESAGENT_PENDING (confirm: ok)
+ *   INSTALLED_IF="file"    export resagent_installed: 0 when that file exists, else -1 */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <signal.h>
@@ -118,6 +119,16 @@ int resagent_install(const struct resagent_host *h, const struct resagent_resour
 #ifdef PENDING_AFTER_MS
 int resagent_confirm(const struct resagent_host *h, const struct resagent_resource *r, char *e, size_t n) {
     (void)h; (void)r; (void)e; (void)n;
+    return RESAGENT_OK;
+}
+#endif
+
+#ifdef INSTALLED_IF
+int resagent_installed(const struct resagent_host *h, const struct resagent_resource *r, char *e, size_t n) {
+    (void)h; (void)r;
+    FILE *f = fopen(INSTALLED_IF, "r");
+    if (!f) { snprintf(e, n, "not installed"); return RESAGENT_FAILED; }
+    fclose(f);
     return RESAGENT_OK;
 }
 #endif
