@@ -785,7 +785,11 @@ impl Coordinator {
                     thread: Some(handle),
                 })
             }
-            Err(e) => log::error!("cannot start the download thread: {e}"),
+            Err(e) => {
+                log::error!("cannot start the download thread: {e}");
+                // Task polls must not wait for a confirmation that never started.
+                self.started_up = true;
+            }
         }
     }
 }

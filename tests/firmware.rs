@@ -418,19 +418,25 @@ fn a_reboot_pending_report_made_while_the_link_is_down_is_sent_after_it_and_rebo
     assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1);
 }
 
+/// A rig whose plugin `kill` SIGKILLs the agent from an install of `reboot-*` (as a
+/// reboot during the install would), logging each call to the returned file; with
+/// `says_installed`, its `resagent_installed` answers 0 once it was called.
+fn rebooting_install_rig(says_installed: bool) -> (Rig, PathBuf) {
+    let rig = Rig::new();
+    let installs = rig.path().join("installs");
+    let kill = format!("KILL_AGENT=\"{}\"", installs.display());
+    let installed = format!("INSTALLED_IF=\"{}\"", installs.display());
+    let mut defines = vec!["PLUGIN_NAME=\"kill\"", kill.as_str()];
+    if says_installed {
+        defines.push(installed.as_str());
+    }
+    fixture(&rig, "rogue.c", "10-kill.so", &defines);
+    (rig, installs)
+}
+
 #[test]
 fn an_install_that_reboots_the_device_is_tried_twice_then_fails_minus_5() {
-    let mut rig = Rig::new();
-    let installs = rig.path().join("installs");
-    fixture(
-        &rig,
-        "rogue.c",
-        "10-kill.so",
-        &[
-            "PLUGIN_NAME=\"kill\"",
-            &format!("KILL_AGENT=\"{}\"", installs.display()),
-        ],
-    );
+    let (mut rig, installs) = rebooting_install_rig(false);
     let mut agent = rig.start_agent();
     let (_, t) = rig.task("reboot-fw.bin", 3000, 4);
     rig.platform.push(&device(), &t).unwrap();
@@ -466,19 +472,8 @@ fn an_install_that_reboots_the_device_is_tried_twice_then_fails_minus_5() {
 
 #[test]
 fn an_install_cut_short_that_took_is_done_when_the_plugin_says_so() {
-    let mut rig = Rig::new();
-    let installs = rig.path().join("installs");
-    fixture(
-        &rig,
-        "rogue.c",
-        "10-kill.so",
-        &[
-            "PLUGIN_NAME=\"kill\"",
-            &format!("KILL_AGENT=\"{}\"", installs.display()),
-            // It wrote its record before the "reboot": resagent_installed says so.
-            &format!("INSTALLED_IF=\"{}\"", installs.display()),
-        ],
-    );
+    // It wrote its record before the "reboot": resagent_installed says so.
+    let (mut rig, installs) = rebooting_install_rig(true);
     let mut agent = rig.start_agent();
     let (_, t) = rig.task("reboot-os.img", 3000, 6);
     rig.platform.push(&device(), &t).unwrap();
