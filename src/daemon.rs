@@ -146,6 +146,7 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
         answers: upload_answers.clone(),
         reports: AtomicU64::new(0),
         inbox: upload_inbox,
+        kept_retry: Default::default(),
     };
     std::thread::Builder::new()
         .name("upload".into())

@@ -165,6 +165,23 @@ pub(crate) struct UploadInFlight {
     pub(crate) percent: u8,
 }
 
+/// An outbox file that was uploaded (its `done` confirmed) but could not be removed — a
+/// read-only outbox after an I/O error: never sent again while the same file (device,
+/// inode, size, change time) stays, and its removal is tried again now and then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeptUpload {
+    pub(crate) name: String,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) ctime_ns: i64,
+    /// Why it could not be removed.
+    pub(crate) reason: String,
+}
+
+/// Kept uploads remembered at most (each is a file in the outbox).
+pub(crate) const MAX_KEPT_UPLOADS: usize = 1024;
+
 /// An outbox file waiting to be tried again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct UploadRetry {
@@ -196,6 +213,9 @@ pub(crate) struct Journal {
     /// Outbox files whose last attempt failed, by name.
     #[serde(default)]
     pub(crate) upload_retries: BTreeMap<String, UploadRetry>,
+    /// Uploaded outbox files that could not be removed (never sent again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) uploaded_kept: Vec<KeptUpload>,
     /// Installs waiting for a reboot and their confirmation, by resource name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) pending: BTreeMap<String, PendingInstall>,

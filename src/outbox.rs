@@ -101,11 +101,15 @@ pub(crate) enum Handover {
 }
 
 /// A file in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Entry {
     pub(crate) name: String,
     pub(crate) path: PathBuf,
     pub(crate) size: u64,
+    /// Which file it is (as the scan saw it): device, inode, change time (ns).
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) ctime_ns: i64,
 }
 
 /// The MD5 left beside an outbox file, valid while the file's size and change time match.
@@ -201,6 +205,9 @@ pub(crate) fn enqueue(
             name,
             path: dest,
             size,
+            dev: queued.meta.dev(),
+            ino: queued.meta.ino(),
+            ctime_ns: i64::try_from(ctime_ns(&queued.meta)).unwrap_or(i64::MAX),
         },
         queued.md5sum,
     ))
@@ -364,8 +371,10 @@ pub(crate) struct Opened {
     pub(crate) file: File,
     pub(crate) size: u64,
     pub(crate) md5sum: String,
-    dev: u64,
-    ino: u64,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    /// The change time (ns) when it was opened.
+    pub(crate) ctime_ns: i64,
 }
 
 /// Opens `entry` for its upload and gets its MD5 (the saved one while it still fits the
@@ -419,15 +428,21 @@ pub(crate) fn open_entry(outbox: &Path, entry: &Entry) -> Result<Opened, OutboxE
         md5sum,
         dev: meta.dev(),
         ino: meta.ino(),
+        ctime_ns: i64::try_from(ctime_ns(&meta)).unwrap_or(i64::MAX),
     })
 }
 
 /// Removes an uploaded entry and its saved MD5 — only while the name still refers to the
 /// file that was uploaded: one renamed over it meanwhile stays, and is uploaded next.
 pub(crate) fn remove(outbox: &Path, entry: &Entry, uploaded: &Opened) -> Result<(), FsError> {
+    remove_if(outbox, entry, uploaded.dev, uploaded.ino)
+}
+
+/// Removes `entry` and its saved MD5 while its name still refers to file (`dev`, `ino`).
+pub(crate) fn remove_if(outbox: &Path, entry: &Entry, dev: u64, ino: u64) -> Result<(), FsError> {
     let now =
         std::fs::symlink_metadata(&entry.path).map_err(|e| FsError::new("stat", &entry.path, e))?;
-    if now.dev() != uploaded.dev || now.ino() != uploaded.ino {
+    if now.dev() != dev || now.ino() != ino {
         log::info!(
             "{}: a new file took its name during the upload; it is uploaded next",
             entry.name
@@ -480,12 +495,19 @@ pub(crate) fn scan(outbox: &Path) -> io::Result<Vec<Entry>> {
             Ok(m) if m.file_type().is_file() => m,
             _ => continue,
         };
-        found.push((ctime_ns(&meta), name, e.path(), meta.len()));
+        found.push((ctime_ns(&meta), name, e.path(), meta));
     }
-    found.sort();
+    found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     Ok(found
         .into_iter()
-        .map(|(_, name, path, size)| Entry { name, path, size })
+        .map(|(ctime, name, path, meta)| Entry {
+            name,
+            path,
+            size: meta.len(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime_ns: i64::try_from(ctime).unwrap_or(i64::MAX),
+        })
         .collect())
 }
 
@@ -559,6 +581,7 @@ mod tests {
             name: "a.bin".into(),
             path: dest.clone(),
             size: 5,
+            ..Entry::default()
         };
         let held = File::open(&dest).unwrap();
         claim(&held);
@@ -594,6 +617,7 @@ mod tests {
             name: "w.bin".into(),
             path: dest.clone(),
             size: 0,
+            ..Entry::default()
         };
         let opened = open_entry(&outbox, &e).unwrap();
         assert_ne!(opened.md5sum, queued.md5sum);

@@ -111,6 +111,9 @@ fn outbox_state(v: &StatusView, name: &str) -> String {
     if let Some(u) = j.upload.as_ref().filter(|u| u.name == name) {
         return format!("uploading {}%", u.percent);
     }
+    if let Some(k) = j.uploaded_kept.iter().find(|k| k.name == name) {
+        return format!("uploaded; cannot leave the outbox: {}", k.reason);
+    }
     if let Some(r) = j.upload_retries.get(name) {
         let wait = r.next_at.saturating_sub(v.now_ms / 1000);
         return format!(

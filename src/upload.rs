@@ -7,7 +7,9 @@
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::fsutil;
-use crate::journal::{unix_now, JournalStore, UploadInFlight, UploadRetry};
+use crate::journal::{
+    unix_now, JournalStore, KeptUpload, UploadInFlight, UploadRetry, MAX_KEPT_UPLOADS,
+};
 use crate::mqtt::{MqttError, Publisher};
 use crate::outbox::{self, Entry};
 use crate::protocol::{
@@ -121,7 +123,15 @@ pub(crate) struct Uploader {
     /// `uploading` reports sent for the upload in flight.
     pub(crate) reports: AtomicU64,
     pub(crate) inbox: Receiver<UploadSignal>,
+    /// Uploaded entries that could not be removed: when to try removing each again, and
+    /// the wait after that ([`KEPT_RETRY_MIN`] doubling to [`KEPT_RETRY_MAX`]).
+    pub(crate) kept_retry: HashMap<String, (Instant, Duration)>,
 }
+
+/// The first retry of removing an uploaded entry that could not be removed.
+const KEPT_RETRY_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between those retries.
+const KEPT_RETRY_MAX: Duration = Duration::from_secs(3600);
 
 /// Per-file retry state.
 struct Waiting {
@@ -162,6 +172,7 @@ impl Uploader {
                     Vec::new()
                 }
             };
+            let entries = self.skip_kept(entries);
             waiting.retain(|name, _| entries.iter().any(|e| &e.name == name));
             self.sync_retries(&waiting);
             let now = Instant::now();
@@ -202,7 +213,11 @@ impl Uploader {
                     self.clear_in_flight();
                 }
                 _ => {
-                    let next = waiting.values().map(|w| w.next).min();
+                    let next = waiting
+                        .values()
+                        .map(|w| w.next)
+                        .chain(self.kept_retry.values().map(|(at, _)| *at))
+                        .min();
                     let until = next.map_or(now + SCAN_INTERVAL, |n| n.min(now + SCAN_INTERVAL));
                     if self.idle_until(until, &mut waiting) {
                         return;
@@ -228,6 +243,10 @@ impl Uploader {
                 Ok(UploadSignal::Wake { reset_backoff }) => {
                     if reset_backoff {
                         waiting.clear();
+                        let now = Instant::now();
+                        for (at, wait) in self.kept_retry.values_mut() {
+                            (*at, *wait) = (now, KEPT_RETRY_MIN);
+                        }
                     }
                     return false;
                 }
@@ -281,10 +300,86 @@ impl Uploader {
             return Attempt::Retry(UploadError::Rejected { result_code });
         }
         if let Err(e) = outbox::remove(&self.config.outbox_dir, entry, &opened) {
-            log::error!("uploaded {}, but {e}", entry.name);
+            log::error!(
+                "uploaded {}, but it cannot leave the outbox ({e}); it is not sent again, and its removal is tried again later",
+                entry.name
+            );
+            self.keep(entry, &opened, &e.to_string());
         }
         log::info!("uploaded {} ({size} bytes, md5 {md5sum})", entry.name);
         Attempt::Uploaded
+    }
+
+    /// Remembers an uploaded entry that could not be removed (a read-only outbox): it is
+    /// never sent again while the same file stays (docs/agent.md, "Files").
+    fn keep(&mut self, entry: &Entry, opened: &outbox::Opened, reason: &str) {
+        let kept = KeptUpload {
+            name: entry.name.clone(),
+            dev: opened.dev,
+            ino: opened.ino,
+            size: opened.size,
+            ctime_ns: opened.ctime_ns,
+            reason: reason.to_string(),
+        };
+        self.journal.record(|j| {
+            j.uploaded_kept.retain(|k| k.name != kept.name);
+            j.uploaded_kept.push(kept);
+            let excess = j.uploaded_kept.len().saturating_sub(MAX_KEPT_UPLOADS);
+            j.uploaded_kept.drain(..excess);
+        });
+        self.kept_retry.insert(
+            entry.name.clone(),
+            (Instant::now() + KEPT_RETRY_MIN, KEPT_RETRY_MIN),
+        );
+    }
+
+    /// The entries to upload: those uploaded already whose removal failed are left out
+    /// (never sent again), and their removal is tried again when due; records of files
+    /// that are gone, or were removed now, are forgotten.
+    fn skip_kept(&mut self, entries: Vec<Entry>) -> Vec<Entry> {
+        let records = self.journal.snapshot().uploaded_kept;
+        if records.is_empty() {
+            self.kept_retry.clear();
+            return entries;
+        }
+        let same = |k: &KeptUpload, e: &Entry| {
+            k.name == e.name
+                && k.dev == e.dev
+                && k.ino == e.ino
+                && k.size == e.size
+                && k.ctime_ns == e.ctime_ns
+        };
+        let (kept, rest): (Vec<Entry>, Vec<Entry>) = entries
+            .into_iter()
+            .partition(|e| records.iter().any(|k| same(k, e)));
+        let now = Instant::now();
+        let mut removed: Vec<String> = Vec::new();
+        for e in &kept {
+            let (at, wait) = self
+                .kept_retry
+                .entry(e.name.clone())
+                .or_insert((now, KEPT_RETRY_MIN));
+            if *at > now {
+                continue;
+            }
+            match outbox::remove_if(&self.config.outbox_dir, e, e.dev, e.ino) {
+                Ok(()) => {
+                    log::info!("{}: uploaded earlier, now removed from the outbox", e.name);
+                    removed.push(e.name.clone());
+                }
+                Err(err) => {
+                    *wait = (*wait * 2).min(KEPT_RETRY_MAX);
+                    *at = now + *wait;
+                    log::debug!("{}: still cannot leave the outbox: {err}", e.name);
+                }
+            }
+        }
+        let stays =
+            |name: &str| kept.iter().any(|e| e.name == name) && !removed.iter().any(|r| r == name);
+        self.journal
+            .record(|j| j.uploaded_kept.retain(|k| stays(&k.name)));
+        self.kept_retry.retain(|name, _| stays(name));
+        rest
     }
 
     /// `create_upload_task`, then the matching `create_upload_task_rsp`'s URL.

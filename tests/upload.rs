@@ -556,3 +556,50 @@ fn no_verdict_within_5_s_and_the_upload_stands() {
     );
     assert_eq!(rig.platform.uploads().len(), 1);
 }
+
+#[test]
+fn an_uploaded_file_that_cannot_leave_a_read_only_outbox_is_not_sent_again() {
+    let mut rig = Rig::new();
+    let fs = Tmpfs::mount(&outbox(&rig), "16m");
+    std::fs::write(outbox(&rig).join("stuck.log"), vec![7u8; 200_000]).unwrap();
+    // An I/O error made the file system read-only (errors=remount-ro).
+    fs.remount_ro();
+    let agent = rig.start_agent();
+    upload_done(&rig, &agent, "stuck.log");
+    std::thread::sleep(Duration::from_secs(5));
+    let path = upload_path(&device(), "stuck.log");
+    let puts = || {
+        rig.platform
+            .uploads()
+            .iter()
+            .filter(|u| u.path == path)
+            .count()
+    };
+    let dones = rig
+        .platform
+        .received(&device())
+        .iter()
+        .filter(|m| {
+            m["type"] == "report_upload_progress"
+                && m["name"] == "stuck.log"
+                && m["progress"]["state"] == "done"
+        })
+        .count();
+    assert_eq!((puts(), dones), (1, 1), "sent once, not in a loop");
+    assert_eq!(rig.journal()["uploaded_kept"][0]["name"], "stuck.log");
+    let (_, status, _) = rig.cli(&["status"]);
+    assert!(
+        status.contains("stuck.log") && status.contains("cannot leave the outbox"),
+        "{status}"
+    );
+    // Writable again: the next look removes it, without sending it again.
+    fs.remount_rw();
+    agent.signal(nix::sys::signal::Signal::SIGUSR2);
+    wait_until("the file left the outbox", || {
+        !outbox(&rig).join("stuck.log").exists()
+    });
+    wait_until("the record is gone", || {
+        rig.journal()["uploaded_kept"].is_null()
+    });
+    assert_eq!(puts(), 1);
+}
