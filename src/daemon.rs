@@ -590,6 +590,29 @@ impl Coordinator {
         }
     }
 
+    /// A refusal of `task` (`fail` -11 with `reason`) — unless a task of that name is in
+    /// flight: the platform knows tasks by name only, so a `fail` for it followed by the
+    /// running task's own `done` would contradict itself. Then it is only logged; the
+    /// platform offers it again.
+    fn refuse(&self, task: &Task, reason: &str) {
+        let in_flight = self
+            .journal
+            .snapshot()
+            .download
+            .is_some_and(|d| d.task.name == task.name);
+        if in_flight {
+            log::warn!("{reason}; not reported: {} is in flight", task.name);
+            return;
+        }
+        self.reporter.final_report(Report::fail(
+            Direction::Download,
+            &task.name,
+            0,
+            ResultCode::Other,
+            reason,
+        ));
+    }
+
     fn on_task(&mut self, task: Task) {
         let resource_dir = self.config.resource_dir.clone();
         let offered = task.clone();
@@ -668,24 +691,12 @@ impl Coordinator {
                     task.name,
                     tasks::MAX_WAITING
                 );
-                self.reporter.final_report(Report::fail(
-                    Direction::Download,
-                    &task.name,
-                    0,
-                    ResultCode::Other,
-                    &reason,
-                ));
+                self.refuse(&task, &reason);
             }
             Err(e) => {
                 // Nothing of the task stays in memory: it is refused, never in limbo.
                 let reason = format!("task {} not recorded: {e}", task.name);
-                self.reporter.final_report(Report::fail(
-                    Direction::Download,
-                    &task.name,
-                    0,
-                    ResultCode::Other,
-                    &reason,
-                ));
+                self.refuse(&task, &reason);
             }
         }
     }

@@ -325,7 +325,10 @@ impl JournalStore {
         let mut state = self.lock();
         let mut next = state.journal.clone();
         let result = change(&mut next);
-        if next != state.journal || state.unsaved {
+        // A change that changes nothing saves nothing: a re-offer of the task in flight
+        // (the platform's answer to every poll) is not refused because an earlier
+        // record waits for the disk.
+        if next != state.journal {
             let mut tries = 0;
             loop {
                 tries += 1;
@@ -466,6 +469,12 @@ mod tests {
         assert_eq!(store.snapshot().connection.since, 7, "memory moved forward");
         assert!(store.unsaved());
         assert!(!store.retry_save(), "still no folder");
+        assert_eq!(
+            store.accept(|j| j.waiting.len()).ok(),
+            Some(0),
+            "an accept that changes nothing is not refused while a record waits"
+        );
+        assert!(store.unsaved());
 
         std::fs::create_dir(&folder).unwrap();
         assert!(store.retry_save());

@@ -905,3 +905,49 @@ fn one_daemon_per_state_dir_and_a_stale_pid_file_signals_no_stranger() {
     let _ = stranger.kill();
     let _ = stranger.wait();
 }
+
+#[test]
+fn a_re_offer_while_the_journal_waits_for_the_disk_never_reports_fail_for_the_task_in_flight() {
+    let mut rig = Rig::new();
+    let state = rig.path().join("state");
+    let fs = Tmpfs::mount(&state, "4m");
+    let agent = rig.start_agent();
+    let (_, task) = rig.task("steady.bin", 4 << 20, 31);
+    rig.throttle(&task, 1 << 20);
+    rig.platform.push(&device(), &task).unwrap();
+    rig.wait_staged("steady.bin", 256 << 10);
+    // A record the disk refuses (the connection state as the broker goes and comes back):
+    // memory is ahead of the journal for a while.
+    fs.remount_ro();
+    rig.broker.restart();
+    wait_log(
+        &agent,
+        "the change is kept in memory and saved again shortly",
+    );
+    let deadline = Instant::now() + T;
+    while agent.log_text().matches("connected to").count() < 2 {
+        assert!(Instant::now() < deadline, "reconnected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(rig.platform.wait_connected(T));
+    // The platform's answer to a poll: the task in flight again; and another version of
+    // the name, which cannot be recorded now.
+    rig.platform.push(&device(), &task).unwrap();
+    let other = rig.path().join("other-steady.bin");
+    std::fs::write(&other, b"another version").unwrap();
+    let newer = rig
+        .platform
+        .task_served_as("steady.bin", &other, "other-steady.bin");
+    rig.platform.push(&device(), &newer).unwrap();
+    wait_log(&agent, "not reported: steady.bin is in flight");
+    std::thread::sleep(Duration::from_millis(500));
+    let r = rig.final_report(&agent, "steady.bin", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    fs.remount_rw();
+    assert_eq!(
+        finals(&rig, "steady.bin").len(),
+        1,
+        "one final report for the name: its own done, no fail before it"
+    );
+    rig.assert_installed("steady.bin", &task);
+}
