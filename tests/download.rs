@@ -632,3 +632,48 @@ fn a_prewritten_journal_is_resumed() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(rig.journal()["unacked_reports"], json!([]));
 }
+
+#[test]
+fn a_40_s_storage_outage_keeps_the_staged_bytes_and_the_download_goes_on() {
+    let mut rig = Rig::new();
+    let (_, direct) = rig.task("long.bin", 6 << 20, 41);
+    rig.throttle(&direct, 1 << 20);
+    let storage_port: u16 = direct["url"].as_str().unwrap()["http://127.0.0.1:".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gate = Gate::start(storage_port);
+    let task = gate.route(&direct);
+    let agent = rig.start_agent();
+    rig.platform.push(&device(), &task).unwrap();
+    rig.wait_staged("long.bin", 1 << 20);
+    gate.set_down(true);
+    std::thread::sleep(Duration::from_secs(40));
+    let staged = rig.staged("long.bin");
+    assert!(
+        staged >= 1 << 20,
+        "the staged bytes stay through the outage: {staged}"
+    );
+    assert!(
+        finals(&rig, "long.bin").is_empty(),
+        "no fail during the outage"
+    );
+    let waiting = rig.platform.reports_for(&device(), "long.bin");
+    assert!(
+        waiting
+            .iter()
+            .any(|m| m["progress"]["state"] == "downloading" && msg(m).contains("retrying in")),
+        "the platform hears why nothing moves"
+    );
+    gate.set_down(false);
+    let r = rig.final_report(&agent, "long.bin", Duration::from_secs(120));
+    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    rig.assert_installed("long.bin", &task);
+    let (gets, bytes) = rig.gets(&direct);
+    assert!(
+        gets >= 2 && bytes < 2 * (6 << 20),
+        "resumed, not started over: {gets} GETs, {bytes} bytes"
+    );
+}

@@ -10,7 +10,7 @@ use super::{DownloadError, Downloader, Stop};
 use crate::install::Paths;
 use crate::journal;
 use crate::pace::Pace;
-use crate::protocol::{percent, redact_url, Direction, ProgressState, Task};
+use crate::protocol::{percent, redact_url, Direction, ProgressState, Report, Task};
 use crate::random;
 use crate::report::Progress;
 use crate::transfer::{is_timeout, HttpClient, TransferError};
@@ -69,13 +69,22 @@ pub(super) fn fetch(d: &Downloader, task: &Task, paths: &Paths) -> Result<(), St
             }
             (Decision::Resume | Decision::Verified, None) => {}
             (Decision::RetryAfter(delay), e) => {
+                let reason = e.map(|e| e.to_string()).unwrap_or_default();
                 log::warn!(
-                    "{}: {}; retrying at byte {have} in {:.1} s",
+                    "{}: {reason}; retrying at byte {have} in {:.1} s",
                     task.name,
-                    e.map(|e| e.to_string()).unwrap_or_default(),
                     delay.as_secs_f64()
                 );
-                d.shutdown.sleep(delay);
+                // The platform hears why nothing moves (the staged bytes stay).
+                let mut report = Report::progress(
+                    Direction::Download,
+                    &task.name,
+                    ProgressState::Downloading,
+                    percent(have, task.size),
+                );
+                report.result_msg = format!("retrying in {:.0} s: {reason}", delay.as_secs_f64());
+                d.reporter.progress(&report);
+                d.wait(delay)?;
             }
             (Decision::StartOver, e) => {
                 if let Some(TransferError::ResumeRefused { reason, .. }) = &e {

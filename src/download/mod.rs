@@ -560,6 +560,22 @@ impl Downloader {
         Outcome::Failed
     }
 
+    /// Waits `delay` before a retry, looking every 200 ms for a withdrawal or a stop and
+    /// showing the watchdog a sign of life (a wait may last minutes).
+    fn wait(&self, delay: std::time::Duration) -> Result<(), Stop> {
+        let until = std::time::Instant::now() + delay;
+        loop {
+            self.check_stop()?;
+            crate::notify::beat();
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            self.shutdown
+                .sleep(left.min(std::time::Duration::from_millis(200)));
+        }
+    }
+
     /// A cancel by the platform or a stop of the agent, checked between chunks.
     fn check_stop(&self) -> Result<(), Stop> {
         if self.cancel.load(Ordering::SeqCst) {

@@ -6,8 +6,13 @@
 //! zero delay. The rules (docs/protocol.md, "Download" and "Result codes"):
 //! - a stall (no byte within `transfer_timeout_s`) is resumed once; a second stall in a
 //!   row without progress fails the task with -1;
-//! - a transient failure (connection refused or broken, 5xx, 408, 429) is retried after
-//!   a growing delay; the fourth in a row without progress fails the task;
+//! - the network failing (a connection refused, unreachable, not resolved, timed out, or
+//!   lost mid-body) never fails the task and never drops the bytes on disk: it is
+//!   retried after a growing delay capped at minutes, until the network is back, the
+//!   platform withdraws the task, or another error comes (a router restart, a cellular
+//!   handover or a DNS that is not up yet after a reboot must not discard gigabytes);
+//! - a transient answer of the server (5xx, 408, 429) is retried after a growing delay;
+//!   the fourth in a row without progress fails the task;
 //! - a resume the server does not honour as asked starts over from byte 0;
 //! - an MD5 mismatch after a resumed download starts over once (the part kept on disk
 //!   may not be what the server has now); a mismatch of a whole fresh download fails -4;
@@ -41,17 +46,21 @@ pub(crate) struct RetryPolicy {
     pub(crate) max_stalls: u32,
     /// Transient failures in a row without progress before the task fails.
     pub(crate) max_failures: u32,
-    /// The delays between transient failures.
+    /// The delays between transient answers of the server.
     pub(crate) backoff: Backoff,
+    /// The delays while the network fails (never given up).
+    pub(crate) network_backoff: Backoff,
 }
 
 impl RetryPolicy {
-    /// The agent's policy: two stalls, four failures, 2 s doubling to 32 s, jittered.
+    /// The agent's policy: two stalls; four transient answers, 2 s doubling to 32 s; the
+    /// network failing, 2 s doubling to 5 min, for as long as it fails; jittered.
     pub(crate) fn download() -> Self {
         RetryPolicy {
             max_stalls: 2,
             max_failures: 4,
             backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(32)),
+            network_backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(300)),
         }
     }
 }
@@ -90,6 +99,7 @@ impl Retry {
             self.failures = 0;
             self.stalls = 0;
             self.policy.backoff.reset();
+            self.policy.network_backoff.reset();
         }
         let Some(error) = error else {
             return Decision::Resume;
@@ -98,6 +108,9 @@ impl Retry {
             TransferError::ResumeRefused { .. } => {
                 self.failures += 1;
                 Decision::StartOver
+            }
+            TransferError::Connect { .. } | TransferError::Interrupted { .. } => {
+                Decision::RetryAfter(self.policy.network_backoff.next_delay(random))
             }
             TransferError::Timeout { .. } => {
                 if !progressed {
@@ -150,6 +163,7 @@ mod tests {
     fn zero_delay() -> RetryPolicy {
         RetryPolicy {
             backoff: Backoff::new(Duration::ZERO, Duration::ZERO),
+            network_backoff: Backoff::new(Duration::ZERO, Duration::ZERO),
             ..RetryPolicy::download()
         }
     }
@@ -207,11 +221,11 @@ mod tests {
     }
 
     #[test]
-    fn transient_failures_retry_after_a_delay_and_give_up_at_the_fourth() {
+    fn transient_answers_retry_after_a_delay_and_give_up_at_the_fourth() {
         let mut r = Retry::new(zero_delay(), false);
-        for _ in 0..3 {
+        for code in [500, 408, 429] {
             assert_eq!(
-                r.after_attempt(false, Some(&refused_connection()), 0),
+                r.after_attempt(false, Some(&status(code)), 0),
                 Decision::RetryAfter(Duration::ZERO)
             );
         }
@@ -219,6 +233,39 @@ mod tests {
             r.after_attempt(false, Some(&status(503)), 0),
             Decision::GiveUp { attempts: 4 }
         );
+    }
+
+    #[test]
+    fn the_network_failing_never_gives_up_and_waits_at_most_five_minutes() {
+        let mut r = Retry::new(RetryPolicy::download(), true);
+        let lost = || TransferError::Interrupted {
+            url: "u".into(),
+            reason: "reset".into(),
+        };
+        let mut last = Duration::ZERO;
+        for i in 0..40 {
+            let e = if i % 2 == 0 {
+                refused_connection()
+            } else {
+                lost()
+            };
+            match r.after_attempt(false, Some(&e), u64::MAX) {
+                Decision::RetryAfter(d) => {
+                    assert!(d <= Duration::from_secs(300), "{d:?}");
+                    last = d;
+                }
+                other => panic!("attempt {i}: {other:?}"),
+            }
+        }
+        assert!(
+            last >= Duration::from_secs(150),
+            "capped at minutes: {last:?}"
+        );
+        // Progress starts the delays over.
+        match r.after_attempt(true, Some(&refused_connection()), u64::MAX) {
+            Decision::RetryAfter(d) => assert!(d <= Duration::from_secs(2), "{d:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
