@@ -232,8 +232,10 @@ impl Downloader {
         let phase = in_flight.as_ref().map(|d| d.phase).unwrap_or_default();
         if phase == Phase::Verified {
             if let Some(d) = in_flight.as_ref().filter(|d| d.install_attempts > 0) {
-                if let Some(by) = self.installed_after_cut(task, paths, d)? {
-                    return Ok(ChainEnd::Installed(by));
+                if let Some(name) = &d.install_plugin {
+                    if let Some(by) = self.installed_after_cut(task, paths, name)? {
+                        return Ok(ChainEnd::Installed(by));
+                    }
                 }
                 if d.install_attempts >= MAX_INSTALL_ATTEMPTS {
                     return Err(DownloadError::InstallInterrupted {
@@ -268,20 +270,16 @@ impl Downloader {
         self.install(task, paths)
     }
 
-    /// After an install attempt that has no outcome: whether it installed anyway — the
-    /// plugin it called says so (`resagent_installed`), or the default installer's file
-    /// is in place. None: unknown, the install is tried again (or fails).
+    /// After an install attempt that has no outcome: whether install plugin `name`, the
+    /// one it called, says it took (`resagent_installed`). None: unknown — the install is
+    /// tried again (or fails). (The default installer's rename is recognised by the
+    /// file's MD5, in `bring_and_install`; it is not counted as an attempt.)
     fn installed_after_cut(
         &self,
         task: &Task,
         paths: &Paths,
-        attempt: &InFlight,
+        name: &str,
     ) -> Result<Option<InstalledBy>, Stop> {
-        let Some(name) = &attempt.install_plugin else {
-            let default =
-                self.plugins.owner_of(&task.name).is_none() && installed_before_kill(paths, task);
-            return Ok(default.then_some(InstalledBy::Default));
-        };
         let Some(plugin) = self.plugins.named(name).filter(|p| p.installed) else {
             return Ok(None);
         };
@@ -295,7 +293,7 @@ impl Downloader {
                     "{}: plugin {name} says the interrupted install took",
                     task.name
                 );
-                Ok(Some(InstalledBy::Plugin(name.clone())))
+                Ok(Some(InstalledBy::Plugin(name.to_string())))
             }
             CallOutcome::Interrupted => Err(Stop::Interrupted),
             _ => Ok(None),
