@@ -644,7 +644,7 @@ fn a_40_s_storage_outage_keeps_the_staged_bytes_and_the_download_goes_on() {
         .unwrap()
         .parse()
         .unwrap();
-    let gate = Gate::start(storage_port);
+    let gate = resagent_platform::rig::Relay::start(storage_port);
     let task = gate.route(&direct);
     let agent = rig.start_agent();
     rig.platform.push(&device(), &task).unwrap();

@@ -406,17 +406,7 @@ fn swupdate_pending_until_a_reboot_not_a_restart_then_confirmed_and_a_rollback_s
 
     // A restart of the agent (a crash, the watchdog, systemctl restart) is no reboot:
     // the old system runs, SWUpdate stays INSTALLED, nothing final is reported.
-    stop(&mut agent);
-    let mut agent = rig.start_agent();
-    wait_log(
-        &agent,
-        "rootfs-7.swu: written in this boot; waiting for a reboot",
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        finals(&rig, "rootfs-7.swu").is_empty(),
-        "no done on the old system"
-    );
+    let mut agent = restart_without_reboot(&mut rig, &mut agent, "rootfs-7.swu");
     assert_eq!(
         sw.ustate(rig.path()),
         '1',
@@ -768,17 +758,7 @@ fn rauc_installs_the_inactive_slot_pending_then_confirms_the_booted_slot_or_fail
 
     // A restart of the agent before the reboot: A still runs. No false `fail`, B is not
     // marked, nothing final is reported.
-    stop(&mut agent);
-    let mut agent = rig.start_agent();
-    wait_log(
-        &agent,
-        "os-1.raucb: written in this boot; waiting for a reboot",
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        finals(&rig, "os-1.raucb").is_empty(),
-        "nothing final before the reboot"
-    );
+    let mut agent = restart_without_reboot(&mut rig, &mut agent, "os-1.raucb");
     assert!(!marked_b.exists(), "B not marked on the old system");
 
     // The device boots B: confirmed, B marked good.

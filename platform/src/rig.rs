@@ -157,27 +157,60 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A TCP relay in front of a broker that notes when each connection reached it (while
-/// the broker is down, a client's connection is accepted and dropped: a failed connect).
-/// A fleet's reconnect instants, measured where no message can be lost.
+/// A TCP relay on loopback in front of `upstream` (a broker, the storage) that notes
+/// when each connection reached it — a fleet's reconnect instants, measured where no
+/// message can be lost (while the upstream is down, a client's connection is accepted and
+/// dropped: a failed connect) — and that can be taken down itself: then its port refuses
+/// connections and those it relayed are cut (a storage server, a router or a link that
+/// goes away and comes back).
 pub struct Relay {
     pub port: u16,
     connected_at: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
     /// Listens on a free loopback port and relays each connection to `upstream`.
     pub fn start(upstream: u16) -> Relay {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let connected_at = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = connected_at.clone();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log, flag) = (connected_at.clone(), down.clone());
         std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue; // the broker is down: the client sees the connection fail
+            let mut listener = Some(listener);
+            let mut relayed: Vec<TcpStream> = Vec::new();
+            loop {
+                if flag.load(Ordering::SeqCst) {
+                    // Down: no listener (connections are refused), relayed ones cut.
+                    listener = None;
+                    for s in relayed.drain(..) {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                if listener.is_none() {
+                    listener = TcpListener::bind(("127.0.0.1", port)).ok();
+                }
+                let Some(l) = &listener else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                // Not blocking, so a `down` is seen while nobody connects.
+                l.set_nonblocking(true).unwrap();
+                let Ok((client, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue; // the upstream is down: the client sees the connection fail
                 };
                 log.lock().unwrap().push(unix_ms());
+                relayed.push(client.try_clone().unwrap());
+                relayed.push(server.try_clone().unwrap());
                 for (mut from, mut to) in [
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
@@ -189,7 +222,28 @@ impl Relay {
                 }
             }
         });
-        Relay { port, connected_at }
+        Relay {
+            port,
+            connected_at,
+            down,
+        }
+    }
+
+    /// Takes the relay down (`true`) or up again.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `task` (a download task of the local platform) with its URL through this relay.
+    pub fn route(&self, task: &serde_json::Value) -> serde_json::Value {
+        let mut t = task.clone();
+        let url = t["url"].as_str().unwrap_or("").to_string();
+        let path = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+            .unwrap_or("/");
+        t["url"] = serde_json::json!(format!("http://127.0.0.1:{}{path}", self.port));
+        t
     }
 
     /// When connections reached the upstream, Unix ms, from `since` on.

@@ -701,86 +701,20 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A TCP relay to `upstream` on loopback that can be taken down: while down, its port
-/// refuses connections and the connections it relayed are cut — a storage server, a
-/// router or a link that goes away and comes back.
-pub struct Gate {
-    pub port: u16,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Gate {
-    pub fn start(upstream: u16) -> Gate {
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = down.clone();
-        std::thread::spawn(move || {
-            let mut listener = Some(listener);
-            let mut open: Vec<std::net::TcpStream> = Vec::new();
-            loop {
-                if flag.load(Ordering::SeqCst) {
-                    // Down: no listener (connections are refused), relayed ones cut.
-                    listener = None;
-                    for s in open.drain(..) {
-                        let _ = s.shutdown(std::net::Shutdown::Both);
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-                let l = match &listener {
-                    Some(l) => l,
-                    None => match std::net::TcpListener::bind(("127.0.0.1", port)) {
-                        Ok(l) => {
-                            l.set_nonblocking(true).unwrap();
-                            listener.insert(l)
-                        }
-                        Err(_) => {
-                            std::thread::sleep(Duration::from_millis(20));
-                            continue;
-                        }
-                    },
-                };
-                l.set_nonblocking(true).unwrap();
-                match l.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).unwrap();
-                        let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream))
-                        else {
-                            continue;
-                        };
-                        open.push(client.try_clone().unwrap());
-                        open.push(server.try_clone().unwrap());
-                        for (mut from, mut to) in [
-                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                            (server, client),
-                        ] {
-                            std::thread::spawn(move || {
-                                let _ = std::io::copy(&mut from, &mut to);
-                                let _ = to.shutdown(std::net::Shutdown::Both);
-                            });
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Gate { port, down }
-    }
-
-    /// Takes the gate down (`true`) or up again.
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// `task` with its URL pointing through this gate.
-    pub fn route(&self, task: &Value) -> Value {
-        let mut t = task.clone();
-        let url = t["url"].as_str().unwrap().to_string();
-        let rest = url.strip_prefix("http://127.0.0.1:").unwrap();
-        let path = &rest[rest.find('/').unwrap()..];
-        t["url"] = json!(format!("http://127.0.0.1:{}{path}", self.port));
-        t
-    }
+/// A restart of the agent that is not a reboot (the boot identity stays): stops `agent`,
+/// starts another, and checks that the install of `name` it finds waiting stays pending,
+/// with nothing final reported.
+pub fn restart_without_reboot(rig: &mut Rig, agent: &mut Agent, name: &str) -> Agent {
+    stop(agent);
+    let agent = rig.start_agent();
+    wait_log(
+        &agent,
+        &format!("{name}: written in this boot; waiting for a reboot"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        finals(rig, name).is_empty(),
+        "nothing final for {name} before a reboot"
+    );
+    agent
 }
