@@ -663,6 +663,26 @@ pub(crate) fn world_readable_secret(config: &Config) -> Option<PathBuf> {
     readable_by_others.then(|| secret_file.clone())
 }
 
+/// The configuration in force, shared by the threads that act on it: SIGHUP replaces
+/// it here once, and each thread reads it at its next step. Shared rather than queued,
+/// so a thread busy with a long transfer (its queue full of answers) cannot miss it.
+pub(crate) struct Live(std::sync::RwLock<std::sync::Arc<Config>>);
+
+impl Live {
+    pub(crate) fn new(config: std::sync::Arc<Config>) -> Self {
+        Live(std::sync::RwLock::new(config))
+    }
+
+    /// The configuration now in force.
+    pub(crate) fn get(&self) -> std::sync::Arc<Config> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, config: std::sync::Arc<Config>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

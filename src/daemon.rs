@@ -81,6 +81,8 @@ pub(crate) enum DaemonError {
 enum Event {
     Link(LinkEvent),
     Signal(Request),
+    /// A plugin scan ended (its number, the set it found).
+    Plugins(u64, PluginSet),
     /// The download thread finished `task` (None: the confirmation of pending installs,
     /// `Outcome::Pending` when some are still pending).
     DownloadFinished(Option<Task>, Outcome),
@@ -135,8 +137,9 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     let upload_cancel = Arc::new(AtomicBool::new(false));
     let upload_answers = Arc::new(AtomicU64::new(0));
     let (uploads, upload_inbox) = mpsc::sync_channel(UPLOAD_QUEUE);
+    let live = Arc::new(config::Live::new(config.clone()));
     let uploader = Uploader {
-        config: config.clone(),
+        live: live.clone(),
         journal: journal.clone(),
         reporter: reporter.clone(),
         publisher: publisher.clone(),
@@ -167,6 +170,7 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     let mut coordinator = Coordinator {
         notifier,
         config,
+        live,
         journal,
         reporter,
         publisher,
@@ -182,6 +186,8 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
         upload_cancel,
         upload_answers,
         plugins: Arc::new(PluginSet::default()),
+        scanning: false,
+        scans: 0,
         exe,
     };
     coordinator.rescan_plugins();
@@ -237,6 +243,8 @@ struct Running {
 
 struct Coordinator {
     config: Arc<Config>,
+    /// The same configuration, shared with the upload thread.
+    live: Arc<config::Live>,
     journal: Arc<JournalStore>,
     reporter: Arc<Reporter>,
     publisher: Publisher,
@@ -261,6 +269,12 @@ struct Coordinator {
     /// Every `report_upload_progress_rsp`, counted (the upload thread's verdict).
     upload_answers: Arc<AtomicU64>,
     plugins: Arc<PluginSet>,
+    /// A scan runs (at start, after SIGHUP): until it ends nothing starts on the download
+    /// thread (the next task uses the plugins as scanned now), and a plugin's install
+    /// record is not taken as present without asking it.
+    scanning: bool,
+    /// Scans started; only the latest one's set is used.
+    scans: u64,
     /// resagent's own executable, re-run for each plugin call.
     exe: PathBuf,
 }
@@ -331,12 +345,14 @@ impl Coordinator {
                 }
                 Ok(Event::Link(LinkEvent::Disconnected)) => {
                     self.connected.store(false, Ordering::SeqCst);
+                    self.reporter.session_lost();
                     self.record_connection(ConnState::Disconnected);
                 }
                 Ok(Event::Link(LinkEvent::Message(bytes))) => self.on_message(&bytes),
                 Ok(Event::Link(LinkEvent::Oversized(len))) => log::warn!(
                     "refused a message from the platform: {len} bytes is over the {MAX_MESSAGE_BYTES} byte limit"
                 ),
+                Ok(Event::Plugins(scan, set)) => self.on_plugins(scan, set),
                 Ok(Event::DownloadFinished(task, outcome)) => {
                     self.on_download_finished(task.as_ref(), outcome)
                 }
@@ -474,26 +490,57 @@ impl Coordinator {
                 }
                 log::info!("SIGHUP: configuration {} re-read", new.path.display());
                 self.config = Arc::new(new);
-                self.to_uploader(UploadSignal::Config(self.config.clone()));
+                self.live.set(self.config.clone());
                 self.rescan_plugins();
             }
             Err(e) => log::error!("SIGHUP: keeping the current configuration: {e}"),
         }
     }
 
-    /// Scans `plugin_dir` (each plugin is probed in a child); used from the next task on.
+    /// Scans `plugin_dir` (each plugin is probed in a child) on a thread of its own: the
+    /// coordinator goes on feeding the watchdog and answering the platform while a slow
+    /// plugin is probed (each probe is bounded, `plugin::PROBE_TIMEOUT`). The set is used
+    /// from the next task on.
     fn rescan_plugins(&mut self) {
-        let host = PluginHost {
-            exe: &self.exe,
-            timeout: self.config.plugin_timeout,
-            shutdown: &self.shutdown,
-            state_dir: Some(&self.config.state_dir),
-            plugin_config: Some(&self.config.plugin_config),
+        self.scans += 1;
+        self.scanning = true;
+        let scan = self.scans;
+        let (config, exe, shutdown) =
+            (self.config.clone(), self.exe.clone(), self.shutdown.clone());
+        let tx = self.events.clone();
+        let job = move || {
+            let host = PluginHost {
+                exe: &exe,
+                timeout: config.plugin_timeout,
+                shutdown: &shutdown,
+                state_dir: Some(&config.state_dir),
+                plugin_config: Some(&config.plugin_config),
+            };
+            host.scan(&config.plugin_dir, config.plugin_sha256.as_ref())
         };
-        let set = host.scan(&self.config.plugin_dir, self.config.plugin_sha256.as_ref());
+        let spawned = std::thread::Builder::new().name("plugins".into()).spawn({
+            let job = job.clone();
+            move || {
+                let _ = tx.send(Event::Plugins(scan, job()));
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the plugin scan thread ({e}); scanning here");
+            self.on_plugins(scan, job());
+        }
+    }
+
+    /// The plugins a scan found: used from the next task on (an older scan's set, which
+    /// a later SIGHUP overtook, is dropped).
+    fn on_plugins(&mut self, scan: u64, set: PluginSet) {
+        if scan != self.scans {
+            return;
+        }
         let problems = set.pin_problems.clone();
         self.journal.record(|j| j.pinned_not_loaded = problems);
         self.plugins = Arc::new(set);
+        self.scanning = false;
+        self.start_next();
     }
 
     /// `resagent retry NAME` requests (files in `state_dir/retry/`): the rollbacks of
@@ -616,15 +663,16 @@ impl Coordinator {
     fn on_task(&mut self, task: Task) {
         let resource_dir = self.config.resource_dir.clone();
         let offered = task.clone();
-        let plugins = self.plugins.clone();
+        let plugins = (!self.scanning).then(|| self.plugins.clone());
         // A resource installed by a plugin that answers `resagent_installed` is asked
-        // on the download thread (a child call): it is not taken as present here.
+        // on the download thread (a child call): it is not taken as present here (nor
+        // any plugin's record while a scan runs).
         let still_present = move |name: &str, i: &journal::Installed| {
-            let ask_plugin = i
-                .plugin
-                .as_deref()
-                .and_then(|p| plugins.named(p))
-                .is_some_and(|p| p.installed);
+            let ask_plugin = match (&i.plugin, &plugins) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(p), Some(set)) => set.named(p).is_some_and(|p| p.installed),
+            };
             !ask_plugin && install::still_present(&resource_dir, name, i)
         };
         match self
@@ -701,31 +749,39 @@ impl Coordinator {
         }
     }
 
+    /// An answer to a download report: matched to the report it answers, in order
+    /// (`report::Awaiting`). A non-zero answer to a report of the task in flight withdraws
+    /// it; one to a report about another name (a refused task's `fail`) never does.
     fn on_download_rsp(&mut self, code: i64, msg: &str) {
+        let answers = self.reporter.download_answered();
         if code == 0 {
             return;
         }
-        if let Some(Running {
+        let Some(Running {
             task: Some(task),
             cancel,
             ..
         }) = &self.in_flight
-        {
-            if let Some(other) = self
-                .reporter
-                .recent_final_about_another(Direction::Download, &task.name)
-            {
-                log::info!(
-                    "result_code {code} ({msg}) may answer the report about {other}: {} goes on",
+        else {
+            log::info!("result_code {code} ({msg}) answers a report; no download in flight");
+            return;
+        };
+        match answers {
+            Some(name) if name == task.name => {
+                log::warn!(
+                    "the platform withdrew {} (result_code {code}: {msg})",
                     task.name
                 );
-                return;
+                cancel.store(true, Ordering::SeqCst);
             }
-            log::warn!(
-                "the platform withdrew {} (result_code {code}: {msg})",
+            Some(other) => log::info!(
+                "result_code {code} ({msg}) answers the report about {other}: {} goes on",
                 task.name
-            );
-            cancel.store(true, Ordering::SeqCst);
+            ),
+            None => log::info!(
+                "result_code {code} ({msg}) answers no report of this session: {} goes on",
+                task.name
+            ),
         }
     }
 
@@ -754,7 +810,7 @@ impl Coordinator {
     /// start), else the journal's download in flight (or the first waiting one), if
     /// nothing runs there.
     fn start_next(&mut self) {
-        if self.in_flight.is_some() || self.shutdown.is_set() {
+        if self.in_flight.is_some() || self.shutdown.is_set() || self.scanning {
             return;
         }
         let confirm =

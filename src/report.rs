@@ -6,6 +6,7 @@
 use crate::journal::{Journal, JournalStore};
 use crate::mqtt::Publisher;
 use crate::protocol::{Direction, ProgressState, Report};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,13 +21,55 @@ pub(crate) struct Reporter {
     /// Serialises final reports, so a re-send after connect and a new final report do not
     /// interleave their journal updates.
     finals: Mutex<()>,
-    /// Final reports published lately (direction, name, when): an answer arriving now
-    /// may belong to one of them.
-    recent: Mutex<Vec<(Direction, String, Instant)>>,
+    /// The download reports sent in this session and not answered yet: the next
+    /// `report_download_progress_rsp` answers the oldest.
+    awaiting: Mutex<Awaiting>,
 }
 
-/// How long after a final report an answer may still be the platform's answer to it.
-const ANSWER_WINDOW: Duration = Duration::from_secs(5);
+/// Reports awaiting an answer, kept at most: a platform that stopped answering must not
+/// grow the list (past it the oldest go, and a reconnect starts afresh anyway).
+const MAX_AWAITING: usize = 256;
+
+/// The download reports sent in this MQTT session that have no answer yet, oldest
+/// first. The platform answers every `report_download_progress` with one
+/// `report_download_progress_rsp`, in order; the broker keeps a session's order, so the
+/// n-th answer is the answer to the n-th report (docs/protocol.md, "Cancelling").
+/// Answers carry no name: this list is how one is told from another — with no time
+/// window, so a late answer is still matched to its report.
+#[derive(Debug, Default)]
+pub(crate) struct Awaiting {
+    sent: VecDeque<(u64, String)>,
+    next_id: u64,
+}
+
+impl Awaiting {
+    /// A report about `name` is about to be published (before it is, so its answer
+    /// cannot arrive first); its id, to take it back if the publish fails.
+    pub(crate) fn sent(&mut self, name: &str) -> u64 {
+        self.next_id += 1;
+        if self.sent.len() >= MAX_AWAITING {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((self.next_id, name.to_string()));
+        self.next_id
+    }
+
+    /// The report `id` did not leave: no answer will come for it.
+    pub(crate) fn not_sent(&mut self, id: u64) {
+        self.sent.retain(|(i, _)| *i != id);
+    }
+
+    /// An answer arrived: the name of the report it answers (None: none is known — sent
+    /// in an earlier session, or more answers than reports).
+    pub(crate) fn answered(&mut self) -> Option<String> {
+        self.sent.pop_front().map(|(_, name)| name)
+    }
+
+    /// The session ended: answers to what it sent are lost with it (clean session).
+    pub(crate) fn session_lost(&mut self) {
+        self.sent.clear();
+    }
+}
 
 impl Reporter {
     pub(crate) fn new(publisher: Publisher, journal: Arc<JournalStore>) -> Self {
@@ -34,14 +77,14 @@ impl Reporter {
             publisher,
             journal,
             finals: Mutex::new(()),
-            recent: Mutex::new(Vec::new()),
+            awaiting: Mutex::new(Awaiting::default()),
         }
     }
 
     /// An intermediate report, QoS 0: a stale percent is not worth a retransmission.
     /// Whether it was handed to the broker connection.
     pub(crate) fn progress(&self, report: &Report) -> bool {
-        match self.publisher.publish(&report.to_message(), 0) {
+        match self.publish(report, 0) {
             Ok(()) => true,
             Err(e) => {
                 log::debug!("progress report for {} not sent: {e}", report.name);
@@ -106,31 +149,35 @@ impl Reporter {
         acked
     }
 
-    /// A final report of `direction` about another resource than `name`, published
-    /// within the last few seconds: an answer now may be the platform's answer to it
-    /// (answers carry no name), so it must not cancel `name` (docs/protocol.md).
-    pub(crate) fn recent_final_about_another(
-        &self,
-        direction: Direction,
-        name: &str,
-    ) -> Option<String> {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.retain(|(_, _, at)| at.elapsed() < ANSWER_WINDOW);
-        recent
-            .iter()
-            .rev()
-            .find(|(d, n, _)| *d == direction && n != name)
-            .map(|(_, n, _)| n.clone())
+    /// A `report_download_progress_rsp` arrived: the name of the download report it
+    /// answers (None: no report of this session awaits one).
+    pub(crate) fn download_answered(&self) -> Option<String> {
+        self.awaiting().answered()
+    }
+
+    /// The MQTT session ended: no report sent in it will be answered.
+    pub(crate) fn session_lost(&self) {
+        self.awaiting().session_lost();
+    }
+
+    fn awaiting(&self) -> std::sync::MutexGuard<'_, Awaiting> {
+        self.awaiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes `report`; a download report is listed as awaiting its answer first.
+    fn publish(&self, report: &Report, qos: i32) -> Result<(), crate::mqtt::MqttError> {
+        let id =
+            (report.direction == Direction::Download).then(|| self.awaiting().sent(&report.name));
+        let sent = self.publisher.publish(&report.to_message(), qos);
+        if let (Err(_), Some(id)) = (&sent, id) {
+            self.awaiting().not_sent(id);
+        }
+        sent
     }
 
     /// Publishes with QoS 1; on PUBACK forgets the report. Returns whether it was acked.
     fn send_final(&self, report: &Report) -> bool {
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            recent.retain(|(_, _, at)| at.elapsed() < ANSWER_WINDOW);
-            recent.push((report.direction, report.name.clone(), Instant::now()));
-        }
-        match self.publisher.publish(&report.to_message(), 1) {
+        match self.publish(report, 1) {
             Ok(()) => {
                 self.journal.record(|j| {
                     if let Some(i) = j.unacked_reports.iter().position(|r| r == report) {
@@ -218,6 +265,36 @@ impl<'a> Progress<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_matched_to_reports_in_order_whenever_they_come() {
+        let mut a = Awaiting::default();
+        a.sent("refused.bin");
+        a.sent("fw.bin");
+        let lost = a.sent("fw.bin");
+        a.not_sent(lost);
+        a.sent("fw.bin");
+        assert_eq!(
+            a.answered().as_deref(),
+            Some("refused.bin"),
+            "late, still its own"
+        );
+        assert_eq!(a.answered().as_deref(), Some("fw.bin"));
+        assert_eq!(a.answered().as_deref(), Some("fw.bin"));
+        assert_eq!(a.answered(), None, "the report not sent has no answer");
+    }
+
+    #[test]
+    fn a_lost_session_forgets_its_reports_and_the_list_is_bounded() {
+        let mut a = Awaiting::default();
+        a.sent("old.bin");
+        a.session_lost();
+        assert_eq!(a.answered(), None);
+        for i in 0..MAX_AWAITING + 10 {
+            a.sent(&format!("r{i}"));
+        }
+        assert_eq!(a.answered().as_deref(), Some("r10"));
+    }
 
     #[test]
     fn throttle_sends_first_of_each_state_then_on_interval_and_change() {

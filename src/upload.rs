@@ -5,7 +5,7 @@
 //! file and retries it later with backoff — never in a hot loop.
 
 use crate::backoff::Backoff;
-use crate::config::Config;
+use crate::config::{Config, Live};
 use crate::fsutil;
 use crate::journal::{
     unix_now, JournalStore, KeptUpload, UploadInFlight, UploadRetry, MAX_KEPT_UPLOADS,
@@ -57,8 +57,6 @@ pub(crate) enum UploadSignal {
     UploadResult(i64),
     /// Scan the outbox now; `reset_backoff` (SIGUSR2) retries waiting files at once.
     Wake { reset_backoff: bool },
-    /// A configuration re-read on SIGHUP.
-    Config(Arc<Config>),
 }
 
 /// How one attempt ended.
@@ -108,7 +106,8 @@ enum UploadError {
 }
 
 pub(crate) struct Uploader {
-    pub(crate) config: Arc<Config>,
+    /// The configuration in force (SIGHUP replaces it; read at each step).
+    pub(crate) live: Arc<Live>,
     pub(crate) journal: Arc<JournalStore>,
     pub(crate) reporter: Arc<Reporter>,
     pub(crate) publisher: Publisher,
@@ -156,18 +155,23 @@ impl Waiting {
 }
 
 impl Uploader {
+    /// The configuration in force now.
+    fn config(&self) -> Arc<Config> {
+        self.live.get()
+    }
+
     pub(crate) fn run(mut self) {
         // An upload in flight when the agent was killed is simply announced again.
         self.clear_in_flight();
-        outbox::remove_abandoned_copies(&self.config.outbox_dir);
+        outbox::remove_abandoned_copies(&self.config().outbox_dir);
         let mut waiting: HashMap<String, Waiting> = HashMap::new();
         while !self.shutdown.is_set() {
-            let entries = match outbox::scan(&self.config.outbox_dir) {
+            let entries = match outbox::scan(&self.config().outbox_dir) {
                 Ok(e) => e,
                 Err(e) => {
                     log::error!(
                         "cannot scan the outbox {}: {e}",
-                        self.config.outbox_dir.display()
+                        self.config().outbox_dir.display()
                     );
                     Vec::new()
                 }
@@ -250,7 +254,6 @@ impl Uploader {
                     }
                     return false;
                 }
-                Ok(UploadSignal::Config(c)) => self.config = c,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return true,
@@ -259,7 +262,7 @@ impl Uploader {
     }
 
     fn attempt(&mut self, entry: &Entry) -> Attempt {
-        let opened = match outbox::open_entry(&self.config.outbox_dir, entry) {
+        let opened = match outbox::open_entry(&self.config().outbox_dir, entry) {
             Ok(o) => o,
             Err(outbox::OutboxError::BeingQueued { .. }) => return Attempt::NotYet,
             Err(e) => return Attempt::Retry(UploadError::Open(e)),
@@ -271,7 +274,7 @@ impl Uploader {
             Err(a) => return a,
         };
         // Upload URLs obey allow_http like download URLs (docs/agent.md).
-        if let Err(reason) = check_url_scheme(&url, self.config.allow_http) {
+        if let Err(reason) = check_url_scheme(&url, self.config().allow_http) {
             let e = UploadError::UrlScheme(format!("upload URL refused: {reason}"));
             self.reporter.final_report(Report::fail(
                 Direction::Upload,
@@ -299,7 +302,7 @@ impl Uploader {
         if let Some(result_code) = self.verdict(answers_before, reports) {
             return Attempt::Retry(UploadError::Rejected { result_code });
         }
-        if let Err(e) = outbox::remove(&self.config.outbox_dir, entry, &opened) {
+        if let Err(e) = outbox::remove(&self.config().outbox_dir, entry, &opened) {
             log::error!(
                 "uploaded {}, but it cannot leave the outbox ({e}); it is not sent again, and its removal is tried again later",
                 entry.name
@@ -353,6 +356,7 @@ impl Uploader {
             .into_iter()
             .partition(|e| records.iter().any(|k| same(k, e)));
         let now = Instant::now();
+        let outbox_dir = self.config().outbox_dir.clone();
         let mut removed: Vec<String> = Vec::new();
         for e in &kept {
             let (at, wait) = self
@@ -362,7 +366,7 @@ impl Uploader {
             if *at > now {
                 continue;
             }
-            match outbox::remove_if(&self.config.outbox_dir, e, e.dev, e.ino) {
+            match outbox::remove_if(&outbox_dir, e, e.dev, e.ino) {
                 Ok(()) => {
                     log::info!("{}: uploaded earlier, now removed from the outbox", e.name);
                     removed.push(e.name.clone());
@@ -417,7 +421,6 @@ impl Uploader {
                         rsp.md5sum
                     )
                 }
-                Ok(UploadSignal::Config(c)) => self.config = c,
                 Ok(_) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(Attempt::Stopped),
             }
@@ -432,7 +435,7 @@ impl Uploader {
         size: u64,
         md5sum: &str,
     ) -> Result<(), Attempt> {
-        let http = HttpClient::new(&self.config);
+        let http = HttpClient::new(&self.config());
         self.cancel.store(false, Ordering::SeqCst);
         let body = ProgressBody {
             inner: file.take(size),
@@ -444,9 +447,9 @@ impl Uploader {
                 &self.reporter,
                 Direction::Upload,
                 &entry.name,
-                self.config.progress_interval,
+                self.config().progress_interval,
             ),
-            pace: crate::pace::Pace::new(self.config.max_bytes_per_s),
+            pace: crate::pace::Pace::new(self.config().max_bytes_per_s),
         };
         // ureq copies the body with a small stack buffer; a large buffer in front means
         // fewer, larger reads of the file (and of the progress and stop checks).
@@ -496,7 +499,6 @@ impl Uploader {
                     match signal {
                         UploadSignal::ProgressRsp { code, .. } if code != 0 => return Some(code),
                         UploadSignal::UploadResult(code) if code != 0 => return Some(code),
-                        UploadSignal::Config(c) => self.config = c,
                         _ => {}
                     }
                 }
@@ -516,7 +518,6 @@ impl Uploader {
                     return None
                 }
                 Ok(UploadSignal::UploadResult(code)) => return (code != 0).then_some(code),
-                Ok(UploadSignal::Config(c)) => self.config = c,
                 _ => {}
             }
         }
@@ -524,11 +525,7 @@ impl Uploader {
 
     /// Drops answers that belong to earlier messages.
     fn drain(&mut self) {
-        while let Ok(s) = self.inbox.try_recv() {
-            if let UploadSignal::Config(c) = s {
-                self.config = c;
-            }
-        }
+        while self.inbox.try_recv().is_ok() {}
     }
 
     /// Records the upload starting (0 %), for `status`.

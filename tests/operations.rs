@@ -232,3 +232,105 @@ fn a_fleet_spreads_its_first_polls_and_its_reconnects() {
         let _ = m.wait();
     }
 }
+
+#[test]
+fn a_long_read_back_after_a_restart_feeds_the_watchdog_and_obeys_a_stop() {
+    let mut rig = Rig::new();
+    let fs = ForgetFs::mount(&rig.path().join("backing"), &rig.path().join("disk"));
+    rig.config["resource_dir"] = json!(fs.mount.join("resources"));
+    let (_, task) = rig.task("big.bin", 24 << 20, 3);
+    rig.throttle(&task, 8 << 20);
+    let mut agent = rig.spawn_agent();
+    wait_log(&agent, "connected to");
+    rig.platform.push(&device(), &task).unwrap();
+    let staged = fs.mount.join("resources/.resagent-staging/big.bin");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&staged).map_or(true, |m| m.len() < 16 << 20) {
+        assert!(Instant::now() < deadline, "{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.kill9();
+    rig.throttle(&task, 256 << 10);
+    // The part on disk now reads back at ~3 MiB/s: 16 MiB take over 5 s, a watchdog of 1 s.
+    fs.slow_reads();
+    let sock_path = rig.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let under = [
+        "env",
+        &format!("NOTIFY_SOCKET={}", sock_path.display()),
+        "WATCHDOG_USEC=1000000",
+    ];
+    let mut agent = rig.spawn_agent_under(&under, "info");
+    let msgs = read_notify(&sock, Duration::from_secs(30), |_| {
+        agent.log_text().contains("resuming")
+    });
+    let p = pings(&msgs);
+    let max_gap = p.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    assert!(
+        p.len() >= 8 && max_gap <= Duration::from_millis(900),
+        "{} pings, largest gap {max_gap:?} during the read back; log:\n{}",
+        p.len(),
+        agent.log_text()
+    );
+    assert!(!agent.log_text().contains("not feeding the watchdog"));
+    let took = agent.terminate();
+
+    // A stop in the middle of the read back ends it at once; the bytes stay.
+    let before = std::fs::metadata(&staged).unwrap().len();
+    let mut agent = rig.spawn_agent();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !agent.log_text().contains("resuming"),
+        "{}",
+        agent.log_text()
+    );
+    let took_mid_read = agent.terminate();
+    assert!(
+        took_mid_read < Duration::from_millis(1500),
+        "{took_mid_read:?} (and {took:?})"
+    );
+    assert!(agent
+        .log_text()
+        .contains("stopped; it resumes after restart"));
+    assert!(std::fs::metadata(&staged).unwrap().len() >= before);
+}
+
+#[test]
+fn a_slow_plugin_probe_neither_starves_the_watchdog_nor_holds_the_scan() {
+    let mut rig = Rig::new();
+    rig.config["plugin_timeout_s"] = json!(120);
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-slow.so",
+        &["PLUGIN_NAME=\"slow\"", "SLOW_INIT_S=60"],
+    );
+    let sock_path = rig.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let under = [
+        "env",
+        &format!("NOTIFY_SOCKET={}", sock_path.display()),
+        "WATCHDOG_USEC=1000000",
+    ];
+    let started = Instant::now();
+    let agent = rig.spawn_agent_under(&under, "info");
+    let msgs = read_notify(&sock, Duration::from_secs(15), |_| {
+        agent.log_text().contains("plugin refused")
+    });
+    let refused_after = started.elapsed();
+    let p = pings(&msgs);
+    let max_gap = p.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    assert!(
+        p.len() >= 8 && max_gap <= Duration::from_millis(900),
+        "{} pings, largest gap {max_gap:?} while the plugin was probed; log:\n{}",
+        p.len(),
+        agent.log_text()
+    );
+    let log = agent.log_text();
+    assert!(log.contains("timed out after 5 s"), "{log}");
+    assert!(refused_after < Duration::from_secs(12), "{refused_after:?}");
+    assert!(
+        log.contains("connected to"),
+        "the coordinator went on: {log}"
+    );
+}

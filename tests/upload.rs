@@ -603,3 +603,43 @@ fn an_uploaded_file_that_cannot_leave_a_read_only_outbox_is_not_sent_again() {
     });
     assert_eq!(puts(), 1);
 }
+
+#[test]
+fn sighup_during_a_long_put_reaches_the_upload_thread() {
+    let mut rig = Rig::new();
+    rig.config["max_bytes_per_s"] = serde_json::json!(2 << 20);
+    let long = rig.make_file("a-long.log", 16 << 20, 41);
+    let next = rig.make_file("b-next.log", 1000, 42);
+    let mut agent = rig.start_agent();
+    let (code, out, err) = rig.cli(&["upload", long.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The PUT takes ~8 s; its `uploading` reports (one per 128 KiB read) are answered
+    // while it runs — more answers than the upload thread's queue holds.
+    wait_until("80 answered uploading reports", || {
+        rig.platform
+            .received(&device())
+            .iter()
+            .filter(|m| m["type"] == "report_upload_progress" && m["name"] == "a-long.log")
+            .count()
+            >= 80
+    });
+    rig.config["allow_http"] = serde_json::json!(false);
+    rig.config_path();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_log(&agent, "SIGHUP: configuration");
+    let (code, out, err) = rig.cli(&["upload", next.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    upload_done(&rig, &agent, "a-long.log");
+    let r = rig
+        .platform
+        .wait_for(&device(), T, |m| {
+            m["type"] == "report_upload_progress"
+                && m["name"] == "b-next.log"
+                && m["progress"]["state"] != "uploading"
+        })
+        .unwrap_or_else(|| panic!("no final for b-next.log; log:\n{}", agent.log_text()));
+    assert_eq!(state_of(&r), ("fail", -10), "allow_http off applies: {r}");
+    assert!(msg(&r).contains("upload URL refused"), "{r}");
+    assert_eq!(waiting(&rig), ["b-next.log"], "kept");
+    stop(&mut agent);
+}

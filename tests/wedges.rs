@@ -102,14 +102,16 @@ fn a_verified_staged_file_is_read_again_after_a_restart_not_trusted_on_its_size(
 }
 
 #[test]
-fn a_non_zero_answer_to_a_refused_tasks_fail_does_not_cancel_the_download_in_flight() {
+fn a_late_non_zero_answer_to_a_refused_tasks_fail_does_not_cancel_the_download_in_flight() {
     let mut rig = Rig::new();
     let agent = rig.start_agent();
     let (src, big) = rig.task("healthy.bin", 2 << 20, 4);
-    rig.throttle(&big, 512 << 10);
+    rig.throttle(&big, 128 << 10);
     rig.platform.push(&device(), &big).unwrap();
     rig.wait_staged("healthy.bin", 64 << 10);
-    // The platform answers `fail` reports with an error (it never created that task).
+    // A slow platform (every answer 6 s late, in order) that answers `fail` reports
+    // with an error (it never created that task).
+    rig.platform.set_answer_delay(Duration::from_secs(6));
     rig.platform.set_fail_rsp_code(-1);
     let bogus = json!({"type": "download", "name": "bogus.bin", "size": 10,
                        "md5sum": "not-an-md5", "url": "https://x/y"});
@@ -119,14 +121,42 @@ fn a_non_zero_answer_to_a_refused_tasks_fail_does_not_cancel_the_download_in_fli
         ("fail", -10)
     );
     let r = rig.final_report(&agent, "healthy.bin", T);
-    assert_eq!(state_of(&r), ("done", 0), "{r}");
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
     assert_eq!(
         std::fs::read(rig.resource("healthy.bin")).unwrap(),
         std::fs::read(src).unwrap()
     );
     assert!(agent
         .log_text()
-        .contains("may answer the report about bogus.bin"));
+        .contains("answers the report about bogus.bin: healthy.bin goes on"));
+}
+
+#[test]
+fn a_withdrawal_right_after_another_tasks_report_cancels_the_download() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let (_, big) = rig.task("wanted.bin", 2 << 20, 4);
+    rig.throttle(&big, 128 << 10);
+    rig.platform.push(&device(), &big).unwrap();
+    rig.wait_staged("wanted.bin", 64 << 10);
+    let bogus = json!({"type": "download", "name": "bogus.bin", "size": 10,
+                       "md5sum": "not-an-md5", "url": "https://x/y"});
+    rig.platform.push(&device(), &bogus).unwrap();
+    rig.final_report(&agent, "bogus.bin", T);
+    // Answered (0) already; the next answer, to a report of wanted.bin, withdraws it.
+    rig.platform.set_download_rsp_code(-1);
+    wait_log(&agent, "cancelled by the platform");
+    let log = agent.log_text();
+    assert!(log.contains("the platform withdrew wanted.bin"), "{log}");
+    assert!(!log.contains("goes on"), "{log}");
+    assert!(!rig
+        .path()
+        .join("resources/.resagent-staging/wanted.bin")
+        .exists());
+    assert!(
+        finals(&rig, "wanted.bin").is_empty(),
+        "nothing final for a withdrawal"
+    );
 }
 
 #[test]

@@ -37,6 +37,8 @@ struct Shared {
     download_rsp_code: i64,
     /// The code answering download `fail` reports (0: as every other report).
     fail_rsp_code: i64,
+    /// How long every answer waits before it goes out (a slow platform; the order stays).
+    answer_delay: Duration,
     /// How many `create_upload_task` requests to refuse before handing out URLs.
     refuse_uploads: u32,
     /// `result_code` of the `upload_result` sent after an upload's `done` (None: none sent).
@@ -56,6 +58,16 @@ pub struct Platform {
     shared: Arc<(Mutex<Shared>, Condvar)>,
     client: paho_mqtt::Client,
     storage: Storage,
+    /// Answers go out through one thread, in the order their messages came (a device
+    /// matches an answer to its report by that order).
+    answers: std::sync::mpsc::Sender<Answer>,
+}
+
+/// One answer waiting to be published: its topic, payload and when it is due.
+struct Answer {
+    topic: String,
+    payload: String,
+    due: std::time::Instant,
 }
 
 fn unix_ms() -> u64 {
@@ -99,10 +111,23 @@ impl Platform {
             .finalize();
         let mut client = paho_mqtt::Client::new(create).map_err(std::io::Error::other)?;
         client.set_timeout(Duration::from_secs(5));
+        let (answers, queued) = std::sync::mpsc::channel::<Answer>();
+        let publisher = client.clone();
+        // Not on Paho's callback thread, which must not block on its own
+        // acknowledgements; one thread, so the order stays.
+        std::thread::Builder::new()
+            .name("platform-answers".into())
+            .spawn(move || {
+                for a in queued {
+                    std::thread::sleep(a.due.saturating_duration_since(std::time::Instant::now()));
+                    let _ = publisher.publish(paho_mqtt::Message::new(a.topic, a.payload, 1));
+                }
+            })?;
         let platform = Platform {
             shared: Arc::new((Mutex::new(Shared::default()), Condvar::new())),
             client,
             storage,
+            answers,
         };
         let p = platform.clone();
         storage_page(&platform);
@@ -163,6 +188,11 @@ impl Platform {
     /// a task it never created), every other report as before.
     pub fn set_fail_rsp_code(&self, code: i64) {
         self.lock().fail_rsp_code = code;
+    }
+
+    /// Every answer from now on goes out `delay` after the message it answers (in order).
+    pub fn set_answer_delay(&self, delay: Duration) {
+        self.lock().answer_delay = delay;
     }
 
     pub fn set_download_rsp_code(&self, code: i64) {
@@ -366,13 +396,12 @@ impl Platform {
             });
             cvar.notify_all();
         }
+        let due = std::time::Instant::now() + self.lock().answer_delay;
         for r in reply {
-            // Published from a helper thread: Paho's callback thread must not block on
-            // its own acknowledgements.
-            let client = self.client.clone();
-            let topic = down_topic(&device);
-            std::thread::spawn(move || {
-                let _ = client.publish(paho_mqtt::Message::new(topic, r.to_string(), 1));
+            let _ = self.answers.send(Answer {
+                topic: down_topic(&device),
+                payload: r.to_string(),
+                due,
             });
         }
     }

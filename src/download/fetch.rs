@@ -19,7 +19,13 @@ use std::io::Read;
 /// Brings `paths.staging` to the complete resource of `task`, its MD5 checked.
 pub(super) fn fetch(d: &Downloader, task: &Task, paths: &Paths) -> Result<(), Stop> {
     let etag = d.journal.snapshot().download.and_then(|dl| dl.etag);
-    let mut staging = Staging::open(&d.config.resource_dir, &paths.staging, task.size, etag)?;
+    let mut staging = Staging::open(
+        &d.config.resource_dir,
+        &paths.staging,
+        task.size,
+        etag,
+        || d.tick(),
+    )?;
     check_free_space(d, task, staging.len())?;
     let http = HttpClient::new(&d.config);
     let mut progress = Progress::new(

@@ -251,11 +251,11 @@ impl Downloader {
                 );
             }
         }
-        let verified = phase == Phase::Verified && staged_file_complete(paths, task);
+        let verified = phase == Phase::Verified && self.staged_file_complete(paths, task)?;
         if phase == Phase::Verified
             && !verified
             && self.plugins.owner_of(&task.name).is_none()
-            && installed_before_kill(paths, task)
+            && self.installed_before_kill(paths, task)?
         {
             return Ok(ChainEnd::Installed(InstalledBy::Default));
         }
@@ -574,6 +574,66 @@ impl Downloader {
         }
     }
 
+    /// Between two chunks of a long read (a staged part, a verified file, a destination
+    /// read back after a restart: gigabytes may take minutes): a sign of life for the
+    /// watchdog, and the read ends on a withdrawal or a stop.
+    fn tick(&self) -> Result<(), Stop> {
+        crate::notify::beat();
+        self.check_stop()
+    }
+
+    /// The MD5 of the file at `path`, read through [`tick`](Self::tick); None when it
+    /// cannot be read.
+    fn md5_of(&self, path: &std::path::Path) -> Result<Option<String>, Stop> {
+        let Ok(mut file) = std::fs::File::open(path) else {
+            return Ok(None);
+        };
+        let mut md5 = crate::digest::Md5::new();
+        match crate::digest::read_chunks(&mut file, u64::MAX, |c| {
+            md5.consume(c);
+            self.tick()
+        }) {
+            Ok(_) => Ok(Some(md5.hex())),
+            Err(crate::digest::ChunkError::Read(_)) => Ok(None),
+            Err(crate::digest::ChunkError::Sink(stop)) => Err(stop),
+        }
+    }
+
+    /// Whether the staging file left from before a restart is the verified resource: its
+    /// size, and its MD5 read again (the journal said "verified", the disk must agree).
+    fn staged_file_complete(&self, paths: &Paths, task: &Task) -> Result<bool, Stop> {
+        let sized = std::fs::symlink_metadata(&paths.staging)
+            .map(|m| m.is_file() && m.len() == task.size)
+            .unwrap_or(false);
+        if !sized {
+            return Ok(false);
+        }
+        Ok(match self.md5_of(&paths.staging)? {
+            Some(md5) if md5 == task.md5sum => true,
+            Some(md5) => {
+                log::warn!(
+                    "{}: the staged file has md5 {md5}, not {}; fetching it again",
+                    task.name,
+                    task.md5sum
+                );
+                false
+            }
+            None => false,
+        })
+    }
+
+    /// After a kill between the install's rename and the journal write, the new file is
+    /// already at its destination: recognise it by its MD5 instead of believing the old.
+    fn installed_before_kill(&self, paths: &Paths, task: &Task) -> Result<bool, Stop> {
+        let in_place = self
+            .md5_of(&paths.dest)?
+            .is_some_and(|md5| md5 == task.md5sum);
+        if in_place {
+            log::info!("{}: already in place from before the restart", task.name);
+        }
+        Ok(in_place)
+    }
+
     /// A cancel by the platform or a stop of the agent, checked between chunks.
     fn check_stop(&self) -> Result<(), Stop> {
         if self.cancel.load(Ordering::SeqCst) {
@@ -589,37 +649,4 @@ impl Downloader {
 /// The journal's download in flight, if it is `task`.
 fn in_flight_of<'a>(j: &'a mut Journal, task: &Task) -> Option<&'a mut InFlight> {
     j.download.as_mut().filter(|d| d.task.same_content(task))
-}
-
-/// Whether the staging file left from before a restart is the verified resource: its
-/// size, and its MD5 read again (the journal said "verified", the disk must agree).
-fn staged_file_complete(paths: &Paths, task: &Task) -> bool {
-    let sized = std::fs::symlink_metadata(&paths.staging)
-        .map(|m| m.is_file() && m.len() == task.size)
-        .unwrap_or(false);
-    sized
-        && match crate::digest::md5_file(&paths.staging) {
-            Ok(md5) if md5 == task.md5sum => true,
-            Ok(md5) => {
-                log::warn!(
-                    "{}: the staged file has md5 {md5}, not {}; fetching it again",
-                    task.name,
-                    task.md5sum
-                );
-                false
-            }
-            Err(_) => false,
-        }
-}
-
-/// After a kill between the install's rename and the journal write, the new file is
-/// already at its destination: recognise it by its MD5 instead of believing the old.
-fn installed_before_kill(paths: &Paths, task: &Task) -> bool {
-    match crate::digest::md5_file(&paths.dest) {
-        Ok(md5) if md5 == task.md5sum => {
-            log::info!("{}: already in place from before the restart", task.name);
-            true
-        }
-        _ => false,
-    }
 }

@@ -29,13 +29,17 @@ pub(crate) struct Staging {
 
 impl Staging {
     /// Opens the staging file at `path` for a resource of `size` bytes, keeping and
-    /// re-hashing what a previous attempt left (more than `size` is dropped).
-    pub(crate) fn open(
+    /// re-hashing what a previous attempt left (more than `size` is dropped). `tick` runs
+    /// after every chunk read back (gigabytes take minutes on an SD card): the caller
+    /// shows the watchdog a sign of life there, and ends the read with its error on a
+    /// stop.
+    pub(crate) fn open<E: From<FsError>>(
         resource_dir: &Path,
         path: &Path,
         size: u64,
         etag: Option<String>,
-    ) -> Result<Staging, FsError> {
+        tick: impl FnMut() -> Result<(), E>,
+    ) -> Result<Staging, E> {
         prepare_staging_dir(resource_dir)?;
         let (file, len) = open_staging(path)?;
         let mut staging = Staging {
@@ -45,20 +49,30 @@ impl Staging {
             md5: Md5::new(),
             etag,
         };
-        staging.rehash()?;
+        staging.rehash(tick)?;
         Ok(staging)
     }
 
     /// Hashes the first `len` bytes again (what survives is what the hash covered),
     /// cuts the file there and positions the writes after it.
-    fn rehash(&mut self) -> Result<(), FsError> {
+    fn rehash<E: From<FsError>>(
+        &mut self,
+        mut tick: impl FnMut() -> Result<(), E>,
+    ) -> Result<(), E> {
         let path = &self.path;
         if self.len > 0 {
             self.file
                 .seek(SeekFrom::Start(0))
                 .map_err(|e| FsError::new("seek", path, e))?;
-            self.len = digest::hash_prefix(&mut self.file, self.len, &mut self.md5)
-                .map_err(|e| FsError::new("read", path, e))?;
+            let md5 = &mut self.md5;
+            self.len = digest::read_chunks(&mut self.file, self.len, |c| {
+                md5.consume(c);
+                tick()
+            })
+            .map_err(|e| match e {
+                digest::ChunkError::Read(e) => FsError::new("read", path, e).into(),
+                digest::ChunkError::Sink(e) => e,
+            })?;
             log::info!("resuming {} at byte {}", path.display(), self.len);
         }
         self.file
@@ -75,7 +89,7 @@ impl Staging {
         self.len = 0;
         self.md5 = Md5::new();
         self.etag = None;
-        self.rehash()
+        self.rehash(|| Ok::<(), FsError>(()))
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -176,15 +190,48 @@ mod tests {
     use super::*;
     use crate::install::paths;
 
+    fn open(dir: &Path, path: &Path, size: u64, etag: Option<String>) -> Result<Staging, FsError> {
+        Staging::open(dir, path, size, etag, || Ok::<(), FsError>(()))
+    }
+
+    #[test]
+    fn the_read_back_ticks_every_chunk_and_ends_with_the_ticks_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path(), "big");
+        std::fs::create_dir_all(staging_dir(d.path())).unwrap();
+        std::fs::write(&p.staging, vec![7u8; 1 << 20]).unwrap();
+        let mut ticks = 0;
+        let s = Staging::open(d.path(), &p.staging, 2 << 20, None, || {
+            ticks += 1;
+            Ok::<(), FsError>(())
+        })
+        .unwrap();
+        assert_eq!((s.len(), ticks), (1 << 20, 4), "one tick per 256 KiB read");
+        drop(s);
+        let stopped = Staging::open(d.path(), &p.staging, 2 << 20, None, || {
+            Err(FsError::new(
+                "stop",
+                &p.staging,
+                std::io::ErrorKind::Interrupted.into(),
+            ))
+        });
+        assert!(matches!(stopped, Err(e) if e.op == "stop"));
+        assert_eq!(
+            std::fs::metadata(&p.staging).unwrap().len(),
+            1 << 20,
+            "kept"
+        );
+    }
+
     #[test]
     fn staging_keeps_and_rehashes_bytes_and_refuses_to_follow_symlinks() {
         let d = tempfile::tempdir().unwrap();
         let p = paths(d.path(), "fw.bin");
-        let mut s = Staging::open(d.path(), &p.staging, 10, None).unwrap();
+        let mut s = open(d.path(), &p.staging, 10, None).unwrap();
         assert_eq!(s.len(), 0);
         s.write(b"abc").unwrap();
         drop(s);
-        let s = Staging::open(d.path(), &p.staging, 10, Some("\"e\"".into())).unwrap();
+        let s = open(d.path(), &p.staging, 10, Some("\"e\"".into())).unwrap();
         assert_eq!((s.len(), s.etag()), (3, Some("\"e\"")));
         assert_eq!(s.md5_hex(), "900150983cd24fb0d6963f7d28e17f72", "md5(abc)");
         drop(s);
@@ -193,7 +240,7 @@ mod tests {
         std::fs::write(&outside, b"precious").unwrap();
         std::fs::remove_file(&p.staging).unwrap();
         std::os::unix::fs::symlink(&outside, &p.staging).unwrap();
-        let mut s = Staging::open(d.path(), &p.staging, 10, None).unwrap();
+        let mut s = open(d.path(), &p.staging, 10, None).unwrap();
         assert_eq!(s.len(), 0);
         s.write(b"x").unwrap();
         assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
@@ -203,10 +250,10 @@ mod tests {
     fn more_than_the_size_and_a_restart_start_from_zero() {
         let d = tempfile::tempdir().unwrap();
         let p = paths(d.path(), "a");
-        let mut s = Staging::open(d.path(), &p.staging, 2, None).unwrap();
+        let mut s = open(d.path(), &p.staging, 2, None).unwrap();
         s.write(b"abc").unwrap();
         drop(s);
-        let mut s = Staging::open(d.path(), &p.staging, 2, None).unwrap();
+        let mut s = open(d.path(), &p.staging, 2, None).unwrap();
         assert_eq!(s.len(), 0, "longer than the task: not trusted");
         s.write(b"ab").unwrap();
         s.restart().unwrap();

@@ -27,6 +27,10 @@ pub(crate) const ABI_VERSION: u32 = resagent_plugin_sdk::ABI_VERSION;
 pub(crate) const CHILD_COMMAND: &str = "__plugin";
 /// The key of a `plugin_config` entry that bounds that plugin's calls (seconds).
 pub(crate) const PLUGIN_TIMEOUT_KEY: &str = "timeout_s";
+/// The bound of a probe (loading the library and reading its exports, at start and on
+/// SIGHUP): a plugin whose initialisers take longer is refused rather than holding the
+/// scan — and the tasks that wait for it — for `plugin_timeout_s`.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest log line or reason taken from a plugin.
 pub(crate) const MAX_PLUGIN_TEXT: usize = 1024;
 
@@ -278,7 +282,7 @@ impl PluginHost<'_> {
             label: &label,
             mode: "probe",
             input: b"",
-            timeout: self.timeout,
+            timeout: self.timeout.min(PROBE_TIMEOUT),
             shutdown: self.shutdown,
         };
         let run = run_child(&call, |_| {}).map_err(load)?;

@@ -512,6 +512,11 @@ impl ForgetFs {
         self.control(".forgetfs-thaw");
     }
 
+    /// Every read takes 40 ms more from now on (a slow card reading gigabytes back).
+    pub fn slow_reads(&self) {
+        self.control(".forgetfs-slow-reads");
+    }
+
     fn control(&self, name: &str) {
         match std::fs::create_dir(self.mount.join(name)) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

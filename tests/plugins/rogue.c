@@ -10,6 +10,7 @@
  *                          signal state) to that file, then ok
  *   HANG_IN_ABI            hang in resagent_plugin_abi (the scan's probe)
  *   LOAD_MARKER="file"     append a line to that file whenever the library is loaded
+ *   SLOW_INIT_S=n          sleep n s in a library initialiser (every load, the probe too)
  *   KILL_AGENT="file"      for names starting `reboot-`: append a line to that file, then
  *                          SIGKILL the agent (this child's parent), as a reboot during
  *                          the install would; other names install at once
@@ -29,6 +30,10 @@ __attribute__((constructor)) static void loaded(void) {
     FILE *f = fopen(LOAD_MARKER, "a");
     if (f) { fputs("loaded\n", f); fclose(f); }
 }
+#endif
+
+#ifdef SLOW_INIT_S
+__attribute__((constructor)) static void slow_init(void) { sleep(SLOW_INIT_S); }
 #endif
 
 uint32_t resagent_plugin_abi(void) {

@@ -15,7 +15,9 @@ Usage: forgetfs.py BACKING MOUNTPOINT
   `mkdir MOUNTPOINT/.forgetfs-cut` is the cut: when it returns (EEXIST, and nothing is
   created) the backing folder has been rebuilt from the durable state (the processes
   using the mount must be dead first, as after a real cut). `mkdir .forgetfs-freeze`
-  makes every write hang until `mkdir .forgetfs-thaw` (a disk that stops answering).
+  makes every write hang until `mkdir .forgetfs-thaw` (a disk that stops answering);
+  `mkdir .forgetfs-slow-reads` makes every read take 40 ms more (an SD card reading a
+  large file back).
   SIGTERM unmounts and exits.
 
 Test harness only (tests/powercut.rs); needs Debian's python3-fusepy and /dev/fuse.
@@ -27,6 +29,7 @@ import shutil
 import stat
 import sys
 import threading
+import time
 
 import fusepy as fuse
 
@@ -43,6 +46,7 @@ class ForgetFS(fuse.Operations):
         self.cuts = 0
         self.thawed = threading.Event()
         self.thawed.set()
+        self.slow_reads = False
         self._adopt("", 0)
 
     # --- identity bookkeeping -------------------------------------------------------
@@ -198,6 +202,9 @@ class ForgetFS(fuse.Operations):
                 self.cut()
                 # Nothing is created: "exists" tells the caller the cut is done.
                 raise fuse.FuseOSError(errno.EEXIST)
+            if rel == ".forgetfs-slow-reads":
+                self.slow_reads = True
+                raise fuse.FuseOSError(errno.EEXIST)
             if rel in (".forgetfs-freeze", ".forgetfs-thaw"):
                 # A disk that hangs (a dying card, a lost network file system): every
                 # write waits until the thaw.
@@ -259,6 +266,8 @@ class ForgetFS(fuse.Operations):
             return fd
 
     def read(self, path, length, offset, fh):
+        if self.slow_reads:
+            time.sleep(0.04)
         os.lseek(fh, offset, os.SEEK_SET)
         return os.read(fh, length)
 
