@@ -89,6 +89,10 @@ enum Command {
     PluginChild {
         mode: String,
     },
+    /// Internal: `/bin/sh -c COMMAND` as a plain process (`reboot_command`).
+    Exec {
+        command: String,
+    },
     Help,
     Version,
 }
@@ -132,6 +136,7 @@ fn parse_args() -> Result<Command, Usage> {
             Long("move") if sub == "upload" => how = Handover::Move,
             Value(v) if sub == "upload" && file.is_none() => file = Some(PathBuf::from(v)),
             Value(v) if sub == "retry" && name.is_none() => name = Some(v.string()?),
+            Value(v) if sub == plugin::EXEC_COMMAND && name.is_none() => name = Some(v.string()?),
             Value(v) if is_plugin && positional.is_empty() => positional.push(v.string()?),
             Value(v) if is_plugin && file.is_none() => file = Some(PathBuf::from(v)),
             Value(v) if sub == "plugin" && second_file.is_none() => {
@@ -171,6 +176,10 @@ fn parse_args() -> Result<Command, Usage> {
         "plugin" => Err(Usage(
             "usage: resagent plugin check PLUGIN.so | plugin run PLUGIN.so FILE".into(),
         )),
+        c if c == plugin::EXEC_COMMAND => match name {
+            Some(command) => Ok(Command::Exec { command }),
+            None => Err(Usage("internal command".into())),
+        },
         c if c == plugin::CHILD_COMMAND => match positional.pop() {
             Some(mode) => Ok(Command::PluginChild { mode }),
             None => Err(Usage("internal command".into())),
@@ -234,6 +243,7 @@ pub fn main() -> ExitCode {
             dest,
         } => plugin_run(config, &plugin, &file, name, dest),
         Command::PluginChild { mode } => plugin::child::main(&mode),
+        Command::Exec { command } => plugin::child::exec_plain(&command),
         Command::Status { config, json } => with_config(config, |c| {
             let view = status::gather(c).map_err(|e| e.to_string())?;
             if json {

@@ -551,6 +551,27 @@ fn lexical(path: &Path) -> PathBuf {
     out
 }
 
+/// Where `path` really is: the longest part of it that exists, with its symbolic links
+/// resolved, then the rest as written (a folder not created yet). Folders are compared
+/// so: `plugin_dir` as a symlink to `resource_dir` is the same folder, whatever the text.
+fn resolved(path: &Path) -> PathBuf {
+    let path = lexical(path);
+    let mut existing = path.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path,
+        }
+    }
+}
+
 /// Folders that would let one feed another are refused (docs/agent.md, "What never
 /// wedges"): no two may be the same, and nothing may live inside `resource_dir` or
 /// `outbox_dir`, whose entries are named by the network and by users (a task `x.so`
@@ -559,7 +580,7 @@ fn lexical(path: &Path) -> PathBuf {
 fn check_folders(keys: &Keys, dirs: &[(&str, &PathBuf)]) -> Result<(), ConfigError> {
     for (i, (a, pa)) in dirs.iter().enumerate() {
         for (b, pb) in dirs.iter().skip(i + 1) {
-            let (la, lb) = (lexical(pa), lexical(pb));
+            let (la, lb) = (resolved(pa), resolved(pb));
             let receives = |name: &str| matches!(name, "resource_dir" | "outbox_dir");
             let problem = if la == lb {
                 Some(format!("{a} and {b} are the same folder {}", la.display()))

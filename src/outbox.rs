@@ -27,6 +27,14 @@ pub(crate) enum OutboxError {
     /// The source is a directory, a FIFO, a device or a socket.
     #[error("{} is {kind}, not a regular file", path.display())]
     NotRegular { path: PathBuf, kind: &'static str },
+    /// An entry (or a file to `--move`) with more than one name: a hard link the outbox
+    /// holder may have made to a file it could not read (where
+    /// `fs.protected_hardlinks` is 0).
+    #[error("{} has {links} hard links; only a file with one name is uploaded (upload a copy)", path.display())]
+    HardLinked { path: PathBuf, links: u64 },
+    /// An entry (or a file to `--move`) owned by another user than the agent's.
+    #[error("{} belongs to uid {uid}, not to the agent's uid {agent}; it is not uploaded (upload a copy, or chown it)", path.display())]
+    ForeignOwner { path: PathBuf, uid: u32, agent: u32 },
     /// A file of that name already waits in the outbox.
     #[error("`{name}` is already queued in {}", outbox.display())]
     AlreadyQueued { name: String, outbox: PathBuf },
@@ -183,6 +191,10 @@ pub(crate) fn enqueue(
             path: src.to_path_buf(),
             kind: kind_of(meta.file_type()),
         });
+    }
+    if how == Handover::Move {
+        // The daemon would refuse it in the outbox: said here, the file not moved.
+        sole_and_ours(src, &meta)?;
     }
     fsutil::ensure_configured_dir(outbox, 0o750)?;
     let dest = outbox.join(&name);
@@ -379,6 +391,28 @@ pub(crate) struct Opened {
 
 /// Opens `entry` for its upload and gets its MD5 (the saved one while it still fits the
 /// file, else computed from the descriptor and saved).
+/// An entry is uploaded only when it has one name and belongs to the agent's user:
+/// whoever can write to the outbox must not get a file it cannot read sent through the
+/// agent's privileges (a hard link to a root-only file, a file of another user). Such an
+/// entry is refused and kept.
+fn sole_and_ours(path: &Path, meta: &std::fs::Metadata) -> Result<(), OutboxError> {
+    if meta.nlink() > 1 {
+        return Err(OutboxError::HardLinked {
+            path: path.to_path_buf(),
+            links: meta.nlink(),
+        });
+    }
+    let agent = nix::unistd::geteuid().as_raw();
+    if meta.uid() != agent {
+        return Err(OutboxError::ForeignOwner {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            agent,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn open_entry(outbox: &Path, entry: &Entry) -> Result<Opened, OutboxError> {
     let source = OutboxError::source(&entry.path);
     let mut file = OpenOptions::new()
@@ -393,6 +427,7 @@ pub(crate) fn open_entry(outbox: &Path, entry: &Entry) -> Result<Opened, OutboxE
             kind: kind_of(meta.file_type()),
         });
     }
+    sole_and_ours(&entry.path, &meta)?;
     let saved = || {
         std::fs::read(digest_path(outbox, &entry.name))
             .ok()

@@ -55,11 +55,7 @@ pub(crate) fn after_acknowledged(
     let spawned = std::thread::Builder::new()
         .name("reboot".into())
         .spawn(move || {
-            let failure = match std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(&cmd)
-                .status()
-            {
+            let failure = match crate::plugin::plain_command(&cmd).status() {
                 Ok(st) if st.success() => {
                     log::info!("reboot_command finished");
                     return;

@@ -63,6 +63,10 @@ pub(crate) enum TransferError {
     /// The TLS configuration could not be built.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The proxy the environment names cannot be used (an unknown scheme, a malformed
+    /// address): nothing is sent, rather than sent around it.
+    #[error("proxy `{proxy}` from the environment is unusable: {reason}")]
+    Proxy { proxy: String, reason: String },
 }
 
 impl TransferError {
@@ -162,10 +166,13 @@ impl HttpClient {
             b = b.tls_connector(self.tls()?);
         }
         if let Some(proxy) = proxy_for(url, &|k| std::env::var(k).ok()) {
-            match ureq::Proxy::new(&proxy) {
-                Ok(p) => b = b.proxy(p),
-                Err(e) => log::warn!("ignoring proxy `{}`: {e}", redact_url(&proxy)),
-            }
+            // A proxy set for a reason (a network that only lets it through, an
+            // inspecting gateway) is never bypassed: unusable, the request is not made.
+            let p = ureq::Proxy::new(&proxy).map_err(|e| TransferError::Proxy {
+                proxy: redact_url(&proxy),
+                reason: e.to_string(),
+            })?;
+            b = b.proxy(p);
         }
         Ok(b.build())
     }

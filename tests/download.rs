@@ -677,3 +677,30 @@ fn a_40_s_storage_outage_keeps_the_staged_bytes_and_the_download_goes_on() {
         "resumed, not started over: {gets} GETs, {bytes} bytes"
     );
 }
+
+#[test]
+fn an_unusable_proxy_fails_the_download_and_nothing_goes_around_it() {
+    let mut rig = Rig::new();
+    let agent = rig.spawn_agent_under(
+        &[
+            "env",
+            "-u",
+            "no_proxy",
+            "-u",
+            "NO_PROXY",
+            "http_proxy=socks9://proxy.invalid:1080",
+        ],
+        "info",
+    );
+    wait_log(&agent, "connected to");
+    let (_, task) = rig.task("proxied.bin", 1000, 44);
+    rig.platform.push(&device(), &task).unwrap();
+    let r = rig.final_report(&agent, "proxied.bin", T);
+    assert_eq!(state_of(&r), ("fail", -11), "{r}");
+    assert!(
+        msg(&r).contains("proxy `socks9://proxy.invalid:1080`"),
+        "{r}"
+    );
+    assert_eq!(rig.gets(&task).0, 0, "no request went around the proxy");
+    assert!(!rig.resource("proxied.bin").exists());
+}

@@ -201,9 +201,15 @@ fn a_downgrade_and_a_rollback_are_flashed_again_not_reported_done() {
 fn a_pending_install_reports_burning_100_then_done_or_fail_after_a_reboot_not_a_restart() {
     let (mut rig, partition, booted) = firmware_rig(true);
     let marker = rig.path().join("rebooted");
-    rig.config["reboot_command"] = json!(format!("touch {}", marker.display()));
+    let seen = rig.path().join("reboot-command-saw");
+    rig.config["reboot_command"] = json!(format!(
+        "ls -l /proc/$$/fd > {seen}; env >> {seen}; touch {}",
+        marker.display(),
+        seen = seen.display()
+    ));
     build_firmware(&plugin_dir(&rig).join("20-firmware.so"));
-    let mut agent = rig.start_agent();
+    let mut agent = rig.spawn_agent_under(&["env", "DEVICE_TOKEN=not-for-children"], "info");
+    wait_log(&agent, "connected to");
     let v3 = rsfw_image(3, 5000);
     let t3 = serve(&rig, "fw-3.bin", &v3);
     rig.platform.push(&device(), &t3).unwrap();
@@ -219,6 +225,16 @@ fn a_pending_install_reports_burning_100_then_done_or_fail_after_a_reboot_not_a_
         assert!(Instant::now() < deadline, "reboot_command ran");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A plain process: none of the agent's descriptors (its MQTT socket), none of its
+    // environment beyond the allow-list.
+    let saw = std::fs::read_to_string(&seen).unwrap();
+    assert!(!saw.contains("socket:"), "{saw}");
+    assert!(!saw.contains("DEVICE_TOKEN"), "{saw}");
+    assert!(saw.contains("PATH="), "{saw}");
+    assert!(
+        !sockets_of(agent.pid()).is_empty(),
+        "the agent itself holds its MQTT socket"
+    );
     assert_eq!(rig.journal()["pending"]["fw-3.bin"]["plugin"], "firmware");
     assert_eq!(rig.journal()["pending"]["fw-3.bin"]["boot_id"], "boot-1");
 
@@ -690,6 +706,66 @@ fn a_forked_helper_holds_nothing_the_group_ends_with_the_call() {
     assert!(!alive(helper), "the helper is gone with the group");
 }
 
+#[test]
+fn a_helper_that_leaves_the_group_ends_with_the_call_too() {
+    let mut rig = Rig::new();
+    rig.config["plugin_timeout_s"] = json!(2);
+    let quick_pid = rig.path().join("daemonised-quick");
+    let hang_pid = rig.path().join("daemonised-hang");
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-quick.so",
+        &[
+            "PLUGIN_NAME=\"quick\"",
+            &format!("HELPER_PID=\"{}\"", quick_pid.display()),
+            "SETSID",
+        ],
+    );
+    let agent = rig.start_agent();
+    let (_, q) = rig.task("quick.bin", 1000, 2);
+    rig.platform.push(&device(), &q).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "quick.bin", T)),
+        ("done", 0)
+    );
+    let helper = helper_pid(&quick_pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !alive(helper),
+        "a new session and a double fork do not outlive the call"
+    );
+    assert!(
+        agent.log_text().contains("outlived the call"),
+        "{}",
+        agent.log_text()
+    );
+
+    // The same helper of a call that times out.
+    std::fs::remove_file(plugin_dir(&rig).join("10-quick.so")).unwrap();
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-hang.so",
+        &[
+            "PLUGIN_NAME=\"hang\"",
+            &format!("HELPER_PID=\"{}\"", hang_pid.display()),
+            "SETSID",
+            "HANG",
+        ],
+    );
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_log(&agent, "plugin hang loaded");
+    let (_, t) = rig.task("slow.bin", 1000, 1);
+    rig.platform.push(&device(), &t).unwrap();
+    let r = rig.final_report(&agent, "slow.bin", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(msg(&r).contains("timed out"), "{r}");
+    let helper = helper_pid(&hang_pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!alive(helper), "gone with the timed-out call");
+}
+
 /// Socket inodes among `pid`'s descriptors.
 fn sockets_of(pid: i32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -784,7 +860,17 @@ fn the_plugin_child_is_a_plain_process_without_the_agents_sockets_or_secrets() {
         .unwrap()
         .split(' ')
         .collect();
-    assert_eq!(ids[0], ids[2], "its own process group: {ids:?}");
+    // `pgid P pid C ppid P`: the plugin runs in the call's own group, led by its
+    // supervisor (the subreaper that ends its helpers), whose parent is the agent.
+    assert_eq!(
+        ids[0], ids[4],
+        "its own process group, led by the call: {ids:?}"
+    );
+    assert_ne!(
+        ids[0],
+        agent.pid().to_string(),
+        "not the agent's group: {ids:?}"
+    );
 }
 
 #[test]

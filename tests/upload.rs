@@ -643,3 +643,47 @@ fn sighup_during_a_long_put_reaches_the_upload_thread() {
     assert_eq!(waiting(&rig), ["b-next.log"], "kept");
     stop(&mut agent);
 }
+
+#[test]
+fn hard_linked_and_foreign_owned_entries_are_refused_and_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut rig = Rig::new();
+    std::fs::create_dir_all(outbox(&rig)).unwrap();
+    // A file only its owner may read, linked into the outbox by whoever can write there.
+    let secret = rig.path().join("shadow");
+    std::fs::write(&secret, b"root-only").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::hard_link(&secret, outbox(&rig).join("linked.log")).unwrap();
+    let foreign = outbox(&rig).join("foreign.log");
+    std::fs::write(&foreign, b"someone else's").unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let fine = rig.make_file("fine.log", 1000, 43);
+    let mut agent = rig.start_agent();
+    let (code, out, err) = rig.cli(&["upload", fine.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    upload_done(&rig, &agent, "fine.log");
+    wait_log(&agent, "belongs to uid 65534");
+    wait_log(&agent, "has 2 hard links");
+    let announced: Vec<_> = rig
+        .platform
+        .received(&device())
+        .into_iter()
+        .filter(|m| m["type"] == "create_upload_task")
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(announced, ["fine.log"], "{}", agent.log_text());
+    wait_until("only the refused entries kept", || {
+        waiting(&rig) == ["foreign.log", "linked.log"]
+    });
+    assert_eq!(std::fs::read(&secret).unwrap(), b"root-only");
+
+    // `--move` says so at once, the file not moved.
+    let other = rig.path().join("other.log");
+    std::fs::write(&other, b"x").unwrap();
+    std::fs::hard_link(&other, rig.path().join("other-link.log")).unwrap();
+    let (code, _, err) = rig.cli(&["upload", "--move", other.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("2 hard links"), "{err}");
+    assert!(other.exists());
+    stop(&mut agent);
+}

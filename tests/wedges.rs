@@ -249,6 +249,14 @@ fn a_symlinked_resource_dir_works_and_overlapping_folders_are_refused() {
     let (code, _, err) = rig.cli(&["status"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("plugin_dir") && err.contains("feed"), "{err}");
+
+    // The same through a symlink: a resource named `x.so` would run as a plugin.
+    let plugins = rig.path().join("plugins-link");
+    std::os::unix::fs::symlink(&real, &plugins).unwrap();
+    rig.config["plugin_dir"] = serde_json::json!(plugins);
+    let (code, _, err) = rig.cli(&["status"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("plugin_dir") && err.contains("feed"), "{err}");
 }
 
 #[test]

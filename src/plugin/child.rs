@@ -123,6 +123,183 @@ fn close_inherited() {
     }
 }
 
+/// Entry point of `resagent __exec COMMAND`: a plain process (default signals, an empty
+/// mask, no inherited descriptor beyond 0, 1 and 2) that becomes `/bin/sh -c COMMAND`.
+pub(crate) fn exec_plain(command: &str) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    plain_signals();
+    close_inherited();
+    let e = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .exec();
+    eprintln!("resagent: cannot run /bin/sh: {e}");
+    ExitCode::from(127)
+}
+
+/// Signals the supervisor waits for: a child's end, and the ends of the call.
+fn supervisor_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        set.add(sig);
+    }
+    set
+}
+
+/// How long the plugin has after a SIGTERM before everything of the call is killed
+/// (within the agent's 3 s between SIGTERM and SIGKILL to the group).
+const SUPERVISOR_GRACE: std::time::Duration = std::time::Duration::from_millis(2500);
+
+/// Makes the call's helpers end with the call, whatever they do — a new session
+/// (`setsid`), a double fork: this process becomes their subreaper and runs the plugin in
+/// a fork (the worker); when the worker ends (or the call is ended), every descendant
+/// left is killed and reaped, then this process exits as the worker did. Returns None
+/// in the worker (or when supervision is not possible: the call then runs here, its
+/// process group still killed by the agent). The trade-off: one fork per call, against
+/// a helper outliving the call (and the agent) with whatever the plugin gave it.
+fn supervise() -> Option<ExitCode> {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+    use nix::unistd::ForkResult;
+    nix::sys::prctl::set_child_subreaper(true).ok()?;
+    let set = supervisor_signals();
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    // SAFETY: this process is single-threaded here (nothing but the argument parsing ran,
+    // no plugin is loaded), so the fork's child may run anything.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+            None
+        }
+        Ok(ForkResult::Parent { child }) => Some(supervise_worker(child, &set)),
+        Err(_) => {
+            let _ = nix::sys::prctl::set_child_subreaper(false);
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            None
+        }
+    }
+}
+
+/// The supervisor's loop: reaps what ends, waits for the worker, then sweeps.
+fn supervise_worker(worker: nix::unistd::Pid, set: &nix::sys::signal::SigSet) -> ExitCode {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut ended: Option<WaitStatus> = None;
+    let mut term_at: Option<std::time::Instant> = None;
+    loop {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(st @ (WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)))
+                    if pid == worker =>
+                {
+                    ended = Some(st)
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        if ended.is_some() {
+            break;
+        }
+        if term_at.is_some_and(|t| t.elapsed() >= SUPERVISOR_GRACE) {
+            let _ = kill(worker, Signal::SIGKILL);
+        }
+        let timeout = nix::libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000_000,
+        };
+        // SAFETY: sigtimedwait with a valid set and timeout, no siginfo wanted.
+        let sig = unsafe { nix::libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };
+        if sig > 0 && sig != nix::libc::SIGCHLD && term_at.is_none() {
+            term_at = Some(std::time::Instant::now());
+            let _ = kill(worker, Signal::SIGTERM);
+        }
+    }
+    let swept = sweep_descendants();
+    if swept > 0 {
+        if let Ok(fd) = nix::unistd::dup(1) {
+            // SAFETY: `dup` returned a new descriptor that nothing else owns.
+            let channel = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let _ = CHANNEL.set(Mutex::new(channel));
+            send(&ChildMessage::Log {
+                level: 2,
+                message: format!(
+                    "{swept} helper process(es) outlived the call (a new session or a double fork); killed"
+                ),
+            });
+        }
+    }
+    match ended {
+        Some(WaitStatus::Exited(_, code)) => ExitCode::from(code.clamp(0, 255) as u8),
+        Some(WaitStatus::Signaled(_, sig, _)) => {
+            // Ended as the worker did, so the agent tells a crash from an answer.
+            // SAFETY: SIG_DFL installs no handler; this process is single-threaded.
+            unsafe { nix::libc::signal(sig as i32, nix::libc::SIG_DFL) };
+            let _ = nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            );
+            let _ = nix::sys::signal::raise(sig);
+            ExitCode::from(128u8.saturating_add(sig as u8))
+        }
+        _ => ExitCode::from(3),
+    }
+}
+
+/// Kills and reaps every process left below this one (a subreaper: orphans of the call
+/// come here), round after round as their own children are orphaned in turn; how many.
+fn sweep_descendants() -> usize {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let me = nix::unistd::getpid().as_raw();
+    let mut killed = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let children = children_of(me);
+        if children.is_empty() {
+            break;
+        }
+        for pid in children {
+            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            killed.insert(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if st == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+    killed.len()
+}
+
+/// The processes whose parent is `parent` (from `/proc/PID/stat`: the field after the
+/// command name, which may itself hold a `)`).
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
 /// Entry point of `resagent __plugin MODE`, MODE one of probe, validate, install,
 /// installed, confirm.
 pub(crate) fn main(mode: &str) -> ExitCode {
@@ -130,6 +307,9 @@ pub(crate) fn main(mode: &str) -> ExitCode {
     close_inherited();
     // If the agent dies, so does this child.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    if let Some(code) = supervise() {
+        return code;
+    }
     // SAFETY: descriptor 1 is the socket the agent handed over as stdout; it is owned
     // here from now on (a duplicate stays as fd 1 until it is pointed at stderr).
     let socket = match nix::unistd::dup(1) {

@@ -8,7 +8,7 @@
 //! lost behind it, and log lines past a bound are counted rather than logged.
 
 use super::image::Image;
-use super::{ChildMessage, Probe, CHILD_COMMAND};
+use super::{allowed_env, ChildMessage, Probe, CHILD_COMMAND};
 use crate::shutdown::Shutdown;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
@@ -30,10 +30,6 @@ const MAX_LINE: u64 = 64 * 1024;
 const MAX_LOG_LINES: u32 = 200;
 /// How often the call's state is looked at when no line arrives.
 const TICK: Duration = Duration::from_millis(50);
-/// The variables a plugin's child keeps (docs/plugins.md, "A plain process").
-fn allowed_env(name: &str) -> bool {
-    matches!(name, "PATH" | "LANG" | "TZ" | "RESAGENT_CONFIG") || name.starts_with("LC_")
-}
 
 /// What a child run produced.
 #[derive(Debug, Default)]

@@ -25,6 +25,32 @@ use thiserror::Error;
 pub(crate) const ABI_VERSION: u32 = resagent_plugin_sdk::ABI_VERSION;
 /// The internal subcommand the child runs.
 pub(crate) const CHILD_COMMAND: &str = "__plugin";
+/// The internal subcommand that runs a shell command as a plain process (see
+/// [`plain_command`]).
+pub(crate) const EXEC_COMMAND: &str = "__exec";
+
+/// The variables a child keeps (docs/plugins.md, "A plain process"): a plugin call's or
+/// `reboot_command`'s.
+pub(crate) fn allowed_env(name: &str) -> bool {
+    matches!(name, "PATH" | "LANG" | "TZ" | "RESAGENT_CONFIG") || name.starts_with("LC_")
+}
+
+/// `/bin/sh -c command` as a plain process, like a plugin's child: resagent re-runs
+/// itself (`/proc/self/exe`, right even when the binary was replaced on disk) as
+/// `__exec`, which restores default signals, closes every inherited descriptor (the MQTT
+/// socket Paho opened without close-on-exec) and execs the shell; the environment is
+/// the allow-list, and it runs in a process group of its own.
+pub(crate) fn plain_command(command: &str) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg(EXEC_COMMAND)
+        .arg("--")
+        .arg(command)
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(allowed_env)))
+        .process_group(0);
+    cmd
+}
 /// The key of a `plugin_config` entry that bounds that plugin's calls (seconds).
 pub(crate) const PLUGIN_TIMEOUT_KEY: &str = "timeout_s";
 /// The bound of a probe (loading the library and reading its exports, at start and on

@@ -4,7 +4,8 @@
  *   ABORT                  abort(3)
  *   HELPER_PID="file"      fork a helper that writes its pid there and sleeps 25 s,
  *                          holding stdout and stderr; with HANG the plugin then hangs,
- *                          else it returns ok at once
+ *                          else it returns ok at once; with SETSID the helper first
+ *                          leaves the group as a daemon does (setsid, then a second fork)
  *   FLOOD                  200 000 progress calls and 20 000 log lines, then ok
  *   INSPECT="file"         write what the process sees (its descriptors, environment and
  *                          signal state) to that file, then ok
@@ -12,7 +13,7 @@
  *   LOAD_MARKER="file"     append a line to that file whenever the library is loaded
  *   SLOW_INIT_S=n          sleep n s in a library initialiser (every load, the probe too)
  *   KILL_AGENT="file"      for names starting `reboot-`: append a line to that file, then
- *                          SIGKILL the agent (this child's parent), as a reboot during
+ *                          SIGKILL the agent (the parent of the call's group leader), as a reboot during
  *                          the install would; other names install at once
  *   PENDING_AFTER_MS=n     sleep n ms, then return RESAGENT_PENDING (confirm: ok)
  *   INSTALLED_IF="file"    export resagent_installed: 0 when that file exists, else -1 */
@@ -24,6 +25,20 @@
 #include <string.h>
 #include <unistd.h>
 #include "resagent_plugin.h"
+
+/* The parent of process `pid`, from /proc/PID/stat (after the command's closing paren). */
+__attribute__((unused)) static pid_t parent_of(pid_t pid) {
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char *got = fgets(line, sizeof line, f);
+    fclose(f);
+    char *paren = got ? strrchr(line, ')') : NULL;
+    int ppid = -1;
+    if (paren) sscanf(paren + 2, "%*c %d", &ppid);
+    return (pid_t)ppid;
+}
 
 #ifdef LOAD_MARKER
 __attribute__((constructor)) static void loaded(void) {
@@ -67,7 +82,7 @@ static void inspect(void) {
         if (!strncmp(line, "SigBlk", 6) || !strncmp(line, "SigIgn", 6) || !strncmp(line, "SigCgt", 6))
             fprintf(out, "%s", line);
     if (st) fclose(st);
-    fprintf(out, "pgid %d pid %d\n", (int)getpgid(0), (int)getpid());
+    fprintf(out, "pgid %d pid %d ppid %d\n", (int)getpgid(0), (int)getpid(), (int)getppid());
     fclose(out);
 }
 #endif
@@ -84,6 +99,10 @@ int resagent_install(const struct resagent_host *h, const struct resagent_resour
     (void)h;
     pid_t helper = fork();
     if (helper == 0) {
+#ifdef SETSID
+        setsid();
+        if (fork() > 0) _exit(0);
+#endif
         FILE *f = fopen(HELPER_PID, "w");
         if (f) { fprintf(f, "%d\n", (int)getpid()); fclose(f); }
         sleep(25);
@@ -112,7 +131,7 @@ int resagent_install(const struct resagent_host *h, const struct resagent_resour
     if (strncmp(r->name, "reboot-", 7) == 0) {
         FILE *f = fopen(KILL_AGENT, "a");
         if (f) { fprintf(f, "install %s\n", r->name); fclose(f); }
-        kill(getppid(), SIGKILL);
+        kill(parent_of(getpgid(0)), SIGKILL);
         for (;;) pause();
     }
 #else
