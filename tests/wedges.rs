@@ -408,3 +408,79 @@ fn a_file_renamed_over_an_outbox_entry_during_its_upload_is_uploaded_next() {
         .log_text()
         .contains("a new file took its name during the upload"));
 }
+
+/// One raw HTTP request to the local platform's storage; its status code.
+fn http_status(base: &str, method: &str, target: &str, body: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_local_platform_checks_its_url_tokens_and_names_a_dialable_host() {
+    let rig = Rig::new();
+    let (_, task) = rig.task("signed.bin", 1000, 45);
+    let url = task["url"].as_str().unwrap();
+    let base = rig.platform.storage().base_url();
+    let target = url.strip_prefix(&base).unwrap();
+    let path = target.split('?').next().unwrap();
+    assert_eq!(http_status(&base, "GET", target, b""), 200);
+    assert_eq!(http_status(&base, "GET", path, b""), 403, "no token");
+    let forged = target.replacen("sign=", "sign=0", 1);
+    assert_eq!(
+        http_status(&base, "GET", &forged, b""),
+        403,
+        "a forged token"
+    );
+    // A GET's token is not a PUT's; an upload URL's token is for its own path only.
+    assert_eq!(http_status(&base, "PUT", target, b"x"), 403);
+    let up = resagent_platform::upload_path(&device(), "a.log");
+    let put_url = rig.platform.storage().signed_url("PUT", &up, 60);
+    let put_target = put_url.strip_prefix(&base).unwrap();
+    let other = put_target.replacen("a.log", "b.log", 1);
+    assert_eq!(http_status(&base, "PUT", &other, b"x"), 403);
+    assert!(rig.platform.uploads().is_empty(), "nothing stored");
+    let expired = rig.platform.storage().signed_url("GET", path, 0);
+    std::thread::sleep(Duration::from_millis(1100));
+    let expired_target = expired.strip_prefix(&base).unwrap();
+    assert_eq!(
+        http_status(&base, "GET", expired_target, b""),
+        403,
+        "expired"
+    );
+
+    // Listening on every address, URLs name an address a device can dial; a public URL
+    // is used as given.
+    let all = resagent_platform::Platform::start(
+        &rig.broker.uri(),
+        "0.0.0.0:0",
+        rig.path().join("all-uploads"),
+    )
+    .unwrap();
+    let base = all.storage().base_url();
+    assert!(!base.contains("0.0.0.0"), "{base}");
+    all.storage().set_public_url("http://gateway.local:8080");
+    let f = rig.make_file("pub.bin", 10, 46);
+    let t = all.task_for("pub.bin", &f);
+    assert!(
+        t["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://gateway.local:8080/files/pub.bin?sign="),
+        "{t}"
+    );
+}

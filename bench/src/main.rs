@@ -295,11 +295,7 @@ fn download_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) ->
         })
         .collect();
     for (run, (name, task)) in tasks.iter().enumerate() {
-        let url = format!(
-            "{}{}",
-            platform.storage().base_url(),
-            Platform::path_of(task)
-        );
+        let url = task["url"].as_str().unwrap_or_default().to_string();
         let (tmp, dest) = (base_dir.join("tmp"), base_dir.join(name));
         // A B B A …: neither side always runs on what the other just freed.
         for ours_now in [run % 2 == 0, run % 2 == 1] {
@@ -384,10 +380,10 @@ fn upload_case(o: &Opts, broker: &Mosquitto, platform: &Platform, mib: u64) -> V
             settle();
             let (args, cli_s, done_s) = match side {
                 Side::Script => {
-                    let url = format!(
-                        "{}{}",
-                        platform.storage().base_url(),
-                        upload_path(&d.device, &format!("baseline-{mib}-{run}"))
+                    let url = platform.storage().signed_url(
+                        "PUT",
+                        &upload_path(&d.device, &format!("baseline-{mib}-{run}")),
+                        3600,
                     );
                     theirs.push(sh(&upload_script(&src, &url)));
                     continue;
@@ -512,10 +508,10 @@ fn batch_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let url = format!(
-                    "{}{}",
-                    platform.storage().base_url(),
-                    upload_path(&d.device, &format!("base-b{run}-{i}"))
+                let url = platform.storage().signed_url(
+                    "PUT",
+                    &upload_path(&d.device, &format!("base-b{run}-{i}")),
+                    3600,
                 );
                 upload_script(f, &url)
             })
@@ -558,7 +554,7 @@ fn link_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
         let _ = std::fs::remove_file(d.dir.join("resources").join(&name));
         settle();
         let (tmp, dest) = (base_dir.join("tmp"), base_dir.join(&name));
-        let url = format!("{}{}", platform.storage().base_url(), path);
+        let url = platform.storage().signed_url("GET", &path, 3600);
         theirs.push(sh(&download_script(&url, &tmp, &dest)));
         let _ = std::fs::remove_file(dest);
     }

@@ -75,6 +75,61 @@ pub(crate) struct State {
     requests: Vec<RequestLog>,
     uploads: Vec<StoredUpload>,
     upload_dir: PathBuf,
+    /// The key of the signed tokens in every file and upload URL (random per start).
+    secret: Vec<u8>,
+    /// What URLs name as this server (`--public-url`), instead of the listening address.
+    public_url: Option<String>,
+}
+
+/// A random key for the URL tokens, from the kernel.
+fn random_secret() -> Vec<u8> {
+    let mut key = vec![0u8; 32];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .is_err()
+    {
+        // No /dev/urandom (a chroot): the clock, which still differs between runs.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        key[..16].copy_from_slice(&now.to_le_bytes());
+    }
+    key
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The token of `METHOD path` valid until `expires`: HMAC-SHA256 of the three, hex (as
+/// COS signs `q-sign-time` and the request line; HEAD uses GET's).
+fn token(secret: &[u8], method: &str, path: &str, expires: u64) -> String {
+    use hmac::{Mac, SimpleHmac};
+    let method = if method == "HEAD" { "GET" } else { method };
+    let mut mac =
+        SimpleHmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(format!("{method}\n{path}\n{expires}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Whether `query` holds a valid, unexpired token for `METHOD path`.
+fn signed(secret: &[u8], method: &str, path: &str, query: &str) -> bool {
+    let param = |k: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+    };
+    let (Some(sign), Some(expires)) = (param("sign"), param("expires")) else {
+        return false;
+    };
+    let Ok(expires) = expires.parse::<u64>() else {
+        return false;
+    };
+    expires >= unix_now() && token(secret, method, path, expires) == sign
 }
 
 /// The storage server; clones share state.
@@ -92,6 +147,7 @@ impl Storage {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             upload_dir,
+            secret: random_secret(),
             ..State::default()
         }));
         let shared = state.clone();
@@ -112,8 +168,40 @@ impl Storage {
         Ok(Storage { state, addr })
     }
 
+    /// What URLs name as this server: `--public-url` when given; else the listening
+    /// address — with the host's own address for one listening on all of them (a
+    /// device cannot dial `0.0.0.0`), and no port when it is 80 (Tencent's SDK dials 80
+    /// and takes anything after the host as part of the host name).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        if let Some(u) = self.lock().public_url.clone() {
+            return u.trim_end_matches('/').to_string();
+        }
+        let ip = if self.addr.ip().is_unspecified() {
+            outbound_ip().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+        } else {
+            self.addr.ip()
+        };
+        let host = match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
+        match self.addr.port() {
+            80 => format!("http://{host}"),
+            port => format!("http://{host}:{port}"),
+        }
+    }
+
+    /// URLs name `url` (e.g. `http://gateway.local:8080`) as this server from now on.
+    pub fn set_public_url(&self, url: &str) {
+        self.lock().public_url = Some(url.to_string());
+    }
+
+    /// A URL for `METHOD path` carrying a token valid for `ttl_s` seconds; requests
+    /// without a valid token for their method and path are refused 403.
+    pub fn signed_url(&self, method: &str, path: &str, ttl_s: u64) -> String {
+        let expires = unix_now() + ttl_s;
+        let sign = token(&self.lock().secret, method, path, expires);
+        format!("{}{path}?sign={sign}&expires={expires}", self.base_url())
     }
 
     /// Serves `file` at `/files/NAME`; returns the URL path.
@@ -170,7 +258,22 @@ pub fn percent_encode(s: &str) -> String {
 struct Request {
     method: String,
     path: String,
+    query: String,
     headers: HashMap<String, String>,
+}
+
+/// The address this host would use to reach the outside (a UDP "connect" sends
+/// nothing): what a device elsewhere dials.
+fn outbound_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
+}
+
+/// The 403 of a request without a valid token (COS's answer).
+fn access_denied(out: &mut TcpStream) -> io::Result<(u16, u64)> {
+    let body = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Request has expired or the signature does not match.</Message></Error>\n";
+    Ok((403, respond(out, 403, "application/xml", body, &[])?))
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
@@ -181,7 +284,8 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let target = parts.next().unwrap_or("/").to_string();
-    let path = target.split('?').next().unwrap_or("/").to_string();
+    let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
+    let (path, query) = (path.to_string(), query.to_string());
     let mut headers = HashMap::new();
     let mut total = line.len();
     loop {
@@ -198,6 +302,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
     Ok(Some(Request {
         method,
         path,
+        query,
         headers,
     }))
 }
@@ -320,7 +425,7 @@ fn serve_get(
     state: &Arc<Mutex<State>>,
     req: &Request,
 ) -> io::Result<(u16, u64)> {
-    let (file, fault) = {
+    let (file, fault, secret) = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         let fault = st.faults.get(&req.path).cloned().unwrap_or_default();
         if fault.close_after.is_some() {
@@ -334,7 +439,7 @@ fn serve_get(
                 }
             }
         }
-        (st.files.get(&req.path).cloned(), fault)
+        (st.files.get(&req.path).cloned(), fault, st.secret.clone())
     };
     if let Some(code) = fault.status {
         return Ok((code, respond(out, code, "text/plain", b"", &[])?));
@@ -344,6 +449,9 @@ fn serve_get(
             302,
             respond(out, 302, "text/plain", b"", &[("Location", to.clone())])?,
         ));
+    }
+    if !signed(&secret, &req.method, &req.path, &req.query) {
+        return access_denied(out);
     }
     let path = match file {
         Some(p) => p,
@@ -461,11 +569,12 @@ fn receive_put(
     state: &Arc<Mutex<State>>,
     req: &Request,
 ) -> io::Result<(u16, u64)> {
-    let (fault, dir) = {
+    let (fault, dir, secret) = {
         let st = state.lock().unwrap_or_else(|p| p.into_inner());
         (
             st.faults.get(&req.path).cloned().unwrap_or_default(),
             st.upload_dir.clone(),
+            st.secret.clone(),
         )
     };
     let len: u64 = match req
@@ -481,6 +590,13 @@ fn receive_put(
             ))
         }
     };
+    if !signed(&secret, "PUT", &req.path, &req.query) {
+        // Read (and drop) a bounded body first, so the client hears the answer.
+        if len <= 64 << 20 {
+            let _ = io::copy(&mut reader.take(len), &mut io::sink());
+        }
+        return access_denied(out);
+    }
     if req
         .headers
         .get("expect")

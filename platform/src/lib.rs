@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// How long a task's URL is valid (a task may wait in a device's queue; Tencent's are
+/// valid for hours).
+const TASK_URL_TTL_S: u64 = 24 * 3600;
+
 /// Something a device published, as the platform received it.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -155,7 +159,7 @@ impl Platform {
             "name": name,
             "size": size,
             "md5sum": md5,
-            "url": format!("{}{path}?sign=PRESIGNED-SECRET-{}", self.storage.base_url(), unix_ms()),
+            "url": self.storage.signed_url("GET", &path, TASK_URL_TTL_S),
         })
     }
 
@@ -443,12 +447,9 @@ impl Platform {
                             let date = s3::amz_date(unix_ms() / 1000);
                             target.presign("PUT", &format!("{device}/{name}"), &date, 900)
                         }
-                        None => format!(
-                            "{}{}?sign=PRESIGNED-SECRET-{}",
-                            self.storage.base_url(),
-                            upload_path(device, name),
-                            unix_ms()
-                        ),
+                        None => self
+                            .storage
+                            .signed_url("PUT", &upload_path(device, name), 900),
                     };
                     rsp["url"] = json!(url);
                 }

@@ -11,15 +11,21 @@ resagent-platform — a local stand-in for Tencent Cloud IoT Hub's resource mana
 
 Usage:
   resagent-platform --device PRODUCT/DEVICE [--broker tcp://127.0.0.1:1883]
-                    [--listen 127.0.0.1:8080] [--uploads DIR] [--offer FILE]...
-                    [--reports FILE]
+                    [--listen 127.0.0.1:8080] [--public-url URL] [--uploads DIR]
+                    [--offer FILE]... [--reports FILE]
 
 Each --offer FILE becomes a download task (named after the file), one after the other
 as the device ends each (`done` or `fail`: a failure moves on too, so failures can be
 tried first): pushed as a `download` message when it is offered, and answered to every
 get_download_task meanwhile. Uploads the device makes are stored in DIR (default
 ./platform-uploads). --reports FILE appends every report the device sends to FILE, one
-JSON object a line (the page at the HTTP address shows them too).";
+JSON object a line (the page at the HTTP address shows them too).
+
+File and upload URLs carry a signed token (valid 24 h for a task, 15 min for an
+upload), checked as Tencent's storage checks its own: a request without it is 403.
+URLs name --public-url (e.g. http://gateway.local:8080) when given; else the listening
+address (a device cannot dial 0.0.0.0: listening on all addresses, they name this
+host's outbound address), with no port when it is 80.";
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -39,6 +45,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(u) = &args.public_url {
+        platform.storage().set_public_url(u);
+    }
     let tasks: Vec<_> = args
         .offers
         .iter()
@@ -122,6 +131,7 @@ struct Args {
     device: String,
     broker: String,
     listen: String,
+    public_url: Option<String>,
     uploads: PathBuf,
     offers: Vec<PathBuf>,
     reports: Option<PathBuf>,
@@ -134,6 +144,7 @@ fn parse() -> Result<Args, String> {
         device: String::new(),
         broker: "tcp://127.0.0.1:1883".into(),
         listen: "127.0.0.1:8080".into(),
+        public_url: None,
         uploads: PathBuf::from("platform-uploads"),
         offers: Vec::new(),
         reports: None,
@@ -149,6 +160,13 @@ fn parse() -> Result<Args, String> {
             Long("device") => a.device = text(&mut p)?,
             Long("broker") => a.broker = text(&mut p)?,
             Long("listen") => a.listen = text(&mut p)?,
+            Long("public-url") => {
+                let u = text(&mut p)?;
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(format!("--public-url {u}: expected http://HOST[:PORT]"));
+                }
+                a.public_url = Some(u)
+            }
             Long("uploads") => a.uploads = PathBuf::from(text(&mut p)?),
             Long("offer") => {
                 let f = PathBuf::from(text(&mut p)?);
