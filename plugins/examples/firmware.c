@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * firmware — an example install plugin for resagent, in C, built from
  * resagent_plugin.h alone; a real firmware plugin a vendor can copy:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fwcheck — an example validate plugin for resagent, in C, built from
  * resagent_plugin.h alone:

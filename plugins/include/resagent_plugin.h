@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * resagent_plugin.h — the plugin ABI of resagent, version 1.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * resagent_plugin_config.h — small helpers for C plugins, not part of the ABI: read the
  * host's appended fields only when this resagent passes them, pick values out of the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * rauc.c — a resagent install plugin that hands `*.raucb` bundles to the RAUC service
  * already running on the device (meta-rauc), through RAUC's D-Bus API

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * swupdate.c — a resagent install plugin that hands `*.swu` images to the SWUpdate daemon
  * already running on the device (meta-swupdate), over SWUpdate's own IPC through its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Test plugin: installs `*.cfg` resources with the host's own functions — copies the
  * file beside its destination, reports progress, logs, and calls host->atomic_replace. */
 #include <stdio.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Test plugin: crashes in install, the way CRASH_MODE says (segv, abort, hang), and
  * can also crash in validate when built with -DIN_VALIDATE. */
 #include <signal.h>

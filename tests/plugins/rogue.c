@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Test plugin: an install plugin that misbehaves the way its build defines say, to try
  * the plugin host's isolation:
  *   RAISE=SIGSEGV|SIGBUS   raise(3) that signal (a crash reporter re-raising)

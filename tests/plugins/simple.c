@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Test plugin: ABI version ABI (default 1); install declines everything (claiming the
  * names of CLAIMS when defined); a constructor
  * leaves a marker file when LOAD_MARKER is set, to show whether it was ever loaded. */
