@@ -95,4 +95,4 @@ for p in "$out/plugins/fwcheck.so" "$out/plugins/firmware.so" "$out/release/libr
   RESAGENT_CONFIG=/nonexistent "$qemu" -L / "$out/release/resagent" plugin check "$p"
 done
 echo "cross-build: done ($TARGET); the emulated delivery and upload:"
-echo "  RESAGENT_CROSS_TARGET=$TARGET cargo test --test cross -- --ignored"
+echo "  RESAGENT_CROSS_TARGET=$TARGET cargo test --test it cross:: -- --ignored"

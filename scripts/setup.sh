@@ -5,11 +5,11 @@
 # verify of the layer's unit), curl (benchmark baseline), strace (write-order test),
 # python3-venv (for the Python tools below), python3-fusepy and fuse3 (the power-cut
 # file system, tests/powercut), chromium and python3-websocket (the platform page seen
-# in a real browser, tests/page.rs), swupdate + libswupdate-dev + cpio (the SWUpdate
+# in a real browser, tests/it/page.rs), swupdate + libswupdate-dev + cpio (the SWUpdate
 # plugin against the real daemon, .swu images built with cpio), rauc + rauc-service +
 # squashfs-tools + dbus + libglib2.0-dev (the RAUC plugin against the real service on a
 # private bus; bundles are squashfs), util-linux-extra (fincore: what an upload leaves in
-# the page cache, tests/upload.rs). Idempotent: installs only what is missing, so it is cheap to run before every
+# the page cache, tests/it/upload.rs). Idempotent: installs only what is missing, so it is cheap to run before every
 # demo or test run.
 set -euo pipefail
 

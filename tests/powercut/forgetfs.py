@@ -20,7 +20,7 @@ Usage: forgetfs.py BACKING MOUNTPOINT
   large file back).
   SIGTERM unmounts and exits.
 
-Test harness only (tests/powercut.rs); needs Debian's python3-fusepy and /dev/fuse.
+Test harness only (tests/it/powercut.rs, operations.rs); needs Debian's python3-fusepy and /dev/fuse.
 """
 
 import errno

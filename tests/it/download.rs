@@ -1,8 +1,6 @@
 //! Delivery end to end: a real mosquitto, the local platform and the `resagent` binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::time::Duration;
 

@@ -2,9 +2,7 @@
 //! certificate authentication with a client certificate, and a wrong CA refused with a
 //! clear log line.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;

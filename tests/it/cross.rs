@@ -11,9 +11,7 @@
 //! The agent re-executes itself for every plugin call, so the kernel must hand ARM ELF
 //! files to qemu: cross-build.sh registers qemu with binfmt_misc when it can.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;

@@ -2,9 +2,7 @@
 //! life"): the notify protocol and the watchdog read from a real datagram socket, log
 //! lines under journald, and the jitter that spreads a fleet — twenty real daemons.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;

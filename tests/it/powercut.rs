@@ -9,9 +9,7 @@
 //! `RESAGENT_POWER_CUTS=100 cargo test --test powercut -- --nocapture` for the full run.
 //! Needs root, /dev/fuse and Debian's python3-fusepy (scripts/setup.sh installs it).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 

@@ -6,9 +6,7 @@
 //! `.raucb`) and signed by a CA made for the test. "Slots" are files: SWUpdate's raw
 //! handler and RAUC's raw slot type write them as they would a partition.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,9 +4,7 @@
 //! pipe, folders, URLs. (The journal on a full or read-only disk and one daemon per
 //! `state_dir` are in hostile.rs.)
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;

@@ -1,8 +1,6 @@
 //! The command line's contract (docs/agent.md): exit codes, configuration errors naming the
 //! key, `--version`, and `status` without a daemon.
 
-mod common;
-
 use serde_json::json;
 use std::process::Command;
 
@@ -23,7 +21,7 @@ fn resagent(args: &[&str], env_config: Option<&std::path::Path>) -> (i32, String
 fn minimal(dir: &std::path::Path) -> serde_json::Value {
     json!({
         "productId": "P1", "deviceName": "d1",
-        "key_deviceinfo": {"deviceSecret": common::SECRET_B64},
+        "key_deviceinfo": {"deviceSecret": crate::common::SECRET_B64},
         "state_dir": dir.join("state"), "resource_dir": dir.join("res"),
         "pid_file": dir.join("x.pid"), "broker": "tcp://127.0.0.1:1",
     })
@@ -87,7 +85,7 @@ fn a_world_readable_secret_gets_a_warning_and_the_secret_never_shows() {
     let info = d.path().join("device_info.json");
     std::fs::write(
         &info,
-        json!({"auth_mode":"KEY","productId":"P1","deviceName":"d1","key_deviceinfo":{"deviceSecret":common::SECRET_B64}}).to_string(),
+        json!({"auth_mode":"KEY","productId":"P1","deviceName":"d1","key_deviceinfo":{"deviceSecret":crate::common::SECRET_B64}}).to_string(),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -115,7 +113,7 @@ fn a_world_readable_secret_gets_a_warning_and_the_secret_never_shows() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("readable by every user"), "{err}");
-    assert!(!err.contains(common::SECRET_B64), "secret in log");
+    assert!(!err.contains(crate::common::SECRET_B64), "secret in log");
     assert!(
         !err.contains("hmacsha256;") && !err.contains(";hmacsha256"),
         "password in log: {err}"

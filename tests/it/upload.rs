@@ -2,9 +2,7 @@
 //! create_upload_task, the PUT with Content-MD5 to the local platform's storage, and the
 //! reports — with a real mosquitto and the real binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use resagent_platform::{upload_path, HttpFault};
 use std::path::Path;
 use std::time::{Duration, Instant};

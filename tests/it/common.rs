@@ -2,9 +2,6 @@
 //! local platform (MQTT peer + HTTP storage) in-process, and the real `resagent` binary
 //! run as a child process with a configuration written for the test.
 
-#![allow(dead_code)]
-
-#[allow(unused_imports)]
 pub use resagent_platform::rig::{free_port, write_random, Mosquitto};
 use resagent_platform::Platform;
 use serde_json::{json, Value};

@@ -4,9 +4,7 @@
 //! binary, mosquitto and the local platform. Each test is one way a fleet could hear
 //! `done` for firmware that was never flashed, or vendor code could slip its checks.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,9 +3,7 @@
 //! 4 GiB, secrets at RUST_LOG=trace, and a kill loop. (docs/reliability.md maps each
 //! promise to its test.)
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use resagent_platform::HttpFault;
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -5,9 +5,7 @@
 //! docs/platform-page.png, shown by the README, was taken by this test). `/reports.json`
 //! gives scripts the same reports. Needs Debian's chromium and python3-websocket.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -1,9 +1,7 @@
 //! Vendor plugins end to end: C plugins compiled by the test from the header alone, the
 //! Rust archive example, crashing and hanging plugins, the file checks, pinning, SIGHUP.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

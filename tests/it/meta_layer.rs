@@ -4,9 +4,7 @@
 //! of the classes (a plugin recipe's config fragment and unit drop-in, the rootfs step
 //! that merges plugin_config and pins plugins) runs outside bitbake on fake trees.
 
-mod common;
-
-use common::{project, sha256_hex};
+use crate::common::{project, sha256_hex};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
