@@ -750,8 +750,9 @@ impl Coordinator {
     }
 
     /// An answer to a download report: matched to the report it answers, in order
-    /// (`report::Awaiting`). A non-zero answer to a report of the task in flight withdraws
-    /// it; one to a report about another name (a refused task's `fail`) never does.
+    /// (`report::Awaiting`). A non-zero answer to a report of the task in flight, or to
+    /// none (sent unasked), withdraws it; one to a report about another name (a refused
+    /// task's `fail`) never does.
     fn on_download_rsp(&mut self, code: i64, msg: &str) {
         let answers = self.reporter.download_answered();
         if code == 0 {
@@ -767,21 +768,20 @@ impl Coordinator {
             return;
         };
         match answers {
-            Some(name) if name == task.name => {
+            // Its own report's answer, or one that answers no report of this session
+            // (sent unasked, e.g. while the server is silent and nothing is reported):
+            // either way about the download in flight.
+            Some(name) if name != task.name => log::info!(
+                "result_code {code} ({msg}) answers the report about {name}: {} goes on",
+                task.name
+            ),
+            _ => {
                 log::warn!(
                     "the platform withdrew {} (result_code {code}: {msg})",
                     task.name
                 );
                 cancel.store(true, Ordering::SeqCst);
             }
-            Some(other) => log::info!(
-                "result_code {code} ({msg}) answers the report about {other}: {} goes on",
-                task.name
-            ),
-            None => log::info!(
-                "result_code {code} ({msg}) answers no report of this session: {} goes on",
-                task.name
-            ),
         }
     }
 

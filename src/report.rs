@@ -59,8 +59,8 @@ impl Awaiting {
         self.sent.retain(|(i, _)| *i != id);
     }
 
-    /// An answer arrived: the name of the report it answers (None: none is known — sent
-    /// in an earlier session, or more answers than reports).
+    /// An answer arrived: the name of the report it answers (None: no report awaits one
+    /// — the platform sent it unasked).
     pub(crate) fn answered(&mut self) -> Option<String> {
         self.sent.pop_front().map(|(_, name)| name)
     }
