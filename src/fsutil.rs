@@ -176,10 +176,10 @@ impl Flusher {
                     let (mut dropped, mut started) = (0u64, 0u64);
                     while let Ok(written) = rx.recv() {
                         // Best effort: a file system without it still gets the fsync.
-                        let _ = crate::plugin::child::start_writeback(&f);
+                        let _ = crate::sys::start_writeback(&f);
                         if drop_behind && started > dropped {
                             let len = started - dropped;
-                            if crate::plugin::child::finish_writeback(&f, dropped, len).is_ok() {
+                            if crate::sys::finish_writeback(&f, dropped, len).is_ok() {
                                 let _ = drop_cached(&f, dropped, len);
                             }
                             dropped = started;

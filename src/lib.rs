@@ -26,6 +26,12 @@
 //! | `fsutil` | durable file operations (fsync, rename, fsync of the folder) |
 //! | `notify` | systemd's notify protocol and watchdog |
 //! | `pidfile`, `signals`, `shutdown`, `logging`, `random` | process plumbing |
+//! | `sys` | the system calls nix does not wrap (write-back, `TCP_NODELAY`) |
+//!
+//! `unsafe` is denied in the whole crate but `sys` and the plugin child
+//! (`plugin/child.rs`: loading plugin code and calling into C), which allow it.
+
+#![deny(unsafe_code)]
 
 mod backoff;
 mod boot;
@@ -51,6 +57,7 @@ mod report;
 mod shutdown;
 mod signals;
 mod status;
+mod sys;
 mod tasks;
 mod transfer;
 mod upload;

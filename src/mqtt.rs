@@ -373,7 +373,7 @@ fn nodelay_to(port: u16) {
             .map(|a| a.port())
             .or_else(|| peer.as_sockaddr_in6().map(|a| a.port()));
         if peer_port == Some(port) {
-            if let Err(e) = crate::plugin::child::set_tcp_nodelay(fd) {
+            if let Err(e) = crate::sys::set_tcp_nodelay(fd) {
                 log::debug!("TCP_NODELAY on the MQTT socket: {e}");
             }
         }

@@ -3,7 +3,6 @@
 //! socket, and the checks docs/protocol.md asks of a response before its body is used.
 
 use crate::config::Config;
-use crate::download::partial_response;
 use crate::protocol::{redact_url, ResultCode};
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -106,12 +105,16 @@ pub(crate) fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// A response whose headers passed the checks, ready to be read.
+/// A successful answer to a GET, its body not read yet. Whether it may be used — and
+/// from which byte of the resource its body starts — is the caller's judgement (the
+/// HTTP client knows nothing of resuming: `download/partial_response.rs`).
 pub(crate) struct Body {
     pub(crate) reader: Box<dyn Read + Send + Sync + 'static>,
-    /// The offset of the body's first byte in the resource: the requested offset for a
-    /// trusted 206, 0 when the server sent the whole resource.
-    pub(crate) start: u64,
+    /// The URL it came from, redacted (for messages).
+    pub(crate) url: String,
+    pub(crate) status: u16,
+    pub(crate) content_range: Option<String>,
+    pub(crate) content_length: Option<u64>,
     pub(crate) etag: Option<String>,
 }
 
@@ -178,13 +181,12 @@ impl HttpClient {
     }
 
     /// GETs `url` from byte `offset` (a `Range` request when non-zero, conditional on
-    /// `etag` when known) and checks the answer against the resource's `size`.
+    /// `etag` when known), following redirects; the caller judges the answer.
     pub(crate) fn get_resource(
         &self,
         url: &str,
         offset: u64,
         etag: Option<&str>,
-        size: u64,
     ) -> Result<Body, TransferError> {
         let mut current = Url::parse(url).map_err(|e| TransferError::Unexpected {
             url: redact_url(url),
@@ -217,7 +219,16 @@ impl HttpClient {
                 current = self.follow(&current, resp.header("Location"))?;
                 continue;
             }
-            return check_response(resp, &shown, offset, etag, size);
+            return Ok(Body {
+                url: shown,
+                status: resp.status(),
+                content_range: resp.header("Content-Range").map(str::to_string),
+                content_length: resp
+                    .header("Content-Length")
+                    .and_then(|v| v.trim().parse::<u64>().ok()),
+                etag: resp.header("ETag").map(str::to_string),
+                reader: resp.into_reader(),
+            });
         }
         Err(TransferError::TooManyRedirects {
             url: redact_url(url),
@@ -319,37 +330,6 @@ fn error_detail(resp: ureq::Response) -> String {
         (Some(a), Some(b)) if b > a + 6 => format!(" ({})", &body[a + 6..b]),
         _ => String::new(),
     }
-}
-
-/// Checks the answer against the request (`download/partial_response.rs`).
-fn check_response(
-    resp: ureq::Response,
-    url: &str,
-    offset: u64,
-    etag: Option<&str>,
-    size: u64,
-) -> Result<Body, TransferError> {
-    let new_etag = resp.header("ETag").map(str::to_string);
-    let request = partial_response::Request {
-        url,
-        offset,
-        etag,
-        size,
-    };
-    let answer = partial_response::Answer {
-        status: resp.status(),
-        content_range: resp.header("Content-Range"),
-        content_length: resp
-            .header("Content-Length")
-            .and_then(|v| v.trim().parse::<u64>().ok()),
-        etag: new_etag.as_deref(),
-    };
-    let start = partial_response::judge(&request, &answer)?;
-    Ok(Body {
-        reader: resp.into_reader(),
-        start,
-        etag: new_etag,
-    })
 }
 
 /// The proxy for `url` from `https_proxy`/`http_proxy` (either case), unless `no_proxy`

@@ -3,6 +3,7 @@
 //! through the [`Pipeline`]; after it, [`Retry`] decides what happens next and this loop
 //! only acts (resume, wait, start over, fail). Progress is reported as `downloading`.
 
+use super::partial_response;
 use super::pipeline::{Chunk, Pipeline};
 use super::retry::{range_ignored, Decision, Retry, RetryPolicy};
 use super::staging::Staging;
@@ -170,9 +171,25 @@ fn attempt(
         source,
     };
     let body = http
-        .get_resource(&task.url, offset, staging.etag(), task.size)
+        .get_resource(&task.url, offset, staging.etag())
         .map_err(transfer)?;
-    if range_ignored(offset, body.start) {
+    // The answer is judged here, by the side that asked (docs/protocol.md, "HTTP rules").
+    let start = partial_response::judge(
+        &partial_response::Request {
+            url: &body.url,
+            offset,
+            etag: staging.etag(),
+            size: task.size,
+        },
+        &partial_response::Answer {
+            status: body.status,
+            content_range: body.content_range.as_deref(),
+            content_length: body.content_length,
+            etag: body.etag.as_deref(),
+        },
+    )
+    .map_err(transfer)?;
+    if range_ignored(offset, start) {
         log::warn!(
             "{}: the server ignored Range; starting over from byte 0",
             task.name

@@ -8,7 +8,7 @@
 //! download's final report is made.
 
 mod fetch;
-pub(crate) mod partial_response;
+mod partial_response;
 mod pipeline;
 mod retry;
 mod staging;

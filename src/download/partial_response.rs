@@ -3,7 +3,8 @@
 //! the answer's status and headers (docs/protocol.md, "HTTP rules"): a `200` is the whole
 //! resource; a `206` only to a request with `Range`, starting exactly where it asked,
 //! with the task's total and an unchanged ETag; a `Content-Length` must equal what is
-//! left. `transfer.rs` calls it on every GET before the body is read.
+//! left. The download (`fetch.rs`) calls it on every answer before the body is read: the
+//! HTTP client (`transfer.rs`) knows nothing of resuming.
 
 use crate::transfer::TransferError;
 

@@ -12,6 +12,7 @@ mod download;
 mod firmware;
 mod frameworks;
 mod hostile;
+mod layers;
 mod meta_layer;
 mod operations;
 mod page;
