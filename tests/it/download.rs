@@ -259,15 +259,22 @@ fn a_pushed_download_task_is_installed() {
 #[test]
 fn the_broker_restarting_mid_transfer_does_not_stop_it() {
     let mut rig = Rig::new();
-    let size = 6u64 << 20;
+    let size = 8u64 << 20;
     let (_f, task) = rig.task("slow.bin", size, 9);
-    rig.throttle(&task, 2 << 20);
+    // Slow enough that the download ends seconds after the broker is back: the local
+    // platform (a clean session too) must have subscribed again to hear the `done`.
+    rig.throttle(&task, 1 << 20);
     rig.platform.offer(&device(), task.clone());
     let agent = rig.start_agent();
     rig.wait_staged("slow.bin", 1 << 20);
     rig.broker.stop();
     std::thread::sleep(Duration::from_millis(1500));
     rig.broker.restart();
+    assert!(rig.platform.wait_connected(Duration::from_secs(10)));
+    assert!(
+        !rig.resource("slow.bin").exists(),
+        "the download was still running when the platform was back"
+    );
     let r = rig.final_report(&agent, "slow.bin", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}");
     rig.assert_installed("slow.bin", &task);
