@@ -32,6 +32,23 @@ fn read_notify(
     got
 }
 
+/// The agent started as systemd would with `WatchdogSec` of `usec` µs, and the notify
+/// socket it sends to.
+fn under_watchdog(rig: &mut Rig, usec: u64) -> (Agent, UnixDatagram) {
+    let sock_path = rig.path().join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let agent = rig.spawn_agent_under(
+        &[
+            "env",
+            &format!("NOTIFY_SOCKET={}", sock_path.display()),
+            &format!("WATCHDOG_USEC={usec}"),
+        ],
+        "info",
+    );
+    (agent, sock)
+}
+
 fn pings(msgs: &[(Instant, String)]) -> Vec<Instant> {
     msgs.iter()
         .filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
@@ -44,16 +61,7 @@ fn notify_says_ready_keeps_status_and_feeds_the_watchdog_until_the_download_thre
     let mut rig = Rig::new();
     let fs = ForgetFs::mount(&rig.path().join("backing"), &rig.path().join("disk"));
     rig.config["resource_dir"] = json!(fs.mount.join("resources"));
-    let sock_path = rig.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let agent = rig.spawn_agent_under(
-        &[
-            "env",
-            &format!("NOTIFY_SOCKET={}", sock_path.display()),
-            "WATCHDOG_USEC=2000000",
-        ],
-        "info",
-    );
+    let (agent, sock) = under_watchdog(&mut rig, 2_000_000);
     // READY=1 first, then STATUS= and WATCHDOG=1 at least every 1.5 s.
     let msgs = read_notify(&sock, Duration::from_secs(8), |_| false);
     assert!(
@@ -251,14 +259,7 @@ fn a_long_read_back_after_a_restart_feeds_the_watchdog_and_obeys_a_stop() {
     rig.throttle(&task, 256 << 10);
     // The part on disk now reads back at ~3 MiB/s: 16 MiB take over 5 s, a watchdog of 1 s.
     fs.slow_reads();
-    let sock_path = rig.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let under = [
-        "env",
-        &format!("NOTIFY_SOCKET={}", sock_path.display()),
-        "WATCHDOG_USEC=1000000",
-    ];
-    let mut agent = rig.spawn_agent_under(&under, "info");
+    let (mut agent, sock) = under_watchdog(&mut rig, 1_000_000);
     let msgs = read_notify(&sock, Duration::from_secs(30), |_| {
         agent.log_text().contains("resuming")
     });
@@ -303,15 +304,8 @@ fn a_slow_plugin_probe_neither_starves_the_watchdog_nor_holds_the_scan() {
         "10-slow.so",
         &["PLUGIN_NAME=\"slow\"", "SLOW_INIT_S=60"],
     );
-    let sock_path = rig.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let under = [
-        "env",
-        &format!("NOTIFY_SOCKET={}", sock_path.display()),
-        "WATCHDOG_USEC=1000000",
-    ];
     let started = Instant::now();
-    let agent = rig.spawn_agent_under(&under, "info");
+    let (agent, sock) = under_watchdog(&mut rig, 1_000_000);
     let msgs = read_notify(&sock, Duration::from_secs(15), |_| {
         agent.log_text().contains("plugin refused")
     });
