@@ -642,19 +642,37 @@ fn helper_pid(file: &Path) -> i32 {
 
 #[test]
 fn a_forked_helper_holds_nothing_the_group_ends_with_the_call() {
+    helpers_end_with_the_call(&[]);
+}
+
+#[test]
+fn a_helper_that_leaves_the_group_ends_with_the_call_too() {
+    // `setsid` and a second fork, as a daemon does: out of the call's process group.
+    helpers_end_with_the_call(&["SETSID"]);
+}
+
+/// A plugin forks a helper (built with `extra` defines) that would sleep 25 s: a call
+/// that hangs is timed out and one that answers at once is done at once — the helper
+/// holds neither, and is gone with the call.
+fn helpers_end_with_the_call(extra: &[&str]) {
     let mut rig = Rig::new();
     rig.config["plugin_timeout_s"] = json!(2);
     let hang_pid = rig.path().join("hang-helper");
     let quick_pid = rig.path().join("quick-helper");
+    let defines = |name: &str, pid_file: &Path, more: &[&'static str]| {
+        let mut d = vec![
+            format!("PLUGIN_NAME=\"{name}\""),
+            format!("HELPER_PID=\"{}\"", pid_file.display()),
+        ];
+        d.extend(extra.iter().chain(more).map(|s| s.to_string()));
+        d
+    };
+    let hang = defines("hang", &hang_pid, &["HANG"]);
     fixture(
         &rig,
         "rogue.c",
         "10-hang.so",
-        &[
-            "PLUGIN_NAME=\"hang\"",
-            &format!("HELPER_PID=\"{}\"", hang_pid.display()),
-            "HANG",
-        ],
+        &hang.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let agent = rig.start_agent();
     let (_, t) = rig.task("slow.bin", 1000, 1);
@@ -671,18 +689,16 @@ fn a_forked_helper_holds_nothing_the_group_ends_with_the_call() {
     );
     let helper = helper_pid(&hang_pid);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!alive(helper), "the helper is gone with the group");
+    assert!(!alive(helper), "the helper is gone with the timed-out call");
 
     // A plugin that answers at once but leaves a helper behind: done at once, helper gone.
     std::fs::remove_file(plugin_dir(&rig).join("10-hang.so")).unwrap();
+    let quick = defines("quick", &quick_pid, &[]);
     fixture(
         &rig,
         "rogue.c",
         "10-quick.so",
-        &[
-            "PLUGIN_NAME=\"quick\"",
-            &format!("HELPER_PID=\"{}\"", quick_pid.display()),
-        ],
+        &quick.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     wait_log(&agent, "plugin quick loaded");
@@ -701,67 +717,15 @@ fn a_forked_helper_holds_nothing_the_group_ends_with_the_call() {
     );
     let helper = helper_pid(&quick_pid);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!alive(helper), "the helper is gone with the group");
-}
-
-#[test]
-fn a_helper_that_leaves_the_group_ends_with_the_call_too() {
-    let mut rig = Rig::new();
-    rig.config["plugin_timeout_s"] = json!(2);
-    let quick_pid = rig.path().join("daemonised-quick");
-    let hang_pid = rig.path().join("daemonised-hang");
-    fixture(
-        &rig,
-        "rogue.c",
-        "10-quick.so",
-        &[
-            "PLUGIN_NAME=\"quick\"",
-            &format!("HELPER_PID=\"{}\"", quick_pid.display()),
-            "SETSID",
-        ],
-    );
-    let agent = rig.start_agent();
-    let (_, q) = rig.task("quick.bin", 1000, 2);
-    rig.platform.push(&device(), &q).unwrap();
-    assert_eq!(
-        state_of(&rig.final_report(&agent, "quick.bin", T)),
-        ("done", 0)
-    );
-    let helper = helper_pid(&quick_pid);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !alive(helper),
-        "a new session and a double fork do not outlive the call"
-    );
-    assert!(
-        agent.log_text().contains("outlived the call"),
-        "{}",
-        agent.log_text()
-    );
-
-    // The same helper of a call that times out.
-    std::fs::remove_file(plugin_dir(&rig).join("10-quick.so")).unwrap();
-    fixture(
-        &rig,
-        "rogue.c",
-        "10-hang.so",
-        &[
-            "PLUGIN_NAME=\"hang\"",
-            &format!("HELPER_PID=\"{}\"", hang_pid.display()),
-            "SETSID",
-            "HANG",
-        ],
-    );
-    agent.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_log(&agent, "plugin hang loaded");
-    let (_, t) = rig.task("slow.bin", 1000, 1);
-    rig.platform.push(&device(), &t).unwrap();
-    let r = rig.final_report(&agent, "slow.bin", T);
-    assert_eq!(state_of(&r), ("fail", -5), "{r}");
-    assert!(msg(&r).contains("timed out"), "{r}");
-    let helper = helper_pid(&hang_pid);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!alive(helper), "gone with the timed-out call");
+    assert!(!alive(helper), "the helper is gone with the call");
+    if !extra.is_empty() {
+        // Out of the group, only the call's sweep ends it, and says so.
+        assert!(
+            agent.log_text().contains("outlived the call"),
+            "{}",
+            agent.log_text()
+        );
+    }
 }
 
 /// Socket inodes among `pid`'s descriptors.
