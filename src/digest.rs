@@ -91,13 +91,24 @@ pub(crate) fn read_chunks<E>(
     Ok(done)
 }
 
-/// Feeds up to `len` bytes of `r` into `md5`; returns how many there were.
-pub(crate) fn hash_prefix(r: &mut impl Read, len: u64, md5: &mut Md5) -> io::Result<u64> {
+/// Feeds up to `len` bytes of `r` into `md5`, calling `tick` after each chunk (a long
+/// read beats the watchdog there and ends with the tick's error on a stop); returns how
+/// many bytes there were.
+pub(crate) fn hash_prefix_ticking<E>(
+    r: &mut impl Read,
+    len: u64,
+    md5: &mut Md5,
+    mut tick: impl FnMut() -> Result<(), E>,
+) -> Result<u64, ChunkError<E>> {
     read_chunks(r, len, |c| {
         md5.consume(c);
-        Ok::<(), io::Error>(())
+        tick()
     })
-    .map_err(|e| match e {
+}
+
+/// Feeds up to `len` bytes of `r` into `md5`; returns how many there were.
+pub(crate) fn hash_prefix(r: &mut impl Read, len: u64, md5: &mut Md5) -> io::Result<u64> {
+    hash_prefix_ticking(r, len, md5, || Ok::<(), io::Error>(())).map_err(|e| match e {
         ChunkError::Read(e) | ChunkError::Sink(e) => e,
     })
 }

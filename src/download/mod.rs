@@ -589,10 +589,7 @@ impl Downloader {
             return Ok(None);
         };
         let mut md5 = crate::digest::Md5::new();
-        match crate::digest::read_chunks(&mut file, u64::MAX, |c| {
-            md5.consume(c);
-            self.tick()
-        }) {
+        match crate::digest::hash_prefix_ticking(&mut file, u64::MAX, &mut md5, || self.tick()) {
             Ok(_) => Ok(Some(md5.hex())),
             Err(crate::digest::ChunkError::Read(_)) => Ok(None),
             Err(crate::digest::ChunkError::Sink(stop)) => Err(stop),

@@ -55,21 +55,14 @@ impl Staging {
 
     /// Hashes the first `len` bytes again (what survives is what the hash covered),
     /// cuts the file there and positions the writes after it.
-    fn rehash<E: From<FsError>>(
-        &mut self,
-        mut tick: impl FnMut() -> Result<(), E>,
-    ) -> Result<(), E> {
+    fn rehash<E: From<FsError>>(&mut self, tick: impl FnMut() -> Result<(), E>) -> Result<(), E> {
         let path = &self.path;
         if self.len > 0 {
             self.file
                 .seek(SeekFrom::Start(0))
                 .map_err(|e| FsError::new("seek", path, e))?;
-            let md5 = &mut self.md5;
-            self.len = digest::read_chunks(&mut self.file, self.len, |c| {
-                md5.consume(c);
-                tick()
-            })
-            .map_err(|e| match e {
+            self.len = digest::hash_prefix_ticking(&mut self.file, self.len, &mut self.md5, tick)
+                .map_err(|e| match e {
                 digest::ChunkError::Read(e) => FsError::new("read", path, e).into(),
                 digest::ChunkError::Sink(e) => e,
             })?;
