@@ -22,7 +22,7 @@ use crate::tasks::{self, Offer};
 use crate::upload::{UploadSignal, Uploader};
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,8 +134,6 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     spawn_mqtt(session, &events, &shutdown)?;
     let config = Arc::new(config);
     let connected = Arc::new(AtomicBool::new(false));
-    let upload_cancel = Arc::new(AtomicBool::new(false));
-    let upload_answers = Arc::new(AtomicU64::new(0));
     let (uploads, upload_inbox) = mpsc::sync_channel(UPLOAD_QUEUE);
     let live = Arc::new(config::Live::new(config.clone()));
     let uploader = Uploader {
@@ -145,9 +143,6 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
         publisher: publisher.clone(),
         shutdown: shutdown.clone(),
         connected: connected.clone(),
-        cancel: upload_cancel.clone(),
-        answers: upload_answers.clone(),
-        reports: AtomicU64::new(0),
         inbox: upload_inbox,
         kept_retry: Default::default(),
     };
@@ -183,8 +178,6 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
         poll_owed: false,
         connected,
         uploads,
-        upload_cancel,
-        upload_answers,
         plugins: Arc::new(PluginSet::default()),
         scanning: false,
         scans: 0,
@@ -265,9 +258,6 @@ struct Coordinator {
     /// Shared with the upload thread, which uploads only while connected.
     connected: Arc<AtomicBool>,
     uploads: SyncSender<UploadSignal>,
-    upload_cancel: Arc<AtomicBool>,
-    /// Every `report_upload_progress_rsp`, counted (the upload thread's verdict).
-    upload_answers: Arc<AtomicU64>,
     plugins: Arc<PluginSet>,
     /// A scan runs (at start, after SIGHUP): until it ends nothing starts on the download
     /// thread (the next task uses the plugins as scanned now), and a plugin's install
@@ -601,23 +591,21 @@ impl Coordinator {
                 result_code,
                 result_msg,
             }) => {
-                // Counted for the upload thread's verdict on `done` — after the signal
-                // is queued, so a count that includes a refusal is never seen before
-                // the refusal itself; the signal carries the number it is counted as
-                // (the coordinator is the only writer), so the upload thread knows at
-                // once which report it answers. A refusal also stops a PUT in flight.
-                let seq = self.upload_answers.load(Ordering::SeqCst) + 1;
+                // Matched here, in arrival order, to the report it answers; the upload
+                // thread judges what that means (`upload::verdict`).
+                let to = self.reporter.answered(Direction::Upload);
                 if result_code != 0 {
+                    let about = to.as_ref().map_or(String::from("unasked"), |s| {
+                        format!("about {} {}", s.name, s.state)
+                    });
                     log::warn!(
-                        "the platform answered an upload report with {result_code}: {result_msg}"
+                        "the platform answered an upload report ({about}) with {result_code}: {result_msg}"
                     );
-                    self.upload_cancel.store(true, Ordering::SeqCst);
                 }
                 self.to_uploader(UploadSignal::ProgressRsp {
                     code: result_code,
-                    seq,
+                    to,
                 });
-                self.upload_answers.store(seq, Ordering::SeqCst);
             }
             Ok(DownMessage::UploadResult { result_code }) => {
                 self.to_uploader(UploadSignal::UploadResult(result_code))
@@ -754,7 +742,7 @@ impl Coordinator {
     /// none (sent unasked), withdraws it; one to a report about another name (a refused
     /// task's `fail`) never does.
     fn on_download_rsp(&mut self, code: i64, msg: &str) {
-        let answers = self.reporter.download_answered();
+        let answers = self.reporter.answered(Direction::Download).map(|s| s.name);
         if code == 0 {
             return;
         }

@@ -225,6 +225,11 @@ impl Report {
     }
 }
 
+/// `{"type":"create_upload_task",…}`: announces an outbox file (docs/protocol.md, "Upload").
+pub(crate) fn create_upload_task_message(name: &str, md5sum: &str, size: u64) -> Value {
+    json!({"type": "create_upload_task", "size": size, "name": name, "md5sum": md5sum})
+}
+
 /// `{"type":"get_download_task"}`.
 pub(crate) fn get_download_task_message() -> Value {
     json!({ "type": "get_download_task" })

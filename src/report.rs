@@ -21,36 +21,49 @@ pub(crate) struct Reporter {
     /// Serialises final reports, so a re-send after connect and a new final report do not
     /// interleave their journal updates.
     finals: Mutex<()>,
-    /// The download reports sent in this session and not answered yet: the next
-    /// `report_download_progress_rsp` answers the oldest.
-    awaiting: Mutex<Awaiting>,
+    /// The reports sent in this session and not answered yet, one list per direction:
+    /// the next `report_download_progress_rsp` (`report_upload_progress_rsp`) answers
+    /// the oldest download (upload) report.
+    awaiting: Mutex<[Awaiting; 2]>,
 }
 
 /// Reports awaiting an answer, kept at most: a platform that stopped answering must not
 /// grow the list (past it the oldest go, and a reconnect starts afresh anyway).
 const MAX_AWAITING: usize = 256;
 
-/// The download reports sent in this MQTT session that have no answer yet, oldest
-/// first. The platform answers every `report_download_progress` with one
-/// `report_download_progress_rsp`, in order; the broker keeps a session's order, so the
+/// The reports of one direction sent in this MQTT session that have no answer yet,
+/// oldest first. The platform answers every `report_download_progress` with one
+/// `report_download_progress_rsp` (every `report_upload_progress` with one
+/// `report_upload_progress_rsp`), in order; the broker keeps a session's order, so the
 /// n-th answer is the answer to the n-th report (docs/protocol.md, "Cancelling").
 /// Answers carry no name: this list is how one is told from another — with no time
 /// window, so a late answer is still matched to its report.
 #[derive(Debug, Default)]
 pub(crate) struct Awaiting {
-    sent: VecDeque<(u64, String)>,
+    sent: VecDeque<(u64, Sent)>,
     next_id: u64,
+}
+
+/// A report awaiting its answer: which resource it was about and the state it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sent {
+    pub(crate) name: String,
+    pub(crate) state: ProgressState,
 }
 
 impl Awaiting {
     /// A report about `name` is about to be published (before it is, so its answer
     /// cannot arrive first); its id, to take it back if the publish fails.
-    pub(crate) fn sent(&mut self, name: &str) -> u64 {
+    pub(crate) fn sent(&mut self, name: &str, state: ProgressState) -> u64 {
         self.next_id += 1;
         if self.sent.len() >= MAX_AWAITING {
             self.sent.pop_front();
         }
-        self.sent.push_back((self.next_id, name.to_string()));
+        let report = Sent {
+            name: name.to_string(),
+            state,
+        };
+        self.sent.push_back((self.next_id, report));
         self.next_id
     }
 
@@ -59,10 +72,10 @@ impl Awaiting {
         self.sent.retain(|(i, _)| *i != id);
     }
 
-    /// An answer arrived: the name of the report it answers (None: no report awaits one
-    /// — the platform sent it unasked).
-    pub(crate) fn answered(&mut self) -> Option<String> {
-        self.sent.pop_front().map(|(_, name)| name)
+    /// An answer arrived: the report it answers (None: no report awaits one — the
+    /// platform sent it unasked).
+    pub(crate) fn answered(&mut self) -> Option<Sent> {
+        self.sent.pop_front().map(|(_, sent)| sent)
     }
 
     /// The session ended: answers to what it sent are lost with it (clean session).
@@ -77,7 +90,7 @@ impl Reporter {
             publisher,
             journal,
             finals: Mutex::new(()),
-            awaiting: Mutex::new(Awaiting::default()),
+            awaiting: Mutex::new(Default::default()),
         }
     }
 
@@ -149,28 +162,30 @@ impl Reporter {
         acked
     }
 
-    /// A `report_download_progress_rsp` arrived: the name of the download report it
-    /// answers (None: no report of this session awaits one).
-    pub(crate) fn download_answered(&self) -> Option<String> {
-        self.awaiting().answered()
+    /// A `report_download_progress_rsp` (`direction` Download) or
+    /// `report_upload_progress_rsp` (Upload) arrived: the report it answers (None: no
+    /// report of this session awaits one).
+    pub(crate) fn answered(&self, direction: Direction) -> Option<Sent> {
+        self.awaiting(direction, |a| a.answered())
     }
 
     /// The MQTT session ended: no report sent in it will be answered.
     pub(crate) fn session_lost(&self) {
-        self.awaiting().session_lost();
+        let mut lists = self.awaiting.lock().unwrap_or_else(|p| p.into_inner());
+        lists.iter_mut().for_each(Awaiting::session_lost);
     }
 
-    fn awaiting(&self) -> std::sync::MutexGuard<'_, Awaiting> {
-        self.awaiting.lock().unwrap_or_else(|p| p.into_inner())
+    fn awaiting<T>(&self, direction: Direction, f: impl FnOnce(&mut Awaiting) -> T) -> T {
+        let mut lists = self.awaiting.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut lists[direction as usize])
     }
 
-    /// Publishes `report`; a download report is listed as awaiting its answer first.
+    /// Publishes `report`, listed as awaiting its answer first.
     fn publish(&self, report: &Report, qos: i32) -> Result<(), crate::mqtt::MqttError> {
-        let id =
-            (report.direction == Direction::Download).then(|| self.awaiting().sent(&report.name));
+        let id = self.awaiting(report.direction, |a| a.sent(&report.name, report.state));
         let sent = self.publisher.publish(&report.to_message(), qos);
-        if let (Err(_), Some(id)) = (&sent, id) {
-            self.awaiting().not_sent(id);
+        if sent.is_err() {
+            self.awaiting(report.direction, |a| a.not_sent(id));
         }
         sent
     }
@@ -269,31 +284,33 @@ mod tests {
     #[test]
     fn answers_are_matched_to_reports_in_order_whenever_they_come() {
         let mut a = Awaiting::default();
-        a.sent("refused.bin");
-        a.sent("fw.bin");
-        let lost = a.sent("fw.bin");
+        let name = |a: &mut Awaiting| a.answered().map(|s| s.name);
+        a.sent("refused.bin", ProgressState::Fail);
+        a.sent("fw.bin", ProgressState::Downloading);
+        let lost = a.sent("fw.bin", ProgressState::Downloading);
         a.not_sent(lost);
-        a.sent("fw.bin");
+        a.sent("fw.bin", ProgressState::Done);
         assert_eq!(
-            a.answered().as_deref(),
+            name(&mut a).as_deref(),
             Some("refused.bin"),
             "late, still its own"
         );
-        assert_eq!(a.answered().as_deref(), Some("fw.bin"));
-        assert_eq!(a.answered().as_deref(), Some("fw.bin"));
+        assert_eq!(name(&mut a).as_deref(), Some("fw.bin"));
+        let done = a.answered().map(|s| s.state);
+        assert_eq!(done, Some(ProgressState::Done), "the state it said");
         assert_eq!(a.answered(), None, "the report not sent has no answer");
     }
 
     #[test]
     fn a_lost_session_forgets_its_reports_and_the_list_is_bounded() {
         let mut a = Awaiting::default();
-        a.sent("old.bin");
+        a.sent("old.bin", ProgressState::Done);
         a.session_lost();
         assert_eq!(a.answered(), None);
         for i in 0..MAX_AWAITING + 10 {
-            a.sent(&format!("r{i}"));
+            a.sent(&format!("r{i}"), ProgressState::Uploading);
         }
-        assert_eq!(a.answered().as_deref(), Some("r10"));
+        assert_eq!(a.answered().map(|s| s.name).as_deref(), Some("r10"));
     }
 
     #[test]

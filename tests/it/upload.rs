@@ -56,6 +56,19 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// [`wait_until`], with the agent's log in the message should it time out.
+fn wait_with_log(agent: &Agent, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn vm_hwm_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
@@ -239,7 +252,7 @@ fn a_rejection_after_done_keeps_the_file_for_a_retry() {
     let src = rig.make_file("report.csv", 5_000, 36);
     rig.cli(&["upload", src.to_str().unwrap()]);
     upload_done(&rig, &agent, "report.csv");
-    wait_until("the rejection is seen", || {
+    wait_with_log(&agent, "the rejection is seen", || {
         agent.log_text().contains("rejected the upload")
     });
     assert_eq!(waiting(&rig), ["report.csv"]);
@@ -527,7 +540,7 @@ fn a_rejection_answering_done_keeps_the_file_and_it_is_retried() {
     let agent = rig.start_agent();
     let src = rig.make_file("rejected.csv", 300_000, 61);
     rig.cli(&["upload", src.to_str().unwrap()]);
-    wait_until("the rejection is seen", || {
+    wait_with_log(&agent, "the rejection is seen", || {
         agent
             .log_text()
             .contains("rejected the upload (result_code -1)")

@@ -3,36 +3,38 @@
 //! `Content-MD5`, reports `uploading` → `done`/`fail`, and removes it only once the
 //! `done` was acknowledged and the platform did not reject it. Anything else keeps the
 //! file and retries it later with backoff — never in a hot loop.
+//!
+//! This file is the schedule (which entry, when, the retries and the kept records);
+//! `conversation` speaks with the platform, `verdict` judges its answers (pure), `put`
+//! sends the bytes and knows nothing of MQTT.
+
+mod conversation;
+mod put;
+mod verdict;
+
+use conversation::During;
 
 use crate::backoff::Backoff;
 use crate::config::{Config, Live};
-use crate::fsutil;
 use crate::journal::{
     unix_now, JournalStore, KeptUpload, UploadInFlight, UploadRetry, MAX_KEPT_UPLOADS,
 };
 use crate::mqtt::{MqttError, Publisher};
 use crate::outbox::{self, Entry};
 use crate::protocol::{
-    check_url_scheme, percent, Direction, ProgressState, Report, ResultCode, UploadGrant,
-    UploadTaskRsp,
+    check_url_scheme, Direction, ProgressState, Report, ResultCode, UploadTaskRsp,
 };
 use crate::random;
-use crate::report::{Progress, Reporter};
+use crate::report::{Progress, Reporter, Sent};
 use crate::shutdown::Shutdown;
 use crate::transfer::{HttpClient, TransferError};
-use serde_json::json;
 use std::collections::HashMap;
-use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// How long the platform has to answer `create_upload_task`.
-const TASK_RSP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long after `done` a rejection (`_rsp` or `upload_result`) still counts (docs/protocol.md).
-const REJECTION_WINDOW: Duration = Duration::from_secs(5);
 /// The outbox is scanned at least this often, in case a file arrived without SIGUSR2.
 const SCAN_INTERVAL: Duration = Duration::from_secs(60);
 /// Retries of a file that failed: 2 s doubling to 5 min.
@@ -42,17 +44,15 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// no SIGUSR2 says it is ready (a killed `upload` sends none); doubling to
 /// [`SCAN_INTERVAL`] while it stays claimed.
 const QUEUEING_RECHECK: Duration = Duration::from_secs(1);
-/// Granularity of waits, so a stop is noticed quickly.
-const TICK: Duration = Duration::from_millis(200);
 
 /// What the coordinator hands the upload thread.
 #[derive(Debug)]
 pub(crate) enum UploadSignal {
     /// `create_upload_task_rsp`.
     TaskRsp(UploadTaskRsp),
-    /// `report_upload_progress_rsp` with its `result_code`, and its number in the count
-    /// of answers (`answers` once it is counted).
-    ProgressRsp { code: i64, seq: u64 },
+    /// `report_upload_progress_rsp` with its `result_code`, and the report it answers
+    /// (None: sent unasked), matched by the coordinator (`report::Awaiting`).
+    ProgressRsp { code: i64, to: Option<Sent> },
     /// `upload_result` with its `result_code`.
     UploadResult(i64),
     /// Scan the outbox now; `reset_backoff` (SIGUSR2) retries waiting files at once.
@@ -113,14 +113,6 @@ pub(crate) struct Uploader {
     pub(crate) publisher: Publisher,
     pub(crate) shutdown: Shutdown,
     pub(crate) connected: Arc<AtomicBool>,
-    /// Set by the coordinator when the platform answers a progress report with a
-    /// non-zero code while a PUT runs.
-    pub(crate) cancel: Arc<AtomicBool>,
-    /// Every `report_upload_progress_rsp` the coordinator received, counted: the
-    /// verdict on `done` is the answer after those to this upload's `uploading` reports.
-    pub(crate) answers: Arc<AtomicU64>,
-    /// `uploading` reports sent for the upload in flight.
-    pub(crate) reports: AtomicU64,
     pub(crate) inbox: Receiver<UploadSignal>,
     /// Uploaded entries that could not be removed: when to try removing each again, and
     /// the wait after that ([`KEPT_RETRY_MIN`] doubling to [`KEPT_RETRY_MAX`]).
@@ -285,21 +277,16 @@ impl Uploader {
             ));
             return Attempt::Retry(e);
         }
-        let answers_before = self.answers.load(Ordering::SeqCst);
-        self.reports.store(0, Ordering::SeqCst);
-        match self.put(entry, &opened.file, &url, size, &md5sum) {
-            Ok(()) => {}
-            Err(a) => return a,
+        if let Err(a) = self.put(entry, &opened.file, &url, size, &md5sum) {
+            return a;
         }
-        let reports = self.reports.load(Ordering::SeqCst);
-        self.drain();
         if !self
             .reporter
             .final_report(Report::done(Direction::Upload, &entry.name))
         {
             return Attempt::Retry(UploadError::DoneNotAcknowledged);
         }
-        if let Some(result_code) = self.verdict(answers_before, reports) {
+        if let Some(result_code) = self.verdict(&entry.name) {
             return Attempt::Retry(UploadError::Rejected { result_code });
         }
         if let Err(e) = outbox::remove(&self.config().outbox_dir, entry, &opened) {
@@ -386,47 +373,7 @@ impl Uploader {
         rest
     }
 
-    /// `create_upload_task`, then the matching `create_upload_task_rsp`'s URL.
-    fn announce(&mut self, name: &str, md5sum: &str, size: u64) -> Result<String, Attempt> {
-        self.drain();
-        let msg =
-            json!({"type": "create_upload_task", "size": size, "name": name, "md5sum": md5sum});
-        if let Err(e) = self.publisher.publish(&msg, 1) {
-            return Err(Attempt::Retry(UploadError::Announce(e)));
-        }
-        let deadline = Instant::now() + TASK_RSP_TIMEOUT;
-        loop {
-            if self.shutdown.is_set() {
-                return Err(Attempt::Stopped);
-            }
-            if Instant::now() >= deadline {
-                return Err(Attempt::Retry(UploadError::NoAnswer {
-                    secs: TASK_RSP_TIMEOUT.as_secs(),
-                }));
-            }
-            match self.inbox.recv_timeout(TICK) {
-                Ok(UploadSignal::TaskRsp(rsp)) if rsp.name == name && rsp.md5sum == md5sum => {
-                    return match rsp.grant {
-                        UploadGrant::Url(url) => Ok(url),
-                        UploadGrant::Refused { result_code } => {
-                            Err(Attempt::Retry(UploadError::Refused { result_code }))
-                        }
-                        UploadGrant::NoUrl => Err(Attempt::Retry(UploadError::NoUrl)),
-                    };
-                }
-                Ok(UploadSignal::TaskRsp(rsp)) => {
-                    log::debug!(
-                        "ignoring create_upload_task_rsp for {} ({})",
-                        rsp.name,
-                        rsp.md5sum
-                    )
-                }
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Err(Attempt::Stopped),
-            }
-        }
-    }
-
+    /// The PUT, with `uploading` reports and the withdrawal check around it.
     fn put(
         &mut self,
         entry: &Entry,
@@ -435,30 +382,32 @@ impl Uploader {
         size: u64,
         md5sum: &str,
     ) -> Result<(), Attempt> {
-        let http = HttpClient::new(&self.config());
-        self.cancel.store(false, Ordering::SeqCst);
-        let body = ProgressBody {
-            inner: file.take(size),
-            sent: 0,
-            dropped: 0,
-            size,
+        let config = self.config();
+        let http = HttpClient::new(&config);
+        let mut during = During {
             uploader: self,
+            name: &entry.name,
             progress: Progress::new(
                 &self.reporter,
                 Direction::Upload,
                 &entry.name,
-                self.config().progress_interval,
+                config.progress_interval,
             ),
-            pace: crate::pace::Pace::new(self.config().max_bytes_per_s),
+            withdrawn: false,
         };
-        // ureq copies the body with a small stack buffer; a large buffer in front means
-        // fewer, larger reads of the file (and of the progress and stop checks).
-        let body = std::io::BufReader::with_capacity(128 * 1024, body);
-        let result = http.put(url, body, size, md5sum);
+        let result = put::put(
+            &http,
+            file,
+            url,
+            (size, md5sum),
+            config.max_bytes_per_s,
+            &self.shutdown,
+            &mut during,
+        );
         if self.shutdown.is_set() {
             return Err(Attempt::Stopped);
         }
-        if self.cancel.load(Ordering::SeqCst) {
+        if during.withdrawn {
             log::warn!(
                 "the platform withdrew the upload of {}; the file stays queued",
                 entry.name
@@ -479,53 +428,6 @@ impl Uploader {
             ));
             Attempt::Retry(e)
         })
-    }
-
-    /// The platform's verdict on `done` (docs/protocol.md, "The verdict after `done`"):
-    /// the first answer to it — the answer after those owed to this upload's `reports`
-    /// `uploading` reports, counted from `answers_before` — or an `upload_result`, within
-    /// [`REJECTION_WINDOW`]. 0 confirms at once; a non-zero code rejects (returned), and
-    /// a non-zero answer after `done` is taken as a rejection whichever report it
-    /// answers, so it is never lost behind an earlier answer. No verdict: the upload
-    /// stands (None).
-    fn verdict(&mut self, answers_before: u64, reports: u64) -> Option<i64> {
-        let deadline = Instant::now() + REJECTION_WINDOW;
-        loop {
-            let answered = self.answers.load(Ordering::SeqCst) - answers_before;
-            if answered > reports {
-                // The answer to `done` is in; a refusal among the answers counted is
-                // already queued (the coordinator queues before it counts).
-                while let Ok(signal) = self.inbox.try_recv() {
-                    match signal {
-                        UploadSignal::ProgressRsp { code, .. } if code != 0 => return Some(code),
-                        UploadSignal::UploadResult(code) if code != 0 => return Some(code),
-                        _ => {}
-                    }
-                }
-                return None;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.shutdown.is_set() {
-                return None;
-            }
-            match self.inbox.recv_timeout(left.min(TICK)) {
-                Ok(UploadSignal::ProgressRsp { code, .. }) if code != 0 => return Some(code),
-                // The answer to `done` itself (known by its number, without waiting for
-                // the count to catch up): confirmed.
-                Ok(UploadSignal::ProgressRsp { seq, .. })
-                    if seq.saturating_sub(answers_before) > reports =>
-                {
-                    return None
-                }
-                Ok(UploadSignal::UploadResult(code)) => return (code != 0).then_some(code),
-                _ => {}
-            }
-        }
-    }
-
-    /// Drops answers that belong to earlier messages.
-    fn drain(&mut self) {
-        while self.inbox.try_recv().is_ok() {}
     }
 
     /// Records the upload starting (0 %), for `status`.
@@ -562,58 +464,5 @@ impl Uploader {
             j.upload_retries
                 .retain(|name, _| waiting.contains_key(name))
         });
-    }
-
-    /// Reports `uploading` at `sent` of `size` (throttled) and records the percent.
-    fn progress(&self, progress: &mut Progress, sent: u64, size: u64) {
-        let p = percent(sent, size);
-        if progress.report(ProgressState::Uploading, p) {
-            self.reports.fetch_add(1, Ordering::SeqCst);
-            self.journal.record(|j| {
-                if let Some(u) = j.upload.as_mut() {
-                    u.percent = p;
-                }
-            });
-        }
-    }
-}
-
-/// The PUT body: the file, counted for progress, paced under `max_bytes_per_s`, and cut
-/// short (an error) when the agent stops or the platform withdraws the upload. What was
-/// sent is dropped from the page cache every [`fsutil::FLUSH_EVERY`] bytes: the file is
-/// read once (a retry reads it from the disk again) and removed after, and a large upload
-/// should not evict what the device's programs use.
-struct ProgressBody<'a> {
-    inner: io::Take<&'a std::fs::File>,
-    sent: u64,
-    /// Bytes from the start already dropped from the page cache.
-    dropped: u64,
-    size: u64,
-    uploader: &'a Uploader,
-    progress: Progress<'a>,
-    pace: crate::pace::Pace,
-}
-
-impl Read for ProgressBody<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.uploader.shutdown.is_set() || self.uploader.cancel.load(Ordering::SeqCst) {
-            // Not `Interrupted`: readers retry those.
-            return Err(io::Error::other("upload stopped"));
-        }
-        if self.sent == 0 {
-            self.uploader.progress(&mut self.progress, 0, self.size);
-        }
-        let n = self.inner.read(buf)?;
-        self.sent += n as u64;
-        if self.sent - self.dropped >= fsutil::FLUSH_EVERY {
-            // Best effort: the file is only read, so its pages are clean.
-            let _ =
-                fsutil::drop_cached(self.inner.get_ref(), self.dropped, self.sent - self.dropped);
-            self.dropped = self.sent;
-        }
-        self.uploader
-            .progress(&mut self.progress, self.sent, self.size);
-        self.pace.after(n as u64, &self.uploader.shutdown);
-        Ok(n)
     }
 }
