@@ -3,7 +3,7 @@
 
 use crate::config::{self, ConfigError};
 use crate::outbox::{self, Handover, OutboxError};
-use crate::plugin::PluginHost;
+use crate::plugin::{Op, PluginHost};
 use crate::shutdown::Shutdown;
 use crate::{daemon, pidfile, plugin, status};
 use std::collections::BTreeMap;
@@ -464,7 +464,7 @@ fn plugin_run(
     say!("plugin:   {} ({})", plugin.name, plugin_file.display());
     say!("resource: {name} ({size} bytes, md5 {})", resource.md5sum);
     let progress = |p: u32| say!("progress: {p}%");
-    if plugin.validate {
+    if plugin.has(Op::Validate) {
         match host.call(&plugin, plugin::Op::Validate, &resource, progress) {
             plugin::CallOutcome::Ok | plugin::CallOutcome::Declined => {
                 say!("validate: accepted")
@@ -476,7 +476,7 @@ fn plugin_run(
             }
         }
     }
-    if !plugin.install {
+    if !plugin.has(Op::Install) {
         say!("verdict:  accepted (validate only; the next installer places it)");
         return ExitCode::SUCCESS;
     }

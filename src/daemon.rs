@@ -10,7 +10,7 @@ use crate::journal::{self, ConnState, JournalError, JournalStore};
 use crate::mqtt::{LinkEvent, MqttError, Publisher, Session};
 use crate::notify::Notifier;
 use crate::pidfile::{Instance, PidError};
-use crate::plugin::{PluginHost, PluginSet};
+use crate::plugin::{Op, PluginHost, PluginSet};
 use crate::protocol::{self, Direction, DownMessage, Report, ResultCode, Task, MAX_MESSAGE_BYTES};
 use crate::random;
 use crate::reboot;
@@ -659,7 +659,7 @@ impl Coordinator {
             let ask_plugin = match (&i.plugin, &plugins) {
                 (None, _) => false,
                 (Some(_), None) => true,
-                (Some(p), Some(set)) => set.named(p).is_some_and(|p| p.installed),
+                (Some(p), Some(set)) => set.named(p).is_some_and(|p| p.has(Op::Installed)),
             };
             !ask_plugin && install::still_present(&resource_dir, name, i)
         };

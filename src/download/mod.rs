@@ -280,7 +280,7 @@ impl Downloader {
         paths: &Paths,
         name: &str,
     ) -> Result<Option<InstalledBy>, Stop> {
-        let Some(plugin) = self.plugins.named(name).filter(|p| p.installed) else {
+        let Some(plugin) = self.plugins.named(name).filter(|p| p.has(Op::Installed)) else {
             return Ok(None);
         };
         let resource = self.resource_args(task, paths, None);
@@ -316,7 +316,7 @@ impl Downloader {
             return Ok(present.then_some(InstalledBy::Default));
         };
         let by = InstalledBy::Plugin(name.clone());
-        let Some(plugin) = self.plugins.named(name).filter(|p| p.installed) else {
+        let Some(plugin) = self.plugins.named(name).filter(|p| p.has(Op::Installed)) else {
             // The record decides — unless the plugin installed something else since.
             return Ok((!i.superseded).then_some(by));
         };
@@ -503,7 +503,7 @@ impl Downloader {
             crate::notify::beat();
             let paths = install::paths(&self.config.resource_dir, &name);
             let resource = self.resource_args(&pending.task, &paths, None);
-            let outcome = if plugin.confirm {
+            let outcome = if plugin.has(Op::Confirm) {
                 self.plugin_host()
                     .call(plugin, Op::Confirm, &resource, |_| {})
             } else {

@@ -11,8 +11,7 @@
 
 use super::{CallInput, ChildMessage, Op, Probe, ABI_VERSION, MAX_PLUGIN_TEXT};
 use resagent_plugin_sdk::{
-    AbiFn, CallFn, Host, NameFn, Resource, SYMBOL_ABI, SYMBOL_CLAIMS, SYMBOL_CONFIRM,
-    SYMBOL_INSTALL, SYMBOL_INSTALLED, SYMBOL_NAME, SYMBOL_VALIDATE,
+    AbiFn, CallFn, Host, NameFn, Resource, SYMBOL_ABI, SYMBOL_CLAIMS, SYMBOL_NAME,
 };
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::io::{Read, Write};
@@ -354,8 +353,7 @@ pub(crate) fn main(mode: &str) -> ExitCode {
     };
     // SAFETY: as above, the types are those of the header.
     let entry = |symbol: &[u8]| unsafe { lib.get::<CallFn>(symbol) }.ok();
-    let (validate, install) = (entry(SYMBOL_VALIDATE), entry(SYMBOL_INSTALL));
-    let (installed, confirm) = (entry(SYMBOL_INSTALLED), entry(SYMBOL_CONFIRM));
+    let hooks = Op::ALL.map(|op| entry(op.hook().symbol));
     if mode == "probe" {
         // SAFETY: as above.
         let claims = match unsafe { lib.get::<NameFn>(SYMBOL_CLAIMS) } {
@@ -371,10 +369,11 @@ pub(crate) fn main(mode: &str) -> ExitCode {
         send(&ChildMessage::Probe(Probe {
             abi,
             name,
-            validate: validate.is_some(),
-            install: install.is_some(),
-            installed: installed.is_some(),
-            confirm: confirm.is_some(),
+            exports: Op::ALL
+                .into_iter()
+                .filter(|op| hooks[*op as usize].is_some())
+                .map(|op| op.as_str().to_string())
+                .collect(),
             claims,
         }));
         return ExitCode::SUCCESS;
@@ -385,13 +384,7 @@ pub(crate) fn main(mode: &str) -> ExitCode {
     let Some(op) = Op::from_mode(mode) else {
         return fail(format!("unknown mode `{mode}`"));
     };
-    let function = match op {
-        Op::Validate => validate,
-        Op::Install => install,
-        Op::Installed => installed,
-        Op::Confirm => confirm,
-    };
-    let Some(function) = function else {
+    let Some(function) = hooks[op as usize].as_ref() else {
         return fail(format!("does not export resagent_{mode}"));
     };
     let args: CallInput = match serde_json::from_slice(&input) {

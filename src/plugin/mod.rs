@@ -16,6 +16,7 @@ mod image;
 use crate::shutdown::Shutdown;
 use host::{run_child, ChildCall};
 pub(crate) use image::Image;
+use resagent_plugin_sdk::{Hook, HOOKS};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -105,12 +106,8 @@ pub(crate) enum PluginError {
 pub(crate) struct Probe {
     pub(crate) abi: u32,
     pub(crate) name: String,
-    pub(crate) validate: bool,
-    pub(crate) install: bool,
-    #[serde(default)]
-    pub(crate) installed: bool,
-    #[serde(default)]
-    pub(crate) confirm: bool,
+    /// The call hooks it exports ([`HOOKS`] names).
+    pub(crate) exports: Vec<String>,
     /// What `resagent_plugin_claims` returns, if exported.
     #[serde(default)]
     pub(crate) claims: Option<String>,
@@ -123,10 +120,8 @@ pub(crate) struct Plugin {
     /// What `resagent_plugin_name` returns.
     pub(crate) name: String,
     pub(crate) image: Image,
-    pub(crate) validate: bool,
-    pub(crate) install: bool,
-    pub(crate) installed: bool,
-    pub(crate) confirm: bool,
+    /// The call hooks it exports.
+    pub(crate) hooks: Vec<Op>,
     /// The patterns of the resource names it owns.
     pub(crate) claims: Vec<String>,
 }
@@ -137,19 +132,20 @@ impl Plugin {
         glob::any_matches(&self.claims, name)
     }
 
-    /// What it exports, for `plugin check`.
+    /// Whether it exports the hook of `op`.
+    pub(crate) fn has(&self, op: Op) -> bool {
+        self.hooks.contains(&op)
+    }
+
+    /// What it exports, for `plugin check`: its hooks in table order, then `claims`.
     pub(crate) fn exports(&self) -> Vec<&'static str> {
-        [
-            ("validate", self.validate),
-            ("install", self.install),
-            ("installed", self.installed),
-            ("confirm", self.confirm),
-            ("claims", !self.claims.is_empty()),
-        ]
-        .iter()
-        .filter(|(_, has)| *has)
-        .map(|(n, _)| *n)
-        .collect()
+        let claims = (!self.claims.is_empty()).then_some("claims");
+        Op::ALL
+            .into_iter()
+            .filter(|op| self.has(*op))
+            .map(Op::as_str)
+            .chain(claims)
+            .collect()
     }
 }
 
@@ -165,10 +161,10 @@ pub(crate) struct PluginSet {
 
 impl PluginSet {
     pub(crate) fn validators(&self) -> impl Iterator<Item = &Plugin> {
-        self.plugins.iter().filter(|p| p.validate)
+        self.plugins.iter().filter(|p| p.has(Op::Validate))
     }
     pub(crate) fn installers(&self) -> impl Iterator<Item = &Plugin> {
-        self.plugins.iter().filter(|p| p.install)
+        self.plugins.iter().filter(|p| p.has(Op::Install))
     }
     /// The first plugin that claims resource `name`.
     pub(crate) fn owner_of(&self, name: &str) -> Option<&Plugin> {
@@ -202,29 +198,33 @@ pub(crate) struct CallInput {
     pub(crate) private_dir: Option<PathBuf>,
 }
 
-/// Which entry point to call.
+/// Which entry point to call: a name for each row of the SDK's [`HOOKS`] table, in its
+/// order (everything else about a hook — its symbol, its mode, whether it may answer
+/// "pending" — is read from the table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
-    Validate,
-    Install,
-    Installed,
-    Confirm,
+    Validate = 0,
+    Install = 1,
+    Installed = 2,
+    Confirm = 3,
 }
 
 impl Op {
+    /// Every hook, in table order.
+    pub(crate) const ALL: [Op; HOOKS.len()] =
+        [Op::Validate, Op::Install, Op::Installed, Op::Confirm];
+
+    /// Its row of the table.
+    pub(crate) fn hook(self) -> &'static Hook {
+        &HOOKS[self as usize]
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Op::Validate => "validate",
-            Op::Install => "install",
-            Op::Installed => "installed",
-            Op::Confirm => "confirm",
-        }
+        self.hook().name
     }
 
     pub(crate) fn from_mode(mode: &str) -> Option<Op> {
-        [Op::Validate, Op::Install, Op::Installed, Op::Confirm]
-            .into_iter()
-            .find(|op| op.as_str() == mode)
+        Op::ALL.into_iter().find(|op| op.as_str() == mode)
     }
 }
 
@@ -328,7 +328,11 @@ impl PluginHost<'_> {
                 abi: probe.abi,
             });
         }
-        if !probe.validate && !probe.install {
+        let hooks: Vec<Op> = Op::ALL
+            .into_iter()
+            .filter(|op| probe.exports.iter().any(|e| e == op.as_str()))
+            .collect();
+        if !hooks.contains(&Op::Validate) && !hooks.contains(&Op::Install) {
             return Err(load(
                 "exports neither resagent_validate nor resagent_install".into(),
             ));
@@ -337,10 +341,7 @@ impl PluginHost<'_> {
             path: path.to_path_buf(),
             name: probe.name,
             image,
-            validate: probe.validate,
-            install: probe.install,
-            installed: probe.installed,
-            confirm: probe.confirm,
+            hooks,
             claims: probe
                 .claims
                 .unwrap_or_default()
@@ -472,7 +473,7 @@ impl PluginHost<'_> {
         match run.result {
             Some((0, _)) => CallOutcome::Ok,
             Some((1, _)) => CallOutcome::Declined,
-            Some((2, _)) if matches!(op, Op::Install | Op::Confirm) => CallOutcome::Pending,
+            Some((2, _)) if op.hook().may_pend => CallOutcome::Pending,
             Some((code, reason)) if code >= 0 => CallOutcome::Failed(PluginFailure::Refused {
                 plugin: plugin_name(),
                 reason: format!("{} returned {code}{}", op.as_str(), with_reason(&reason)),

@@ -92,6 +92,45 @@ pub const SYMBOL_CLAIMS: &[u8] = b"resagent_plugin_claims\0";
 pub const SYMBOL_INSTALLED: &[u8] = b"resagent_installed\0";
 pub const SYMBOL_CONFIRM: &[u8] = b"resagent_confirm\0";
 
+/// An entry point a plugin may export with the signature [`CallFn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook {
+    /// Its name: the mode of resagent's plugin child, and the word `plugin check` shows.
+    pub name: &'static str,
+    /// The symbol, NUL-terminated for `dlsym`.
+    pub symbol: &'static [u8],
+    /// Whether `RESAGENT_PENDING` (2) is a meaning of its own (effective after a
+    /// reboot) rather than a failure.
+    pub may_pend: bool,
+}
+
+/// Every call hook, in the order of resagent's `Op`: the one table of them. resagent's
+/// probe, dispatch and `plugin check` derive from it, and `tests/layout.rs` checks that
+/// the C header declares exactly these functions. A new hook is a line here, its
+/// declaration in the header, an `Op` variant and its caller (docs/architecture.md).
+pub const HOOKS: [Hook; 4] = [
+    Hook {
+        name: "validate",
+        symbol: SYMBOL_VALIDATE,
+        may_pend: false,
+    },
+    Hook {
+        name: "install",
+        symbol: SYMBOL_INSTALL,
+        may_pend: true,
+    },
+    Hook {
+        name: "installed",
+        symbol: SYMBOL_INSTALLED,
+        may_pend: false,
+    },
+    Hook {
+        name: "confirm",
+        symbol: SYMBOL_CONFIRM,
+        may_pend: true,
+    },
+];
+
 /// What a successful validate or install says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

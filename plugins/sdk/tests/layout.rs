@@ -165,3 +165,32 @@ fn the_rust_definition_matches_the_c_header_field_by_field() {
     assert!(c.contains("resagent_resource.installed_md5sum"), "{c}");
     assert_eq!(rust_layout(), c);
 }
+
+/// The C header declares, with the call signature, exactly the functions of [`HOOKS`].
+#[test]
+fn the_header_declares_exactly_the_hooks_of_the_table() {
+    let header = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../include/resagent_plugin.h"),
+    )
+    .unwrap();
+    let flat = header.split_whitespace().collect::<Vec<_>>().join(" ");
+    let signature = "(const struct resagent_host *host, const struct resagent_resource *resource, char *err, size_t err_len);";
+    let mut declared: Vec<String> = flat
+        .match_indices(signature)
+        .map(|(i, _)| {
+            let before = &flat[..i];
+            before.rsplit(' ').next().unwrap().to_string()
+        })
+        .collect();
+    declared.sort();
+    let mut table: Vec<String> = HOOKS
+        .iter()
+        .map(|h| {
+            let symbol = std::str::from_utf8(h.symbol).unwrap();
+            assert_eq!(symbol, format!("resagent_{}\0", h.name), "{}", h.name);
+            symbol.trim_end_matches('\0').to_string()
+        })
+        .collect();
+    table.sort();
+    assert_eq!(declared, table, "the header's call hooks and HOOKS differ");
+}
