@@ -26,10 +26,9 @@
 //! | `fsutil` | durable file operations (fsync, rename, fsync of the folder) |
 //! | `notify` | systemd's notify protocol and watchdog |
 //! | `pidfile`, `signals`, `shutdown`, `logging`, `random` | process plumbing |
-//! | `sys` | the system calls nix does not wrap (write-back, `TCP_NODELAY`) |
+//! | `sys` | everything `unsafe`, behind safe functions: the system calls nix does not wrap (write-back, `TCP_NODELAY`, `fork`, `sigtimedwait`) and `sys::plugin_abi`, the crossing into plugin code |
 //!
-//! `unsafe` is denied in the whole crate but `sys` and the plugin child
-//! (`plugin/child.rs`: loading plugin code and calling into C), which allow it.
+//! `unsafe` is denied in the whole crate but `sys`, which allows it.
 
 #![deny(unsafe_code)]
 

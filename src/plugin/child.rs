@@ -1,7 +1,6 @@
-//! The child side of a plugin call (`resagent __plugin MODE`): the only place that loads
-//! plugin code and crosses into C, so — beside `sys`, which holds the system calls nix
-//! does not wrap — the only module allowed `unsafe` (`lib.rs` denies it elsewhere). The agent
-//! starts it (see `host.rs`) with the sealed plugin image as stdin and a socket as
+//! The child side of a plugin call (`resagent __plugin MODE`): the only process that
+//! loads plugin code, through `sys::plugin_abi` (which holds the `unsafe` of the
+//! crossing into C; `lib.rs` denies it everywhere else). The agent starts it (see `host.rs`) with the sealed plugin image as stdin and a socket as
 //! stdout; the child first makes itself a plain process (default signal dispositions,
 //! an empty mask, no inherited descriptor beyond those three), reads its input from the
 //! socket, keeps the socket as its answer channel (JSON lines, see [`ChildMessage`]) and
@@ -10,12 +9,10 @@
 //! definition of `plugins/include/resagent_plugin.h`.
 
 use super::{CallInput, ChildMessage, Op, Probe, ABI_VERSION, MAX_PLUGIN_TEXT};
-use resagent_plugin_sdk::{
-    AbiFn, CallFn, Host, NameFn, Resource, SYMBOL_ABI, SYMBOL_CLAIMS, SYMBOL_NAME,
-};
-use std::ffi::{c_char, c_int, CStr, CString};
+use crate::sys::plugin_abi::{self, CallArgs, HostFns, Loaded};
+use std::ffi::{c_int, CString};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -46,33 +43,28 @@ fn plugin_text(bytes: &[u8]) -> String {
     crate::protocol::truncate_for_log(&s, MAX_PLUGIN_TEXT)
 }
 
-extern "C" fn host_log(level: c_int, message: *const c_char) {
-    if message.is_null() {
-        return;
-    }
-    // SAFETY: the header requires a NUL-terminated string valid for the call.
-    let text = unsafe { CStr::from_ptr(message) };
+/// What the plugin's `host->log`, `host->progress` and `host->atomic_replace` do.
+const HOST_FNS: HostFns = HostFns {
+    log: host_log,
+    progress: host_progress,
+    atomic_replace: host_atomic_replace,
+};
+
+fn host_log(level: c_int, message: &[u8]) {
     send(&ChildMessage::Log {
         level,
-        message: plugin_text(text.to_bytes()),
+        message: plugin_text(message),
     });
 }
 
-extern "C" fn host_progress(percent: u32) {
+fn host_progress(percent: u32) {
     let percent = percent.min(100);
     if LAST_PERCENT.swap(percent, Ordering::Relaxed) != percent {
         send(&ChildMessage::Progress { percent });
     }
 }
 
-extern "C" fn host_atomic_replace(src: *const c_char, dest: *const c_char) -> c_int {
-    if src.is_null() || dest.is_null() {
-        return -nix::libc::EINVAL;
-    }
-    // SAFETY: the header requires NUL-terminated strings valid for the call.
-    let (src, dest) = unsafe { (CStr::from_ptr(src), CStr::from_ptr(dest)) };
-    let src = Path::new(std::ffi::OsStr::from_bytes(src.to_bytes()));
-    let dest = Path::new(std::ffi::OsStr::from_bytes(dest.to_bytes()));
+fn host_atomic_replace(src: &Path, dest: &Path) -> c_int {
     match crate::fsutil::atomic_replace(src, dest) {
         Ok(()) => 0,
         Err(e) => -e.source.raw_os_error().unwrap_or(nix::libc::EIO),
@@ -95,10 +87,7 @@ fn plain_signals() {
         if sig == nix::libc::SIGKILL || sig == nix::libc::SIGSTOP {
             continue;
         }
-        // SAFETY: SIG_DFL installs no handler of ours; the process is single-threaded
-        // here, before any plugin code runs. The C library refuses the two real-time
-        // signals it reserves for itself (EINVAL), which is fine: no plugin uses them.
-        unsafe { nix::libc::signal(sig, nix::libc::SIG_DFL) };
+        crate::sys::default_signal(sig);
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
@@ -166,9 +155,8 @@ fn supervise() -> Option<ExitCode> {
     nix::sys::prctl::set_child_subreaper(true).ok()?;
     let set = supervisor_signals();
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
-    // SAFETY: this process is single-threaded here (nothing but the argument parsing ran,
-    // no plugin is loaded), so the fork's child may run anything.
-    match unsafe { nix::unistd::fork() } {
+    // Single-threaded here (nothing but the argument parsing ran, no plugin is loaded).
+    match crate::sys::fork_single_threaded() {
         Ok(ForkResult::Child) => {
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
@@ -207,22 +195,16 @@ fn supervise_worker(worker: nix::unistd::Pid, set: &nix::sys::signal::SigSet) ->
         if term_at.is_some_and(|t| t.elapsed() >= SUPERVISOR_GRACE) {
             let _ = kill(worker, Signal::SIGKILL);
         }
-        let timeout = nix::libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 200_000_000,
-        };
-        // SAFETY: sigtimedwait with a valid set and timeout, no siginfo wanted.
-        let sig = unsafe { nix::libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };
-        if sig > 0 && sig != nix::libc::SIGCHLD && term_at.is_none() {
+        let sig = crate::sys::sigtimedwait(set, std::time::Duration::from_millis(200));
+        if sig.is_some_and(|sig| sig != nix::libc::SIGCHLD) && term_at.is_none() {
             term_at = Some(std::time::Instant::now());
             let _ = kill(worker, Signal::SIGTERM);
         }
     }
     let swept = sweep_descendants();
     if swept > 0 {
-        if let Ok(fd) = nix::unistd::dup(1) {
-            // SAFETY: `dup` returned a new descriptor that nothing else owns.
-            let channel = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if let Ok(fd) = crate::sys::dup_owned(1) {
+            let channel = std::fs::File::from(fd);
             let _ = CHANNEL.set(Mutex::new(channel));
             send(&ChildMessage::Log {
                 level: 2,
@@ -236,8 +218,7 @@ fn supervise_worker(worker: nix::unistd::Pid, set: &nix::sys::signal::SigSet) ->
         Some(WaitStatus::Exited(_, code)) => ExitCode::from(code.clamp(0, 255) as u8),
         Some(WaitStatus::Signaled(_, sig, _)) => {
             // Ended as the worker did, so the agent tells a crash from an answer.
-            // SAFETY: SIG_DFL installs no handler; this process is single-threaded.
-            unsafe { nix::libc::signal(sig as i32, nix::libc::SIG_DFL) };
+            crate::sys::default_signal(sig as i32);
             let _ = nix::sys::signal::sigprocmask(
                 nix::sys::signal::SigmaskHow::SIG_SETMASK,
                 Some(&nix::sys::signal::SigSet::empty()),
@@ -297,8 +278,7 @@ fn children_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
-/// Entry point of `resagent __plugin MODE`, MODE one of probe, validate, install,
-/// installed, confirm.
+/// Entry point of `resagent __plugin MODE`, MODE `probe` or a hook of [`Op`].
 pub(crate) fn main(mode: &str) -> ExitCode {
     plain_signals();
     close_inherited();
@@ -307,138 +287,96 @@ pub(crate) fn main(mode: &str) -> ExitCode {
     if let Some(code) = supervise() {
         return code;
     }
-    // SAFETY: descriptor 1 is the socket the agent handed over as stdout; it is owned
-    // here from now on (a duplicate stays as fd 1 until it is pointed at stderr).
-    let socket = match nix::unistd::dup(1) {
-        // SAFETY: `dup` returned a new descriptor that nothing else owns.
-        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
-        Err(e) => {
-            eprintln!("resagent plugin child: {e}");
-            return ExitCode::from(3);
-        }
+    let input = match take_channel() {
+        Ok(input) => input,
+        Err(reason) => return fail(reason),
     };
+    plugin_abi::set_host_fns(HOST_FNS);
+    // The sealed image the agent checked is our stdin; load exactly that.
+    let image = format!("/proc/self/fd/{}", std::io::stdin().as_raw_fd());
+    let plugin = match plugin_abi::load(Path::new(&image)) {
+        Ok(p) => p,
+        Err(reason) => return fail(reason),
+    };
+    if mode == "probe" {
+        send(&ChildMessage::Probe(probe(&plugin)));
+        return ExitCode::SUCCESS;
+    }
+    if plugin.abi != ABI_VERSION {
+        return fail(format!(
+            "ABI version {}, expected {ABI_VERSION}",
+            plugin.abi
+        ));
+    }
+    let Some(op) = Op::from_mode(mode) else {
+        return fail(format!("unknown mode `{mode}`"));
+    };
+    let args = match call_args(&input) {
+        Ok(a) => a,
+        Err(reason) => return fail(reason),
+    };
+    match plugin.call(op.hook().symbol, &args, ERR_LEN) {
+        Some((code, err)) => {
+            send(&ChildMessage::Result {
+                code,
+                reason: plugin_text(&err),
+            });
+            ExitCode::SUCCESS
+        }
+        None => fail(format!("does not export resagent_{mode}")),
+    }
+}
+
+/// Takes the socket the agent handed over as stdout as the answer channel, reads the
+/// call's input from it, and points stdout at stderr (a `printf` in a plugin cannot
+/// corrupt the answer).
+fn take_channel() -> Result<Vec<u8>, String> {
+    let socket = crate::sys::dup_owned(1).map_err(|e| format!("no answer channel: {e}"))?;
     let mut channel = std::fs::File::from(socket);
     let mut input = Vec::new();
     let read = (&mut channel).take(MAX_INPUT).read_to_end(&mut input);
     let _ = CHANNEL.set(Mutex::new(channel));
     let _ = nix::unistd::dup2(2, 1);
-    if read.is_err() {
-        return fail("no input from the agent".into());
-    }
+    read.map_err(|_| "no input from the agent".to_string())?;
+    Ok(input)
+}
 
-    // The sealed image the agent checked is our stdin; load exactly that.
-    let image = format!("/proc/self/fd/{}", std::io::stdin().as_raw_fd());
-    // SAFETY: loading runs the library's initialisers; running untrusted plugin code is
-    // the purpose of this child process, which the agent isolates and times out.
-    let lib = match unsafe { libloading::Library::new(&image) } {
-        Ok(l) => l,
-        Err(e) => return fail(format!("cannot load: {e}")),
-    };
-    // SAFETY: the symbol types are those of resagent_plugin.h; a plugin exporting these
-    // names with other signatures breaks the ABI contract it claims by exporting them.
-    let (abi_fn, name_fn) =
-        unsafe { (lib.get::<AbiFn>(SYMBOL_ABI), lib.get::<NameFn>(SYMBOL_NAME)) };
-    let (abi_fn, name_fn) = match (abi_fn, name_fn) {
-        (Ok(a), Ok(n)) => (a, n),
-        (Err(_), _) => return fail("does not export resagent_plugin_abi".into()),
-        (_, Err(_)) => return fail("does not export resagent_plugin_name".into()),
-    };
-    // SAFETY: both are plain C functions without arguments (resagent_plugin.h).
-    let (abi, name_ptr) = unsafe { (abi_fn(), name_fn()) };
-    let name = if name_ptr.is_null() {
-        "unnamed".to_string()
-    } else {
-        // SAFETY: the header requires a static NUL-terminated name.
-        plugin_text(unsafe { CStr::from_ptr(name_ptr) }.to_bytes())
-    };
-    // SAFETY: as above, the types are those of the header.
-    let entry = |symbol: &[u8]| unsafe { lib.get::<CallFn>(symbol) }.ok();
-    let hooks = Op::ALL.map(|op| entry(op.hook().symbol));
-    if mode == "probe" {
-        // SAFETY: as above.
-        let claims = match unsafe { lib.get::<NameFn>(SYMBOL_CLAIMS) } {
-            // SAFETY: a plain C function without arguments returning a static string
-            // (resagent_plugin.h) or NULL.
-            Ok(f) => match unsafe { f() } {
-                p if p.is_null() => None,
-                // SAFETY: as above, NUL-terminated and static.
-                p => Some(plugin_text(unsafe { CStr::from_ptr(p) }.to_bytes())),
-            },
-            Err(_) => None,
-        };
-        send(&ChildMessage::Probe(Probe {
-            abi,
-            name,
-            exports: Op::ALL
-                .into_iter()
-                .filter(|op| hooks[*op as usize].is_some())
-                .map(|op| op.as_str().to_string())
-                .collect(),
-            claims,
-        }));
-        return ExitCode::SUCCESS;
+/// What the plugin says about itself: ABI, name, the hooks it exports, its claims.
+fn probe(plugin: &Loaded) -> Probe {
+    Probe {
+        abi: plugin.abi,
+        name: plugin
+            .name
+            .as_deref()
+            .map_or_else(|| "unnamed".to_string(), plugin_text),
+        exports: Op::ALL
+            .into_iter()
+            .filter(|op| plugin.exports(op.hook().symbol))
+            .map(|op| op.as_str().to_string())
+            .collect(),
+        claims: plugin.claims().as_deref().map(plugin_text),
     }
-    if abi != ABI_VERSION {
-        return fail(format!("ABI version {abi}, expected {ABI_VERSION}"));
-    }
-    let Some(op) = Op::from_mode(mode) else {
-        return fail(format!("unknown mode `{mode}`"));
-    };
-    let Some(function) = hooks[op as usize].as_ref() else {
-        return fail(format!("does not export resagent_{mode}"));
-    };
-    let args: CallInput = match serde_json::from_slice(&input) {
-        Ok(a) => a,
-        Err(e) => return fail(format!("bad call description: {e}")),
-    };
+}
+
+/// The C strings of a call from the agent's description of it.
+fn call_args(input: &[u8]) -> Result<CallArgs, String> {
+    let args: CallInput =
+        serde_json::from_slice(input).map_err(|e| format!("bad call description: {e}"))?;
     let c =
         |bytes: &[u8]| CString::new(bytes.to_vec()).map_err(|_| "a string holds NUL".to_string());
     let opt = |s: Option<&[u8]>| s.map(c).transpose();
     let r = &args.resource;
-    let strings = (|| {
-        Ok::<_, String>((
-            c(r.name.as_bytes())?,
-            opt(r.path.as_deref().map(|p| p.as_os_str().as_bytes()))?,
-            c(r.dest.as_os_str().as_bytes())?,
-            c(r.md5sum.as_bytes())?,
-            opt(r.installed_md5sum.as_deref().map(str::as_bytes))?,
-            opt(args.config_json.as_deref().map(str::as_bytes))?,
-            opt(args
-                .private_dir
-                .as_deref()
-                .map(|p| p.as_os_str().as_bytes()))?,
-        ))
-    })();
-    let (name_c, path_c, dest_c, md5_c, installed_c, config_c, private_c) = match strings {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
-    let resource = Resource {
-        struct_size: std::mem::size_of::<Resource>() as u32,
-        name: name_c.as_ptr(),
-        path: ptr(&path_c),
-        dest: dest_c.as_ptr(),
-        md5sum: md5_c.as_ptr(),
+    Ok(CallArgs {
+        name: c(r.name.as_bytes())?,
+        path: opt(r.path.as_deref().map(|p| p.as_os_str().as_bytes()))?,
+        dest: c(r.dest.as_os_str().as_bytes())?,
+        md5sum: c(r.md5sum.as_bytes())?,
         size: r.size,
-        installed_md5sum: ptr(&installed_c),
-    };
-    let host = Host {
-        struct_size: std::mem::size_of::<Host>() as u32,
-        log: host_log,
-        progress: host_progress,
-        atomic_replace: host_atomic_replace,
-        config_json: ptr(&config_c),
-        private_dir: ptr(&private_c),
-    };
-    let mut err = vec![0u8; ERR_LEN];
-    // SAFETY: host, resource and the strings they point to outlive the call; err is
-    // ERR_LEN writable bytes, and ERR_LEN is what the plugin is told.
-    let code = unsafe { function(&host, &resource, err.as_mut_ptr().cast::<c_char>(), ERR_LEN) };
-    let end = err.iter().position(|&b| b == 0).unwrap_or(ERR_LEN);
-    send(&ChildMessage::Result {
-        code,
-        reason: plugin_text(&err[..end]),
-    });
-    ExitCode::SUCCESS
+        installed_md5sum: opt(r.installed_md5sum.as_deref().map(str::as_bytes))?,
+        config_json: opt(args.config_json.as_deref().map(str::as_bytes))?,
+        private_dir: opt(args
+            .private_dir
+            .as_deref()
+            .map(|p| p.as_os_str().as_bytes()))?,
+    })
 }

@@ -6,8 +6,6 @@
 //! the checked bytes in memory, [`host`] runs the child as a plain process, and only the
 //! child ([`child`]) loads them.
 
-// Loads plugin code and calls into C: with `sys`, the only module allowed `unsafe`.
-#[allow(unsafe_code)]
 pub(crate) mod child;
 pub(crate) mod glob;
 mod host;

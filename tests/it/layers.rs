@@ -126,3 +126,34 @@ fn every_module_uses_only_lower_layers() {
         wrong.join("\n")
     );
 }
+
+/// `unsafe` stays in `sys`: the crate root denies it, and no other file allows it.
+#[test]
+fn only_sys_allows_unsafe_code() {
+    let src = project().join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    assert!(
+        lib.contains("#![deny(unsafe_code)]"),
+        "lib.rs must deny unsafe_code"
+    );
+    let mut dirs = vec![src.clone()];
+    let mut allowing = Vec::new();
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if std::fs::read_to_string(&p)
+                .unwrap_or_default()
+                .contains("allow(unsafe_code)")
+                && !p.starts_with(src.join("sys"))
+            {
+                allowing.push(p.display().to_string());
+            }
+        }
+    }
+    assert!(
+        allowing.is_empty(),
+        "allow(unsafe_code) outside src/sys/: {allowing:?}"
+    );
+}
