@@ -53,7 +53,7 @@ const char *resagent_plugin_claims(void) { return "*.raucb"; }
 /* The bus RAUC is on, per plugin_config; NULL with the reason in err. */
 static GDBusConnection *open_bus(const char *config, char *err, size_t err_len) {
     char bus[1024];
-    GError *e = NULL;
+    g_autoptr(GError) e = NULL;
     GDBusConnection *c;
     if (!rp_config_string(config, "bus", bus, sizeof bus) || strcmp(bus, "system") == 0) {
         snprintf(bus, sizeof bus, "system");
@@ -68,9 +68,9 @@ static GDBusConnection *open_bus(const char *config, char *err, size_t err_len) 
             NULL, NULL, &e);
     }
     if (!c) {
+        if (e) g_dbus_error_strip_remote_error(e);
         snprintf(err, err_len, "cannot reach the D-Bus bus %.300s: %.400s", bus,
                  e ? e->message : "?");
-        g_clear_error(&e);
     }
     return c;
 }
@@ -78,38 +78,37 @@ static GDBusConnection *open_bus(const char *config, char *err, size_t err_len) 
 /* A method of RAUC's Installer; its reply or NULL with the reason in err. */
 static GVariant *call(GDBusConnection *c, const char *method, GVariant *args,
                       const char *reply_type, char *err, size_t err_len) {
-    GError *e = NULL;
+    g_autoptr(GError) e = NULL;
     GVariant *r = g_dbus_connection_call_sync(
         c, RAUC_NAME, RAUC_PATH, RAUC_INSTALLER, method, args,
         reply_type ? G_VARIANT_TYPE(reply_type) : NULL, G_DBUS_CALL_FLAGS_NONE,
         CALL_TIMEOUT_MS, NULL, &e);
     if (!r) {
+        /* "GDBus.Error:de.pengutronix.rauc.Error.Failed: …" → "…", as RAUC shows it. */
+        if (e) g_dbus_error_strip_remote_error(e);
         snprintf(err, err_len, "RAUC %s: %.600s", method, e ? e->message : "?");
-        g_clear_error(&e);
     }
     return r;
 }
 
 /* One property of the Installer (a new reference), or NULL. */
 static GVariant *property(GDBusConnection *c, const char *name) {
-    GVariant *r = g_dbus_connection_call_sync(
+    g_autoptr(GVariant) r = g_dbus_connection_call_sync(
         c, RAUC_NAME, RAUC_PATH, "org.freedesktop.DBus.Properties", "Get",
         g_variant_new("(ss)", RAUC_INSTALLER, name), G_VARIANT_TYPE("(v)"),
         G_DBUS_CALL_FLAGS_NONE, 5000, NULL, NULL);
     if (!r) return NULL;
     GVariant *v = NULL;
     g_variant_get(r, "(v)", &v);
-    g_variant_unref(r);
     return v;
 }
 
 /* A string property, copied into out ("" when unavailable). */
 static void string_property(GDBusConnection *c, const char *name, char *out, size_t len) {
     out[0] = '\0';
-    GVariant *v = property(c, name);
+    g_autoptr(GVariant) v = property(c, name);
     if (v && g_variant_is_of_type(v, G_VARIANT_TYPE_STRING))
         snprintf(out, len, "%s", g_variant_get_string(v, NULL));
-    if (v) g_variant_unref(v);
 }
 
 /* The booted slot's name into `booted`, and the "sha256" of slot `slot` (when given)
@@ -118,9 +117,9 @@ static int slot_status(GDBusConnection *bus, const char *slot, char *booted, siz
                        char *sha, size_t sha_len, char *err, size_t err_len) {
     booted[0] = '\0';
     if (sha) sha[0] = '\0';
-    GVariant *status = call(bus, "GetSlotStatus", NULL, "(a(sa{sv}))", err, err_len);
+    g_autoptr(GVariant) status = call(bus, "GetSlotStatus", NULL, "(a(sa{sv}))", err, err_len);
     if (!status) return -1;
-    GVariantIter *slots = NULL;
+    g_autoptr(GVariantIter) slots = NULL;
     const gchar *name = NULL;
     GVariant *props = NULL;
     g_variant_get(status, "(a(sa{sv}))", &slots);
@@ -131,8 +130,6 @@ static int slot_status(GDBusConnection *bus, const char *slot, char *booted, siz
         if (sha && slot && strcmp(name, slot) == 0 && g_variant_lookup(props, "sha256", "&s", &value))
             snprintf(sha, sha_len, "%s", value);
     }
-    g_variant_iter_free(slots);
-    g_variant_unref(status);
     return 0;
 }
 
@@ -189,7 +186,7 @@ static gboolean on_tick(gpointer data) {
             return G_SOURCE_CONTINUE;
         }
     }
-    GVariant *p = property(w->bus, "Progress");
+    g_autoptr(GVariant) p = property(w->bus, "Progress");
     if (p && g_variant_is_of_type(p, G_VARIANT_TYPE("(isi)"))) {
         gint32 percent = 0, depth = 0;
         const gchar *message = NULL;
@@ -199,43 +196,34 @@ static gboolean on_tick(gpointer data) {
             w->host->progress((uint32_t)percent);
         }
     }
-    if (p) g_variant_unref(p);
     return G_SOURCE_CONTINUE;
 }
 
-int resagent_install(const struct resagent_host *host, const struct resagent_resource *res,
-                     char *err, size_t err_len) {
-    size_t len = strlen(res->name);
-    if (len < 6 || strcmp(res->name + len - 6, ".raucb") != 0) return RESAGENT_DECLINED;
-    const char *config = rp_host_config(host);
+/* Starts RAUC on the bundle — or follows the installation of this very bundle that a
+ * restart of resagent left running — and waits for its end, with `burning` progress;
+ * 0, or -1 with the reason in err. */
+static int follow_or_start(const struct resagent_host *host, const struct resagent_resource *res,
+                           GDBusConnection *bus, char *err, size_t err_len) {
     const char *private_dir = rp_host_private_dir(host);
-    int reboot = rp_config_bool(config, "reboot", 1);
-    if (reboot && !private_dir) {
-        snprintf(err, err_len, "this resagent gives plugins no private folder (too old)");
-        return RESAGENT_FAILED;
-    }
-    GDBusConnection *bus = open_bus(config, err, err_len);
-    if (!bus) return RESAGENT_FAILED;
-
     struct wait w = {.host = host, .bus = bus, .result = -1, .last_percent = -1};
-    GMainContext *ctx = g_main_context_new();
+    g_autoptr(GMainContext) ctx = g_main_context_new();
     g_main_context_push_thread_default(ctx);
-    w.loop = g_main_loop_new(ctx, FALSE);
+    g_autoptr(GMainLoop) loop = g_main_loop_new(ctx, FALSE);
+    w.loop = loop;
     guint sub = g_dbus_connection_signal_subscribe(bus, RAUC_NAME, RAUC_INSTALLER, "Completed",
                                                    RAUC_PATH, NULL, G_DBUS_SIGNAL_FLAGS_NONE,
                                                    on_completed, &w, NULL);
     char operation[64], submitted[64];
     string_property(bus, "Operation", operation, sizeof operation);
     rp_read_record(private_dir, "submitted", submitted, sizeof submitted);
-    GVariant *r = NULL;
+    g_autoptr(GVariant) r = NULL;
     if (strcmp(operation, "installing") == 0 && strcmp(submitted, res->md5sum) == 0) {
         char line[400];
         snprintf(line, sizeof line, "RAUC still installs %.255s from before; following it",
                  res->name);
         host->log(RESAGENT_LOG_INFO, line);
         w.attached = 1;
-        r = g_variant_new("()");
-        g_variant_ref_sink(r);
+        r = g_variant_ref_sink(g_variant_new("()"));
     } else if (strcmp(operation, "idle") != 0) {
         snprintf(err, err_len, "RAUC is %s (its Operation), not idle: is another install running?",
                  operation[0] ? operation : "not answering");
@@ -251,60 +239,60 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
                      err, err_len);
         }
     }
-    int rc = RESAGENT_FAILED;
+    int rc = -1;
     if (r) {
-        g_variant_unref(r);
-        GSource *tick = g_timeout_source_new(200);
+        g_autoptr(GSource) tick = g_timeout_source_new(200);
         g_source_set_callback(tick, on_tick, &w, NULL);
         g_source_attach(tick, ctx);
-        g_main_loop_run(w.loop);
+        g_main_loop_run(loop);
         g_source_destroy(tick);
-        g_source_unref(tick);
         if (w.result != 0) {
             char last_error[1024];
             string_property(bus, "LastError", last_error, sizeof last_error);
             snprintf(err, err_len, "RAUC refused %s: %s", res->name,
                      last_error[0] ? last_error : "no reason given");
         } else {
-            rc = RESAGENT_OK;
+            rc = 0;
         }
     }
     g_dbus_connection_signal_unsubscribe(bus, sub);
-    g_main_loop_unref(w.loop);
     g_main_context_pop_thread_default(ctx);
-    g_main_context_unref(ctx);
-    if (rc != RESAGENT_OK) {
-        g_object_unref(bus);
-        return rc;
+    return rc;
+}
+
+int resagent_install(const struct resagent_host *host, const struct resagent_resource *res,
+                     char *err, size_t err_len) {
+    size_t len = strlen(res->name);
+    if (len < 6 || strcmp(res->name + len - 6, ".raucb") != 0) return RESAGENT_DECLINED;
+    const char *config = rp_host_config(host);
+    const char *private_dir = rp_host_private_dir(host);
+    int reboot = rp_config_bool(config, "reboot", 1);
+    if (reboot && !private_dir) {
+        snprintf(err, err_len, "this resagent gives plugins no private folder (too old)");
+        return RESAGENT_FAILED;
     }
+    g_autoptr(GDBusConnection) bus = open_bus(config, err, err_len);
+    if (!bus) return RESAGENT_FAILED;
+    if (follow_or_start(host, res, bus, err, err_len) != 0) return RESAGENT_FAILED;
 
     host->progress(100);
     char line[1400];
     if (!reboot) {
         snprintf(line, sizeof line, "RAUC installed %.255s", res->name);
         host->log(RESAGENT_LOG_INFO, line);
-        g_object_unref(bus);
         return RESAGENT_OK;
     }
     /* The slot RAUC will boot next is the one this bundle went to. */
-    GVariant *p = call(bus, "GetPrimary", NULL, "(s)", err, err_len);
-    if (!p) {
-        g_object_unref(bus);
-        return RESAGENT_FAILED;
-    }
+    g_autoptr(GVariant) p = call(bus, "GetPrimary", NULL, "(s)", err, err_len);
+    if (!p) return RESAGENT_FAILED;
     const gchar *primary = NULL;
     g_variant_get(p, "(&s)", &primary);
     char booted[300], sha[100], record[600];
-    if (slot_status(bus, primary, booted, sizeof booted, sha, sizeof sha, err, err_len) != 0) {
-        g_variant_unref(p);
-        g_object_unref(bus);
+    if (slot_status(bus, primary, booted, sizeof booted, sha, sizeof sha, err, err_len) != 0)
         return RESAGENT_FAILED;
-    }
-    g_object_unref(bus);
     snprintf(record, sizeof record, "%s %.300s %.90s\n", res->md5sum, primary, sha[0] ? sha : "-");
     snprintf(line, sizeof line, "RAUC installed %.255s into %.300s; it runs after a reboot",
              res->name, primary);
-    g_variant_unref(p);
     if (write_private(host, "pending", record, err, err_len) != 0) return RESAGENT_FAILED;
     host->log(RESAGENT_LOG_INFO, line);
     return RESAGENT_PENDING;
@@ -329,7 +317,7 @@ int resagent_confirm(const struct resagent_host *host, const struct resagent_res
         return RESAGENT_FAILED;
     }
     char why[800];
-    GDBusConnection *bus = open_bus(rp_host_config(host), why, sizeof why);
+    g_autoptr(GDBusConnection) bus = open_bus(rp_host_config(host), why, sizeof why);
     if (!bus) {
         host->log(RESAGENT_LOG_WARN, why);
         return RESAGENT_PENDING; /* RAUC's bus not up yet: ask again */
@@ -337,20 +325,16 @@ int resagent_confirm(const struct resagent_host *host, const struct resagent_res
     char booted[300];
     if (slot_status(bus, NULL, booted, sizeof booted, NULL, 0, why, sizeof why) != 0) {
         host->log(RESAGENT_LOG_WARN, why);
-        g_object_unref(bus);
         return RESAGENT_PENDING;
     }
     if (strcmp(booted, slot) != 0) {
-        g_object_unref(bus);
         snprintf(err, err_len, "RAUC booted %s, not %s where %s went: the bundle did not stay",
                  booted[0] ? booted : "an unknown slot", slot, res->name);
         return RESAGENT_FAILED;
     }
-    GVariant *marked = call(bus, "Mark", g_variant_new("(ss)", "good", "booted"), "(ss)", err,
-                            err_len);
-    g_object_unref(bus);
+    g_autoptr(GVariant) marked =
+        call(bus, "Mark", g_variant_new("(ss)", "good", "booted"), "(ss)", err, err_len);
     if (!marked) return RESAGENT_FAILED;
-    g_variant_unref(marked);
     char record[600];
     snprintf(record, sizeof record, "%s %s %s\n", md5, slot, fields == 3 ? sha : "-");
     if (write_private(host, "installed", record, err, err_len) != 0) return RESAGENT_FAILED;
@@ -369,12 +353,11 @@ int resagent_installed(const struct resagent_host *host, const struct resagent_r
                  md5[0] ? md5 : "unknown", res->md5sum);
         return RESAGENT_FAILED;
     }
-    GDBusConnection *bus = open_bus(rp_host_config(host), err, err_len);
+    g_autoptr(GDBusConnection) bus = open_bus(rp_host_config(host), err, err_len);
     if (!bus) return RESAGENT_FAILED;
     char booted[300], now[100];
-    int rc = slot_status(bus, slot, booted, sizeof booted, now, sizeof now, err, err_len);
-    g_object_unref(bus);
-    if (rc != 0) return RESAGENT_FAILED;
+    if (slot_status(bus, slot, booted, sizeof booted, now, sizeof now, err, err_len) != 0)
+        return RESAGENT_FAILED;
     if (strcmp(booted, slot) != 0) {
         snprintf(err, err_len, "RAUC booted %s, not %s that holds %s",
                  booted[0] ? booted : "an unknown slot", slot, res->name);

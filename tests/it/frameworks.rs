@@ -642,6 +642,13 @@ impl Rauc {
         }
     }
 
+    /// Stops `rauc service` (a boot where it is not up yet).
+    fn stop_service(&mut self) {
+        if let Some(mut s) = self.service.take() {
+            kill(&mut s);
+        }
+    }
+
     /// `rauc status` as JSON, through the service.
     fn status(&self) -> Value {
         let out = Command::new("rauc")
@@ -759,11 +766,20 @@ fn rauc_installs_the_inactive_slot_pending_then_confirms_the_booted_slot_or_fail
     let mut agent = restart_without_reboot(&mut rig, &mut agent, "os-1.raucb");
     assert!(!marked_b.exists(), "B not marked on the old system");
 
-    // The device boots B: confirmed, B marked good.
+    // The device boots B with RAUC's service not up yet: still pending, and the D-Bus
+    // error is logged as RAUC shows it (no "GDBus.Error:…" remote prefix). Once RAUC is
+    // up (and SIGUSR1 asks again): confirmed, B marked good.
     stop(&mut agent);
-    rauc.boot("B");
+    rauc.stop_service();
     rig.reboot();
     let mut agent = rig.spawn_agent();
+    wait_log(&agent, "RAUC GetSlotStatus: ");
+    let log = agent.log_text();
+    assert!(!log.contains("GDBus.Error"), "remote prefix kept:\n{log}");
+    assert!(log.contains("de.pengutronix.rauc"), "{log}");
+    assert!(rig.journal()["pending"]["os-1.raucb"].is_object(), "still pending");
+    rauc.boot("B");
+    agent.signal(nix::sys::signal::Signal::SIGUSR1);
     let r = rig.final_report(&agent, "os-1.raucb", T);
     assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
     assert_eq!(std::fs::read_to_string(&marked_b).unwrap().trim(), "good");
