@@ -31,18 +31,16 @@ static inline const char *rp_host_private_dir(const struct resagent_host *h) {
 /* Where the value of `key` starts in `json` (after the colon and spaces), or NULL. */
 static inline const char *rp_config_value(const char *json, const char *key) {
     char quoted[80];
-    if (!json || snprintf(quoted, sizeof quoted, "\"%s\"", key) >= (int)sizeof quoted)
-        return NULL;
+    if (!json || snprintf(quoted, sizeof quoted, "\"%s\"", key) >= (int)sizeof quoted) return NULL;
     const char *p = strstr(json, quoted);
     if (!p || !(p = strchr(p + strlen(quoted), ':'))) return NULL;
-    while (*++p == ' ' || *p == '\t' || *p == '\n') {}
+    while (*++p == ' ' || *p == '\t' || *p == '\n') continue;
     return p;
 }
 
 /* The string value of `key` into `out` (NUL-terminated); "" when absent, not a string
  * or too long for `out`. Returns 1 when found. */
-static inline int rp_config_string(const char *json, const char *key, char *out,
-                                   size_t out_len) {
+static inline int rp_config_string(const char *json, const char *key, char *out, size_t out_len) {
     out[0] = '\0';
     const char *p = rp_config_value(json, key);
     if (!p || *p != '"') return 0;

@@ -79,10 +79,9 @@ static GDBusConnection *open_bus(const char *config, char *err, size_t err_len) 
 static GVariant *call(GDBusConnection *c, const char *method, GVariant *args,
                       const char *reply_type, char *err, size_t err_len) {
     g_autoptr(GError) e = NULL;
-    GVariant *r = g_dbus_connection_call_sync(
-        c, RAUC_NAME, RAUC_PATH, RAUC_INSTALLER, method, args,
-        reply_type ? G_VARIANT_TYPE(reply_type) : NULL, G_DBUS_CALL_FLAGS_NONE,
-        CALL_TIMEOUT_MS, NULL, &e);
+    GVariant *r = g_dbus_connection_call_sync(c, RAUC_NAME, RAUC_PATH, RAUC_INSTALLER, method, args,
+                                              reply_type ? G_VARIANT_TYPE(reply_type) : NULL,
+                                              G_DBUS_CALL_FLAGS_NONE, CALL_TIMEOUT_MS, NULL, &e);
     if (!r) {
         /* "GDBus.Error:de.pengutronix.rauc.Error.Failed: …" → "…", as RAUC shows it. */
         if (e) g_dbus_error_strip_remote_error(e);
@@ -95,8 +94,8 @@ static GVariant *call(GDBusConnection *c, const char *method, GVariant *args,
 static GVariant *property(GDBusConnection *c, const char *name) {
     g_autoptr(GVariant) r = g_dbus_connection_call_sync(
         c, RAUC_NAME, RAUC_PATH, "org.freedesktop.DBus.Properties", "Get",
-        g_variant_new("(ss)", RAUC_INSTALLER, name), G_VARIANT_TYPE("(v)"),
-        G_DBUS_CALL_FLAGS_NONE, 5000, NULL, NULL);
+        g_variant_new("(ss)", RAUC_INSTALLER, name), G_VARIANT_TYPE("(v)"), G_DBUS_CALL_FLAGS_NONE,
+        5000, NULL, NULL);
     if (!r) return NULL;
     GVariant *v = NULL;
     g_variant_get(r, "(v)", &v);
@@ -127,7 +126,8 @@ static int slot_status(GDBusConnection *bus, const char *slot, char *booted, siz
         const gchar *value = NULL;
         if (g_variant_lookup(props, "state", "&s", &value) && strcmp(value, "booted") == 0)
             snprintf(booted, booted_len, "%s", name);
-        if (sha && slot && strcmp(name, slot) == 0 && g_variant_lookup(props, "sha256", "&s", &value))
+        if (sha && slot && strcmp(name, slot) == 0 &&
+            g_variant_lookup(props, "sha256", "&s", &value))
             snprintf(sha, sha_len, "%s", value);
     }
     return 0;
@@ -159,11 +159,11 @@ struct wait {
 };
 
 static void on_completed(GDBusConnection *c, const gchar *sender, const gchar *path,
-                         const gchar *iface, const gchar *signal, GVariant *params,
-                         gpointer data) {
+                         const gchar *iface, const gchar *signal, GVariant *params, gpointer data) {
     (void)c, (void)sender, (void)path, (void)iface, (void)signal;
     struct wait *w = data;
-    if (g_variant_is_of_type(params, G_VARIANT_TYPE("(i)"))) g_variant_get(params, "(i)", &w->result);
+    if (g_variant_is_of_type(params, G_VARIANT_TYPE("(i)")))
+        g_variant_get(params, "(i)", &w->result);
     w->completed = 1;
     g_main_loop_quit(w->loop);
 }
@@ -210,9 +210,9 @@ static int follow_or_start(const struct resagent_host *host, const struct resage
     g_main_context_push_thread_default(ctx);
     g_autoptr(GMainLoop) loop = g_main_loop_new(ctx, FALSE);
     w.loop = loop;
-    guint sub = g_dbus_connection_signal_subscribe(bus, RAUC_NAME, RAUC_INSTALLER, "Completed",
-                                                   RAUC_PATH, NULL, G_DBUS_SIGNAL_FLAGS_NONE,
-                                                   on_completed, &w, NULL);
+    guint sub =
+        g_dbus_connection_signal_subscribe(bus, RAUC_NAME, RAUC_INSTALLER, "Completed", RAUC_PATH,
+                                           NULL, G_DBUS_SIGNAL_FLAGS_NONE, on_completed, &w, NULL);
     char operation[64], submitted[64];
     string_property(bus, "Operation", operation, sizeof operation);
     rp_read_record(private_dir, "submitted", submitted, sizeof submitted);
@@ -235,8 +235,8 @@ static int follow_or_start(const struct resagent_host *host, const struct resage
         } else {
             GVariantBuilder args;
             g_variant_builder_init(&args, G_VARIANT_TYPE("a{sv}"));
-            r = call(bus, "InstallBundle", g_variant_new("(sa{sv})", res->path, &args), NULL,
-                     err, err_len);
+            r = call(bus, "InstallBundle", g_variant_new("(sa{sv})", res->path, &args), NULL, err,
+                     err_len);
         }
     }
     int rc = -1;

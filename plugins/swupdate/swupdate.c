@@ -103,8 +103,8 @@ static void drain_progress(struct run *r) {
             return;
         }
         if (m.nsteps > 0 && m.cur_step > 0 && m.cur_step <= m.nsteps) {
-            unsigned pct = ((m.cur_step - 1) * 100 + (m.cur_percent > 100 ? 100 : m.cur_percent)) /
-                           m.nsteps;
+            unsigned pct =
+                ((m.cur_step - 1) * 100 + (m.cur_percent > 100 ? 100 : m.cur_percent)) / m.nsteps;
             if (pct != r->last_percent) {
                 r->last_percent = pct;
                 r->host->progress(pct);
@@ -117,7 +117,7 @@ static void drain_progress(struct run *r) {
  * own errors ("ERROR : ..."); a handler's (a raw device that cannot be opened, a hash
  * mismatch) arrive as plain trace lines while installing. */
 static int sounds_failed(const char *text) {
-    static const char *const words[] = {"cannot", "failed", "not successful", "error",
+    static const char *const words[] = {"cannot",   "failed",  "not successful", "error",
                                         "mismatch", "invalid", "not compatible", "refused"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         if (strcasestr(text, words[i])) return 1;
@@ -235,8 +235,8 @@ static int stream_image(struct run *r, const char *config, const char *path, con
     while ((fd = ipc_inst_start_ext(&req, sizeof req)) < 0 && now_s() < deadline)
         usleep(500 * 1000);
     if (fd < 0) {
-        snprintf(err, err_len,
-                 "SWUpdate refused the request or is not running (control socket %s)", ctrl_path);
+        snprintf(err, err_len, "SWUpdate refused the request or is not running (control socket %s)",
+                 ctrl_path);
         close(in);
         return -1;
     }
@@ -374,38 +374,39 @@ int resagent_confirm(const struct resagent_host *host, const struct resagent_res
     char state = get_update_state();
     char line[512];
     switch (state) {
-    case USTATE_INSTALLED:
-    case USTATE_TESTING:
-        if (set_update_state(USTATE_OK) != 0) {
-            snprintf(err, err_len, "the new image runs, but SWUpdate did not take ustate=OK");
+        case USTATE_INSTALLED:
+        case USTATE_TESTING:
+            if (set_update_state(USTATE_OK) != 0) {
+                snprintf(err, err_len, "the new image runs, but SWUpdate did not take ustate=OK");
+                return RESAGENT_FAILED;
+            }
+            snprintf(line, sizeof line, "%.255s runs: SWUpdate's update state set to OK",
+                     res->name);
+            host->log(RESAGENT_LOG_INFO, line);
+            record_installed(host, res->md5sum);
+            return RESAGENT_OK;
+        case USTATE_OK:
+            host->log(RESAGENT_LOG_INFO, "SWUpdate's update state is already OK");
+            record_installed(host, res->md5sum);
+            return RESAGENT_OK;
+        case USTATE_FAILED:
+            snprintf(err, err_len,
+                     "SWUpdate reports the update of %s failed (ustate=FAILED): rolled back",
+                     res->name);
             return RESAGENT_FAILED;
-        }
-        snprintf(line, sizeof line, "%.255s runs: SWUpdate's update state set to OK", res->name);
-        host->log(RESAGENT_LOG_INFO, line);
-        record_installed(host, res->md5sum);
-        return RESAGENT_OK;
-    case USTATE_OK:
-        host->log(RESAGENT_LOG_INFO, "SWUpdate's update state is already OK");
-        record_installed(host, res->md5sum);
-        return RESAGENT_OK;
-    case USTATE_FAILED:
-        snprintf(err, err_len, "SWUpdate reports the update of %s failed (ustate=FAILED): rolled back",
-                 res->name);
-        return RESAGENT_FAILED;
-    case USTATE_IN_PROGRESS:
-    case USTATE_WAIT:
-        return RESAGENT_PENDING;
-    case 0:
-        snprintf(line, sizeof line, "SWUpdate is not reachable at %.400s yet; asking again later",
-                 ctrl_path);
-        host->log(RESAGENT_LOG_WARN, line);
-        return RESAGENT_PENDING;
-    default:
-        snprintf(err, err_len,
-                 "SWUpdate has no update state (ustate '%c'): nothing says the new image runs "
-                 "(run SWUpdate with a bootloader interface, without -m)",
-                 state);
-        return RESAGENT_FAILED;
+        case USTATE_IN_PROGRESS:
+        case USTATE_WAIT: return RESAGENT_PENDING;
+        case 0:
+            snprintf(line, sizeof line,
+                     "SWUpdate is not reachable at %.400s yet; asking again later", ctrl_path);
+            host->log(RESAGENT_LOG_WARN, line);
+            return RESAGENT_PENDING;
+        default:
+            snprintf(err, err_len,
+                     "SWUpdate has no update state (ustate '%c'): nothing says the new image runs "
+                     "(run SWUpdate with a bootloader interface, without -m)",
+                     state);
+            return RESAGENT_FAILED;
     }
 }
 

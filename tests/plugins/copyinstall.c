@@ -15,7 +15,10 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.copyinstall-tmp", res->dest);
     FILE *in = fopen(res->path, "rb"), *out = fopen(tmp, "wb");
-    if (!in || !out) { snprintf(err, err_len, "cannot open files"); return RESAGENT_FAILED; }
+    if (!in || !out) {
+        snprintf(err, err_len, "cannot open files");
+        return RESAGENT_FAILED;
+    }
     char buf[65536];
     size_t got, total = 0;
     while ((got = fread(buf, 1, sizeof buf, in)) > 0) {
@@ -29,7 +32,10 @@ int resagent_install(const struct resagent_host *host, const struct resagent_res
     host->log(RESAGENT_LOG_INFO, "copied; replacing atomically");
     printf("stdout noise from the plugin must not confuse the agent\n");
     int rc = host->atomic_replace(tmp, res->dest);
-    if (rc != 0) { snprintf(err, err_len, "atomic_replace: %d", rc); return RESAGENT_FAILED; }
+    if (rc != 0) {
+        snprintf(err, err_len, "atomic_replace: %d", rc);
+        return RESAGENT_FAILED;
+    }
     host->progress(100);
     return RESAGENT_OK;
 }

@@ -22,13 +22,21 @@ static int misbehave(void) {
 }
 
 #ifdef IN_VALIDATE
-int resagent_validate(const struct resagent_host *h, const struct resagent_resource *r, char *e, size_t n) {
-    (void)h; (void)r; (void)e; (void)n;
+int resagent_validate(const struct resagent_host *h, const struct resagent_resource *r, char *e,
+                      size_t n) {
+    (void)h;
+    (void)r;
+    (void)e;
+    (void)n;
     return misbehave();
 }
 #else
-int resagent_install(const struct resagent_host *h, const struct resagent_resource *r, char *e, size_t n) {
-    (void)h; (void)r; (void)e; (void)n;
+int resagent_install(const struct resagent_host *h, const struct resagent_resource *r, char *e,
+                     size_t n) {
+    (void)h;
+    (void)r;
+    (void)e;
+    (void)n;
     return misbehave();
 }
 #endif

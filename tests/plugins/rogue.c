@@ -44,7 +44,10 @@ __attribute__((unused)) static pid_t parent_of(pid_t pid) {
 #ifdef LOAD_MARKER
 __attribute__((constructor)) static void loaded(void) {
     FILE *f = fopen(LOAD_MARKER, "a");
-    if (f) { fputs("loaded\n", f); fclose(f); }
+    if (f) {
+        fputs("loaded\n", f);
+        fclose(f);
+    }
 }
 #endif
 
@@ -80,7 +83,8 @@ static void inspect(void) {
     FILE *st = fopen("/proc/self/status", "r");
     char line[256];
     while (st && fgets(line, sizeof line, st))
-        if (!strncmp(line, "SigBlk", 6) || !strncmp(line, "SigIgn", 6) || !strncmp(line, "SigCgt", 6))
+        if (!strncmp(line, "SigBlk", 6) || !strncmp(line, "SigIgn", 6) ||
+            !strncmp(line, "SigCgt", 6))
             fprintf(out, "%s", line);
     if (st) fclose(st);
     fprintf(out, "pgid %d pid %d ppid %d\n", (int)getpgid(0), (int)getpid(), (int)getppid());
@@ -88,8 +92,11 @@ static void inspect(void) {
 }
 #endif
 
-int resagent_install(const struct resagent_host *h, const struct resagent_resource *r, char *e, size_t n) {
-    (void)r; (void)e; (void)n;
+int resagent_install(const struct resagent_host *h, const struct resagent_resource *r, char *e,
+                     size_t n) {
+    (void)r;
+    (void)e;
+    (void)n;
 #if defined(RAISE)
     (void)h;
     raise(RAISE);
@@ -105,7 +112,10 @@ int resagent_install(const struct resagent_host *h, const struct resagent_resour
         if (fork() > 0) _exit(0);
 #endif
         FILE *f = fopen(HELPER_PID, "w");
-        if (f) { fprintf(f, "%d\n", (int)getpid()); fclose(f); }
+        if (f) {
+            fprintf(f, "%d\n", (int)getpid());
+            fclose(f);
+        }
         sleep(25);
         _exit(0);
     }
@@ -131,7 +141,10 @@ int resagent_install(const struct resagent_host *h, const struct resagent_resour
     (void)h;
     if (strncmp(r->name, "reboot-", 7) == 0) {
         FILE *f = fopen(KILL_AGENT, "a");
-        if (f) { fprintf(f, "install %s\n", r->name); fclose(f); }
+        if (f) {
+            fprintf(f, "install %s\n", r->name);
+            fclose(f);
+        }
         kill(parent_of(getpgid(0)), SIGKILL);
         for (;;) pause();
     }
@@ -142,17 +155,26 @@ int resagent_install(const struct resagent_host *h, const struct resagent_resour
 }
 
 #ifdef PENDING_AFTER_MS
-int resagent_confirm(const struct resagent_host *h, const struct resagent_resource *r, char *e, size_t n) {
-    (void)h; (void)r; (void)e; (void)n;
+int resagent_confirm(const struct resagent_host *h, const struct resagent_resource *r, char *e,
+                     size_t n) {
+    (void)h;
+    (void)r;
+    (void)e;
+    (void)n;
     return RESAGENT_OK;
 }
 #endif
 
 #ifdef INSTALLED_IF
-int resagent_installed(const struct resagent_host *h, const struct resagent_resource *r, char *e, size_t n) {
-    (void)h; (void)r;
+int resagent_installed(const struct resagent_host *h, const struct resagent_resource *r, char *e,
+                       size_t n) {
+    (void)h;
+    (void)r;
     FILE *f = fopen(INSTALLED_IF, "r");
-    if (!f) { snprintf(e, n, "not installed"); return RESAGENT_FAILED; }
+    if (!f) {
+        snprintf(e, n, "not installed");
+        return RESAGENT_FAILED;
+    }
     fclose(f);
     return RESAGENT_OK;
 }

@@ -12,7 +12,10 @@
 #ifdef LOAD_MARKER
 __attribute__((constructor)) static void loaded(void) {
     FILE *f = fopen(LOAD_MARKER, "a");
-    if (f) { fputs("loaded\n", f); fclose(f); }
+    if (f) {
+        fputs("loaded\n", f);
+        fclose(f);
+    }
 }
 #endif
 
@@ -23,7 +26,11 @@ const char *resagent_plugin_claims(void) { return CLAIMS; }
 #endif
 const char *resagent_plugin_name(void) { return PLUGIN_NAME; }
 
-int resagent_install(const struct resagent_host *h, const struct resagent_resource *r, char *e, size_t n) {
-    (void)h; (void)r; (void)e; (void)n;
+int resagent_install(const struct resagent_host *h, const struct resagent_resource *r, char *e,
+                     size_t n) {
+    (void)h;
+    (void)r;
+    (void)e;
+    (void)n;
     return RESAGENT_DECLINED;
 }
