@@ -80,6 +80,12 @@ fn main() {
     let mut written = 0;
     let mut next = 0;
     if let Some(t) = tasks.first() {
+        // Pushed once the platform's own session is up: a push before it is lost, and a
+        // device that asked before the platform subscribed asks again only after its
+        // poll interval (an hour by default).
+        if !platform.wait_connected(Duration::from_secs(30)) {
+            eprintln!("resagent-platform: the broker does not answer yet; offering anyway");
+        }
         offer(&platform, &args.device, t);
     }
     loop {
