@@ -415,24 +415,9 @@ fn plugin_run(
         Ok(s) => s,
         Err(code) => return code,
     };
-    let name = name.unwrap_or_else(|| {
-        file.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
-    if let Err(reason) = crate::protocol::validate_name(&name) {
-        eprintln!("resagent: --name: {reason}");
-        return ExitCode::from(2);
-    }
-    let (md5sum, size) = match std::fs::File::open(file).and_then(|mut f| {
-        let size = f.metadata()?.len();
-        crate::digest::md5_reader(&mut f).map(|m| (m, size))
-    }) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("resagent: cannot read {}: {e}", file.display());
-            return ExitCode::from(1);
-        }
+    let (name, md5sum, size) = match resource_of(file, name) {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     let state_dir = settings
         .state_dir
@@ -482,6 +467,35 @@ fn plugin_run(
     }
     let outcome = host.call(&plugin, plugin::Op::Install, &resource, progress);
     say!("install:  {}", describe_outcome(&outcome));
+    install_verdict(&outcome, plugin.claims(&name), &name)
+}
+
+/// The name `plugin run` gives the file (`--name`, else its file name), its MD5 and
+/// size; the exit code when the name is unsafe (2) or the file unreadable (1).
+fn resource_of(file: &Path, name: Option<String>) -> Result<(String, String, u64), ExitCode> {
+    let name = name.unwrap_or_else(|| {
+        file.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    if let Err(reason) = crate::protocol::validate_name(&name) {
+        eprintln!("resagent: --name: {reason}");
+        return Err(ExitCode::from(2));
+    }
+    match std::fs::File::open(file).and_then(|mut f| {
+        let size = f.metadata()?.len();
+        crate::digest::md5_reader(&mut f).map(|m| (m, size))
+    }) {
+        Ok((md5sum, size)) => Ok((name, md5sum, size)),
+        Err(e) => {
+            eprintln!("resagent: cannot read {}: {e}", file.display());
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// What the daemon would make of an install's outcome, said, and the exit code.
+fn install_verdict(outcome: &plugin::CallOutcome, claimed: bool, name: &str) -> ExitCode {
     match outcome {
         plugin::CallOutcome::Ok => {
             say!("verdict:  installed (the daemon reports done)");
@@ -491,7 +505,7 @@ fn plugin_run(
             say!("verdict:  pending a reboot (the daemon reports burning 100, then asks resagent_confirm in the next boot)");
             ExitCode::SUCCESS
         }
-        plugin::CallOutcome::Declined if plugin.claims(&name) => {
+        plugin::CallOutcome::Declined if claimed => {
             say!("verdict:  not installed: {name} is claimed by this plugin, which declined (the daemon reports fail -5)");
             ExitCode::from(1)
         }

@@ -4,6 +4,10 @@
 //! read the file a third time. Dot-names are work in progress and are never uploaded.
 //! While `upload` works on an entry it holds a claim on it (a `flock`), so the daemon
 //! does not hash an entry whose MD5 is still being computed (see [`claim`]).
+//!
+//! Over 700 lines on purpose: ~550 of code and ~250 of tests. Queueing, claiming, the
+//! saved MD5 and removal are one protocol between `resagent upload` and the daemon over
+//! one folder; split, each half would be read without the other.
 
 use crate::digest::{read_chunks, ChunkError};
 use crate::fsutil::{self, FsError};

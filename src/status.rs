@@ -127,9 +127,23 @@ fn outbox_state(v: &StatusView, name: &str) -> String {
 }
 
 pub(crate) fn render_text(v: &StatusView) -> String {
-    let j = &v.journal;
     let mut out = String::new();
     let now = v.now_ms / 1000;
+    daemon_section(&mut out, v, now);
+    download_section(&mut out, v);
+    waiting_section(&mut out, v);
+    installed_section(&mut out, v, now);
+    pending_section(&mut out, v, now);
+    rolled_back_section(&mut out, v);
+    plugins_section(&mut out, v);
+    outbox_section(&mut out, v);
+    reports_section(&mut out, v);
+    out
+}
+
+/// Whether the daemon runs, and its connection.
+fn daemon_section(out: &mut String, v: &StatusView, now: u64) {
+    let j = &v.journal;
     match v.daemon_pid {
         Some(pid) => {
             let _ = writeln!(out, "Daemon:      running (pid {pid})");
@@ -148,6 +162,11 @@ pub(crate) fn render_text(v: &StatusView) -> String {
             let _ = writeln!(out, "Daemon:      not running");
         }
     }
+}
+
+/// The download in flight: progress, rate, time left, where from.
+fn download_section(out: &mut String, v: &StatusView) {
+    let j = &v.journal;
     match &j.download {
         None => {
             let _ = writeln!(out, "Download:    none in progress");
@@ -181,6 +200,11 @@ pub(crate) fn render_text(v: &StatusView) -> String {
             let _ = writeln!(out, "\n             from {}", redact_url(&d.task.url));
         }
     }
+}
+
+/// Tasks waiting their turn.
+fn waiting_section(out: &mut String, v: &StatusView) {
+    let j = &v.journal;
     if j.waiting.is_empty() {
         let _ = writeln!(out, "Waiting:     none");
     } else {
@@ -194,6 +218,11 @@ pub(crate) fn render_text(v: &StatusView) -> String {
             );
         }
     }
+}
+
+/// What is installed, by whom, since when.
+fn installed_section(out: &mut String, v: &StatusView, now: u64) {
+    let j = &v.journal;
     if j.installed.is_empty() {
         let _ = writeln!(out, "Installed:   none");
     } else {
@@ -214,6 +243,11 @@ pub(crate) fn render_text(v: &StatusView) -> String {
             );
         }
     }
+}
+
+/// Installs waiting for a reboot, and a `reboot_command` that failed.
+fn pending_section(out: &mut String, v: &StatusView, now: u64) {
+    let j = &v.journal;
     if !j.pending.is_empty() {
         let _ = writeln!(
             out,
@@ -235,6 +269,11 @@ pub(crate) fn render_text(v: &StatusView) -> String {
             }
         }
     }
+}
+
+/// Images the device did not keep.
+fn rolled_back_section(out: &mut String, v: &StatusView) {
+    let j = &v.journal;
     if !j.rolled_back.is_empty() {
         let _ = writeln!(
             out,
@@ -252,6 +291,11 @@ pub(crate) fn render_text(v: &StatusView) -> String {
             );
         }
     }
+}
+
+/// Pinned plugins that did not load.
+fn plugins_section(out: &mut String, v: &StatusView) {
+    let j = &v.journal;
     if !j.pinned_not_loaded.is_empty() {
         let _ = writeln!(
             out,
@@ -262,6 +306,10 @@ pub(crate) fn render_text(v: &StatusView) -> String {
             let _ = writeln!(out, "             {problem}");
         }
     }
+}
+
+/// Files waiting to upload, and why each waits.
+fn outbox_section(out: &mut String, v: &StatusView) {
     if v.outbox.is_empty() {
         let _ = writeln!(out, "Outbox:      empty");
     } else {
@@ -276,6 +324,11 @@ pub(crate) fn render_text(v: &StatusView) -> String {
             );
         }
     }
+}
+
+/// Final reports not yet acknowledged.
+fn reports_section(out: &mut String, v: &StatusView) {
+    let j = &v.journal;
     if !j.unacked_reports.is_empty() {
         let _ = writeln!(
             out,
@@ -283,7 +336,6 @@ pub(crate) fn render_text(v: &StatusView) -> String {
             j.unacked_reports.len()
         );
     }
-    out
 }
 
 /// A name as a terminal may show it: control characters escaped (`\u{1b}` → `\u{1b}`

@@ -101,13 +101,7 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     fsutil::ensure_configured_dir(&config.state_dir, 0o700)?;
     fsutil::ensure_configured_dir(&config.resource_dir, 0o755)?;
     let _instance = Instance::claim(&config.state_dir, &config.pid_file)?;
-    let journal = Arc::new(JournalStore::open(&config.journal_path())?);
-    for dropped in journal.record(|j| tasks::sanitize(j, &config.task_limits())) {
-        log::error!(
-            "journal {}: dropped {dropped}",
-            config.journal_path().display()
-        );
-    }
+    let journal = open_journal(&config)?;
     let exe = std::env::current_exe().map_err(DaemonError::OwnExe)?;
     let session = Session::new(&config)?;
     let publisher = session.publisher();
@@ -115,28 +109,13 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     let shutdown = Shutdown::new();
     let (events, inbox) = mpsc::sync_channel(EVENT_QUEUE);
 
-    let tx = events.clone();
-    let stop = shutdown.clone();
-    signals::spawn(move |r| {
-        // A stop takes effect at once, even while the coordinator waits on something
-        // (the plugin probes at start or on SIGHUP), and ends the process in time
-        // whatever the broker does.
-        if r == Request::Stop {
-            stop.trigger();
-            start_stop_deadline();
-        }
-        tx.send(Event::Signal(r)).is_ok()
-    })
-    .map_err(|source| DaemonError::Thread {
-        name: "signals",
-        source,
-    })?;
+    spawn_signals(&events, &shutdown)?;
     spawn_mqtt(session, &events, &shutdown)?;
     let config = Arc::new(config);
     let connected = Arc::new(AtomicBool::new(false));
     let (uploads, upload_inbox) = mpsc::sync_channel(UPLOAD_QUEUE);
     let live = Arc::new(config::Live::new(config.clone()));
-    let uploader = Uploader {
+    spawn_uploader(Uploader {
         live: live.clone(),
         journal: journal.clone(),
         reporter: reporter.clone(),
@@ -145,14 +124,7 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
         connected: connected.clone(),
         inbox: upload_inbox,
         kept_retry: Default::default(),
-    };
-    std::thread::Builder::new()
-        .name("upload".into())
-        .spawn(move || uploader.run())
-        .map_err(|source| DaemonError::Thread {
-            name: "upload",
-            source,
-        })?;
+    })?;
     log::info!(
         "resagent {} started for {} (broker {})",
         env!("CARGO_PKG_VERSION"),
@@ -186,6 +158,51 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     coordinator.rescan_plugins();
     coordinator.run(inbox);
     Ok(())
+}
+
+/// The journal, opened and read back; what of it is unsafe is dropped, each with a line.
+fn open_journal(config: &Config) -> Result<Arc<JournalStore>, DaemonError> {
+    let journal = Arc::new(JournalStore::open(&config.journal_path())?);
+    for dropped in journal.record(|j| tasks::sanitize(j, &config.task_limits())) {
+        log::error!(
+            "journal {}: dropped {dropped}",
+            config.journal_path().display()
+        );
+    }
+    Ok(journal)
+}
+
+/// Starts the `signals` thread, feeding `events`.
+fn spawn_signals(events: &SyncSender<Event>, shutdown: &Shutdown) -> Result<(), DaemonError> {
+    let tx = events.clone();
+    let stop = shutdown.clone();
+    signals::spawn(move |r| {
+        // A stop takes effect at once, even while the coordinator waits on something
+        // (the plugin probes at start or on SIGHUP), and ends the process in time
+        // whatever the broker does.
+        if r == Request::Stop {
+            stop.trigger();
+            start_stop_deadline();
+        }
+        tx.send(Event::Signal(r)).is_ok()
+    })
+    .map(drop)
+    .map_err(|source| DaemonError::Thread {
+        name: "signals",
+        source,
+    })
+}
+
+/// Starts the `upload` thread.
+fn spawn_uploader(uploader: Uploader) -> Result<(), DaemonError> {
+    std::thread::Builder::new()
+        .name("upload".into())
+        .spawn(move || uploader.run())
+        .map(drop)
+        .map_err(|source| DaemonError::Thread {
+            name: "upload",
+            source,
+        })
 }
 
 /// Ends the process [`STOP_DEADLINE`] after a stop began, if it has not ended by then

@@ -40,26 +40,10 @@ pub(super) fn fetch(d: &Downloader, task: &Task, paths: &Paths) -> Result<(), St
         d.check_stop()?;
         crate::notify::beat();
         if staging.len() == task.size {
-            let got = staging.md5_hex();
-            match retry.after_md5(got == task.md5sum) {
-                Decision::Verified => return Ok(()),
-                Decision::StartOver => {
-                    log::warn!(
-                        "{}: MD5 mismatch after a resumed download; starting over",
-                        task.name
-                    );
-                    staging.restart()?;
-                    continue;
-                }
-                _ => {
-                    return Err(DownloadError::Md5 {
-                        name: task.name.clone(),
-                        expected: task.md5sum.clone(),
-                        got,
-                    }
-                    .into())
-                }
+            if verified(task, &mut retry, &mut staging)? {
+                return Ok(());
             }
+            continue;
         }
         let before = staging.len();
         let error = match attempt(d, task, &http, &mut staging, &mut progress) {
@@ -68,55 +52,90 @@ pub(super) fn fetch(d: &Downloader, task: &Task, paths: &Paths) -> Result<(), St
             Err(stop) => return Err(stop),
         };
         let progressed = staging.len() > before;
-        let have = staging.len();
         let decision = retry.after_attempt(progressed, error.as_ref(), random::random_u64());
-        match (decision, error) {
-            (Decision::Resume, Some(e)) => {
-                log::warn!("{}: {e}; resuming at byte {have}", task.name)
-            }
-            (Decision::Resume | Decision::Verified, None) => {}
-            (Decision::RetryAfter(delay), e) => {
-                let reason = e.map(|e| e.to_string()).unwrap_or_default();
-                log::warn!(
-                    "{}: {reason}; retrying at byte {have} in {:.1} s",
-                    task.name,
-                    delay.as_secs_f64()
-                );
-                // The platform hears why nothing moves (the staged bytes stay).
-                let mut report = Report::progress(
-                    Direction::Download,
-                    &task.name,
-                    ProgressState::Downloading,
-                    percent(have, task.size),
-                );
-                report.result_msg = format!("retrying in {:.0} s: {reason}", delay.as_secs_f64());
-                d.reporter.progress(&report);
-                d.wait(delay)?;
-            }
-            (Decision::StartOver, e) => {
-                if let Some(TransferError::ResumeRefused { reason, .. }) = &e {
-                    log::warn!("{}: {reason}; starting over from byte 0", task.name);
-                }
-                staging.restart()?;
-            }
-            (Decision::GiveUp { attempts }, Some(source)) => {
-                return Err(DownloadError::GaveUp {
-                    name: task.name.clone(),
-                    attempts,
-                    source,
-                }
-                .into())
-            }
-            (_, Some(source)) => {
-                return Err(DownloadError::Transfer {
-                    name: task.name.clone(),
-                    source,
-                }
-                .into())
-            }
-            (_, None) => {}
-        }
+        act(d, task, &mut staging, decision, error)?;
     }
+}
+
+/// All bytes are staged: whether their MD5 is the task's (true), or the part was
+/// dropped to start over once (false); a mismatch after that fails -4.
+fn verified(task: &Task, retry: &mut Retry, staging: &mut Staging) -> Result<bool, Stop> {
+    let got = staging.md5_hex();
+    match retry.after_md5(got == task.md5sum) {
+        Decision::Verified => Ok(true),
+        Decision::StartOver => {
+            log::warn!(
+                "{}: MD5 mismatch after a resumed download; starting over",
+                task.name
+            );
+            staging.restart()?;
+            Ok(false)
+        }
+        _ => Err(DownloadError::Md5 {
+            name: task.name.clone(),
+            expected: task.md5sum.clone(),
+            got,
+        }
+        .into()),
+    }
+}
+
+/// Carries out what the retry rules decided after an attempt that ended with `error`.
+fn act(
+    d: &Downloader,
+    task: &Task,
+    staging: &mut Staging,
+    decision: Decision,
+    error: Option<TransferError>,
+) -> Result<(), Stop> {
+    let have = staging.len();
+    match (decision, error) {
+        (Decision::Resume, Some(e)) => {
+            log::warn!("{}: {e}; resuming at byte {have}", task.name)
+        }
+        (Decision::Resume | Decision::Verified, None) => {}
+        (Decision::RetryAfter(delay), e) => {
+            let reason = e.map(|e| e.to_string()).unwrap_or_default();
+            log::warn!(
+                "{}: {reason}; retrying at byte {have} in {:.1} s",
+                task.name,
+                delay.as_secs_f64()
+            );
+            // The platform hears why nothing moves (the staged bytes stay).
+            let mut report = Report::progress(
+                Direction::Download,
+                &task.name,
+                ProgressState::Downloading,
+                percent(have, task.size),
+            );
+            report.result_msg = format!("retrying in {:.0} s: {reason}", delay.as_secs_f64());
+            d.reporter.progress(&report);
+            d.wait(delay)?;
+        }
+        (Decision::StartOver, e) => {
+            if let Some(TransferError::ResumeRefused { reason, .. }) = &e {
+                log::warn!("{}: {reason}; starting over from byte 0", task.name);
+            }
+            staging.restart()?;
+        }
+        (Decision::GiveUp { attempts }, Some(source)) => {
+            return Err(DownloadError::GaveUp {
+                name: task.name.clone(),
+                attempts,
+                source,
+            }
+            .into())
+        }
+        (_, Some(source)) => {
+            return Err(DownloadError::Transfer {
+                name: task.name.clone(),
+                source,
+            }
+            .into())
+        }
+        (_, None) => {}
+    }
+    Ok(())
 }
 
 /// Free space on the destination's file system against the bytes still to fetch.

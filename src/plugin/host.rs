@@ -59,35 +59,13 @@ pub(super) struct ChildCall<'a> {
 /// Runs `call`; `on_progress` gets the plugin's progress.
 pub(super) fn run_child(
     call: &ChildCall,
-    mut on_progress: impl FnMut(u32),
+    on_progress: impl FnMut(u32),
 ) -> Result<ChildRun, String> {
-    let ChildCall {
-        exe,
-        image,
-        label,
-        mode,
-        input,
-        timeout,
-        shutdown,
-    } = *call;
-    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-    let stdin = image.dup().map_err(|e| format!("plugin image: {e}"))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg(CHILD_COMMAND)
-        .arg(mode)
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::from(OwnedFd::from(theirs)))
-        .stderr(Stdio::inherit())
-        .env_clear()
-        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(allowed_env)))
-        .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let (mut child, ours) = spawn(call)?;
     let group = Pid::from_raw(child.id() as i32);
     // The input is small (a resource description); a child that dies before reading
     // it is reported through its exit status.
-    let _ = (&ours).write_all(input);
+    let _ = (&ours).write_all(call.input);
     let _ = ours.shutdown(std::net::Shutdown::Write);
 
     let (tx, rx) = mpsc::sync_channel::<ChildMessage>(256);
@@ -97,50 +75,13 @@ pub(super) fn run_child(
         .spawn(move || read_lines(reading, &tx))
         .map_err(|e| e.to_string())?;
 
-    let started = Instant::now();
-    let mut run = ChildRun::default();
-    let mut logged = 0u32;
-    let mut handle = |m: ChildMessage, run: &mut ChildRun| match m {
-        ChildMessage::Log { level, message } => {
-            logged += 1;
-            if logged <= MAX_LOG_LINES {
-                let level = match level {
-                    1 => log::Level::Error,
-                    2 => log::Level::Warn,
-                    3 => log::Level::Info,
-                    _ => log::Level::Debug,
-                };
-                log::log!(level, "[{label}] {message}");
-            }
-        }
-        ChildMessage::Progress { percent } => on_progress(percent.min(100)),
-        ChildMessage::Probe(p) => run.probe = Some(p),
-        ChildMessage::Result { code, reason } => run.result = Some((code, reason)),
+    let mut collect = Collect {
+        label: call.label,
+        logged: 0,
+        on_progress,
+        run: ChildRun::default(),
     };
-    let ended = loop {
-        // Waiting on a plugin is a sign of life for the watchdog; its timeout is what
-        // bounds the call.
-        crate::notify::beat();
-        match rx.recv_timeout(TICK) {
-            Ok(m) => {
-                handle(m, &mut run);
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            // The reader is done (all output read): wait without spinning.
-            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(TICK),
-        }
-        if leader_exited(group) {
-            break None;
-        }
-        if shutdown.is_set() {
-            run.interrupted = true;
-            break Some(String::new());
-        }
-        if started.elapsed() >= timeout {
-            break Some(format!("timed out after {} s", timeout.as_secs()));
-        }
-    };
+    let ended = wait_for_end(call, group, &rx, &mut collect);
     if ended.is_some() {
         // SIGTERM to the whole group; SIGKILL once the grace is over.
         let _ = killpg(group, Signal::SIGTERM);
@@ -158,26 +99,117 @@ pub(super) fn run_child(
     let deadline = Instant::now() + Duration::from_secs(1);
     while !reader.is_finished() && Instant::now() < deadline {
         while let Ok(m) = rx.try_recv() {
-            handle(m, &mut run);
+            collect.take(m);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = ours.shutdown(std::net::Shutdown::Both);
     while let Ok(m) = rx.recv() {
-        handle(m, &mut run);
+        collect.take(m);
     }
     let _ = reader.join();
-    if logged > MAX_LOG_LINES {
-        log::info!(
-            "[{label}] {} more log lines of this call not shown",
-            logged - MAX_LOG_LINES
-        );
+    Ok(collect.finish(ended, status))
+}
+
+/// Starts `resagent __plugin MODE` as a plain child in its own process group: the sealed
+/// image as stdin, one end of a socket pair as stdout (returned: the other end), the
+/// environment cut to the allow-list.
+fn spawn(call: &ChildCall) -> Result<(std::process::Child, UnixStream), String> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let stdin = call.image.dup().map_err(|e| format!("plugin image: {e}"))?;
+    let child = Command::new(call.exe)
+        .arg(CHILD_COMMAND)
+        .arg(call.mode)
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        .stderr(Stdio::inherit())
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(allowed_env)))
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", call.exe.display()))?;
+    Ok((child, ours))
+}
+
+/// Takes the child's messages until its leader ends (None), the agent stops
+/// (`Some("")`) or the call times out (`Some(reason)`).
+fn wait_for_end(
+    call: &ChildCall,
+    group: Pid,
+    rx: &mpsc::Receiver<ChildMessage>,
+    collect: &mut Collect<impl FnMut(u32)>,
+) -> Option<String> {
+    let started = Instant::now();
+    loop {
+        // Waiting on a plugin is a sign of life for the watchdog; its timeout is what
+        // bounds the call.
+        crate::notify::beat();
+        match rx.recv_timeout(TICK) {
+            Ok(m) => {
+                collect.take(m);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // The reader is done (all output read): wait without spinning.
+            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(TICK),
+        }
+        if leader_exited(group) {
+            return None;
+        }
+        if call.shutdown.is_set() {
+            collect.run.interrupted = true;
+            return Some(String::new());
+        }
+        if started.elapsed() >= call.timeout {
+            return Some(format!("timed out after {} s", call.timeout.as_secs()));
+        }
     }
-    run.status = match ended {
-        Some(reason) if !reason.is_empty() => reason,
-        _ => describe(status),
-    };
-    Ok(run)
+}
+
+/// What a call's messages amount to: its log lines (bounded), progress, probe, result.
+struct Collect<'a, P: FnMut(u32)> {
+    label: &'a str,
+    logged: u32,
+    on_progress: P,
+    run: ChildRun,
+}
+
+impl<P: FnMut(u32)> Collect<'_, P> {
+    fn take(&mut self, m: ChildMessage) {
+        match m {
+            ChildMessage::Log { level, message } => {
+                self.logged += 1;
+                if self.logged <= MAX_LOG_LINES {
+                    let level = match level {
+                        1 => log::Level::Error,
+                        2 => log::Level::Warn,
+                        3 => log::Level::Info,
+                        _ => log::Level::Debug,
+                    };
+                    log::log!(level, "[{}] {message}", self.label);
+                }
+            }
+            ChildMessage::Progress { percent } => (self.on_progress)(percent.min(100)),
+            ChildMessage::Probe(p) => self.run.probe = Some(p),
+            ChildMessage::Result { code, reason } => self.run.result = Some((code, reason)),
+        }
+    }
+
+    /// The run, its status said by why it `ended` or else by the exit `status`.
+    fn finish(mut self, ended: Option<String>, status: std::process::ExitStatus) -> ChildRun {
+        if self.logged > MAX_LOG_LINES {
+            log::info!(
+                "[{}] {} more log lines of this call not shown",
+                self.label,
+                self.logged - MAX_LOG_LINES
+            );
+        }
+        self.run.status = match ended {
+            Some(reason) if !reason.is_empty() => reason,
+            _ => describe(status),
+        };
+        self.run
+    }
 }
 
 /// Whether the group's leader has ended (without reaping it).

@@ -777,7 +777,10 @@ fn rauc_installs_the_inactive_slot_pending_then_confirms_the_booted_slot_or_fail
     let log = agent.log_text();
     assert!(!log.contains("GDBus.Error"), "remote prefix kept:\n{log}");
     assert!(log.contains("de.pengutronix.rauc"), "{log}");
-    assert!(rig.journal()["pending"]["os-1.raucb"].is_object(), "still pending");
+    assert!(
+        rig.journal()["pending"]["os-1.raucb"].is_object(),
+        "still pending"
+    );
     rauc.boot("B");
     agent.signal(nix::sys::signal::Signal::SIGUSR1);
     let r = rig.final_report(&agent, "os-1.raucb", T);
