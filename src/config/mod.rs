@@ -165,6 +165,22 @@ impl Config {
         }
     }
 
+    /// How the daemon calls plugins under this configuration: `exe` re-run as each
+    /// call's child, `plugin_timeout_s`, private folders in `state_dir`, `plugin_config`.
+    pub(crate) fn plugin_host<'a>(
+        &'a self,
+        exe: &'a Path,
+        shutdown: &'a crate::shutdown::Shutdown,
+    ) -> crate::plugin::PluginHost<'a> {
+        crate::plugin::PluginHost {
+            exe,
+            timeout: self.plugin_timeout,
+            shutdown,
+            state_dir: Some(&self.state_dir),
+            plugin_config: Some(&self.plugin_config),
+        }
+    }
+
     /// The journal: the task in flight, the waiting tasks, the installed resources.
     pub(crate) fn journal_path(&self) -> PathBuf {
         self.state_dir.join("journal.json")

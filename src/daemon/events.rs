@@ -234,13 +234,7 @@ impl Coordinator {
             (self.config.clone(), self.exe.clone(), self.shutdown.clone());
         let tx = self.events.clone();
         let job = move || {
-            let host = PluginHost {
-                exe: &exe,
-                timeout: config.plugin_timeout,
-                shutdown: &shutdown,
-                state_dir: Some(&config.state_dir),
-                plugin_config: Some(&config.plugin_config),
-            };
+            let host = config.plugin_host(&exe, &shutdown);
             host.scan(&config.plugin_dir, config.plugin_sha256.as_ref())
         };
         let spawned = std::thread::Builder::new().name("plugins".into()).spawn({

@@ -10,7 +10,7 @@ use crate::journal::{self, ConnState, JournalError, JournalStore};
 use crate::mqtt::{LinkEvent, MqttError, Publisher, Session};
 use crate::notify::Notifier;
 use crate::pidfile::{Instance, PidError};
-use crate::plugin::{Op, PluginHost, PluginSet};
+use crate::plugin::{Op, PluginSet};
 use crate::protocol::{self, Direction, DownMessage, Report, ResultCode, Task, MAX_MESSAGE_BYTES};
 use crate::random;
 use crate::reboot;

@@ -339,13 +339,7 @@ impl Downloader {
 
     /// How plugins are called for this agent.
     fn plugin_host(&self) -> PluginHost<'_> {
-        PluginHost {
-            exe: &self.exe,
-            timeout: self.config.plugin_timeout,
-            shutdown: &self.shutdown,
-            state_dir: Some(&self.config.state_dir),
-            plugin_config: Some(&self.config.plugin_config),
-        }
+        self.config.plugin_host(&self.exe, &self.shutdown)
     }
 
     /// The resource as plugins see it; `path` is the verified file (None: gone).
