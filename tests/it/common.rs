@@ -196,6 +196,20 @@ impl Rig {
         agent
     }
 
+    /// Waits until `agent` asked for a task: it is subscribed, so a push is not lost.
+    pub fn wait_asked(&self, agent: &Agent) {
+        let asked = self
+            .platform
+            .wait_for(&device(), Duration::from_secs(30), |m| {
+                m["type"] == "get_download_task"
+            });
+        assert!(
+            asked.is_some(),
+            "agent asked for a task; log:\n{}",
+            agent.log_text()
+        );
+    }
+
     /// Starts `resagent run` without waiting.
     pub fn spawn_agent(&mut self) -> Agent {
         self.spawn_agent_under(&[], "debug")

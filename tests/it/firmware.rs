@@ -762,6 +762,7 @@ fn the_plugin_child_is_a_plain_process_without_the_agents_sockets_or_secrets() {
         "info",
     );
     wait_log(&agent, "plugin inspect loaded");
+    rig.wait_asked(&agent);
     let agent_sockets = sockets_of(agent.pid());
     assert!(!agent_sockets.is_empty(), "the agent holds its MQTT socket");
     let (_, t) = rig.task("x.bin", 1000, 1);
@@ -898,6 +899,7 @@ fn a_flood_of_progress_and_log_calls_never_loses_the_answer_or_spins_the_agent()
     );
     let agent = rig.spawn_agent_under(&[], "info");
     wait_log(&agent, "plugin flood loaded");
+    rig.wait_asked(&agent);
     let before = cpu_seconds(agent.pid());
     let (_, t) = rig.task("loud.bin", 1000, 1);
     rig.platform.push(&device(), &t).unwrap();
