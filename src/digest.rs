@@ -56,6 +56,37 @@ impl Md5 {
     }
 }
 
+/// A running SHA-256 (the second check of a patch's base and target), poisoned like
+/// [`Md5`] when OpenSSL refuses it.
+pub(crate) struct Sha256(Option<Hasher>);
+
+impl Sha256 {
+    pub(crate) fn new() -> Self {
+        Sha256(
+            Hasher::new(MessageDigest::sha256())
+                .map_err(|e| log::error!("OpenSSL cannot compute SHA-256: {e}"))
+                .ok(),
+        )
+    }
+
+    pub(crate) fn consume(&mut self, data: &[u8]) {
+        if let Some(h) = &mut self.0 {
+            if let Err(e) = h.update(data) {
+                log::error!("OpenSSL failed in SHA-256: {e}");
+                self.0 = None;
+            }
+        }
+    }
+
+    /// The digest as 64 lowercase hex characters, or a text that is not a digest.
+    pub(crate) fn hex(mut self) -> String {
+        match self.0.as_mut().map(|h| h.finish()) {
+            Some(Ok(d)) => hex::encode(d),
+            _ => "sha256-unavailable".to_owned(),
+        }
+    }
+}
+
 /// What a poisoned MD5 shows instead of a digest.
 const UNAVAILABLE: &str = "md5-unavailable";
 

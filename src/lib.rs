@@ -51,6 +51,7 @@ mod pidfile;
 mod plugin;
 mod protocol;
 mod random;
+pub mod rdelta;
 mod reboot;
 mod report;
 mod shutdown;

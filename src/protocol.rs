@@ -71,6 +71,8 @@ pub(crate) enum ResultCode {
     ValidateRejected,
     InvalidTask,
     Other,
+    /// A patch (`NAME.rdelta`) whose base is missing or not the one it was made against.
+    BaseMismatch,
 }
 
 impl ResultCode {
@@ -87,6 +89,7 @@ impl ResultCode {
             ResultCode::ValidateRejected => -9,
             ResultCode::InvalidTask => -10,
             ResultCode::Other => -11,
+            ResultCode::BaseMismatch => -12,
         }
     }
 }
@@ -112,6 +115,7 @@ impl TryFrom<i32> for ResultCode {
             -9 => ResultCode::ValidateRejected,
             -10 => ResultCode::InvalidTask,
             -11 => ResultCode::Other,
+            -12 => ResultCode::BaseMismatch,
             other => return Err(format!("unknown result code {other}")),
         })
     }

@@ -7,6 +7,7 @@
 //! single `done` or `fail` (or nothing, for a cancel or a stop) — the only place a
 //! download's final report is made.
 
+mod delta;
 mod fetch;
 mod partial_response;
 mod pipeline;
@@ -22,6 +23,7 @@ use crate::journal::{self, InFlight, Journal, JournalStore, Phase};
 use crate::plugin::glob;
 use crate::plugin::{CallOutcome, Op, PluginFailure, PluginHost, PluginSet, ResourceArgs};
 use crate::protocol::{percent, Direction, ProgressState, Report, ResultCode, Task};
+use crate::rdelta;
 use crate::reboot;
 use crate::report::{Progress, Reporter};
 use crate::shutdown::Shutdown;
@@ -114,6 +116,30 @@ pub(crate) enum DownloadError {
     /// The default installer could not place the file.
     #[error("install {name}: {source}")]
     Install { name: String, source: FsError },
+    /// A patch whose header cannot be read or is not for this agent.
+    #[error("{name}: unreadable patch header: {reason}")]
+    DeltaHeader { name: String, reason: String },
+    /// A patch whose base is missing or not the one it was made against.
+    #[error("{name}: base {base} is not the one the patch was made against: expected md5 {expected}, found {found}")]
+    DeltaBase {
+        name: String,
+        base: String,
+        expected: String,
+        found: String,
+    },
+    /// A patch body that does not decode.
+    #[error("{name}: the patch {reason}")]
+    DeltaBody { name: String, reason: String },
+    /// A patch that rebuilds something other than its target.
+    #[error("{name}: the patch rebuilt {got}, not the target's {expected}")]
+    DeltaTarget {
+        name: String,
+        expected: String,
+        got: String,
+    },
+    /// The staged patch or the rebuilt file could not be read or written.
+    #[error("{name}: {reason}")]
+    Delta { name: String, reason: String },
 }
 
 impl DownloadError {
@@ -121,7 +147,13 @@ impl DownloadError {
     pub(crate) fn result_code(&self) -> ResultCode {
         match self {
             DownloadError::NoSpace { .. } => ResultCode::NoSpace,
-            DownloadError::Md5 { .. } | DownloadError::TooLong { .. } => ResultCode::Mismatch,
+            DownloadError::Md5 { .. }
+            | DownloadError::TooLong { .. }
+            | DownloadError::DeltaBody { .. }
+            | DownloadError::DeltaTarget { .. } => ResultCode::Mismatch,
+            DownloadError::DeltaHeader { .. } => ResultCode::InvalidTask,
+            DownloadError::DeltaBase { .. } => ResultCode::BaseMismatch,
+            DownloadError::Delta { .. } => ResultCode::InstallFailed,
             DownloadError::Staging(e) if install::is_no_space(&e.source) => ResultCode::NoSpace,
             DownloadError::Staging(_) => ResultCode::InstallFailed,
             DownloadError::Transfer { source, .. } | DownloadError::GaveUp { source, .. } => {
@@ -180,8 +212,8 @@ impl Downloader {
         crate::notify::beat();
         let paths = install::paths(&self.config.resource_dir, &task.name);
         match self.bring_and_install(task, &paths) {
-            Ok(ChainEnd::Installed(by)) => self.report_installed(task, by),
-            Ok(ChainEnd::Pending { plugin }) => self.report_pending(task, &plugin),
+            Ok((ChainEnd::Installed(by), as_)) => self.report_installed(task, &as_, by),
+            Ok((ChainEnd::Pending { plugin }, _)) => self.report_pending(task, &plugin),
             Err(Stop::Interrupted) => {
                 log::info!("{}: stopped; it resumes after restart", task.name);
                 Outcome::Interrupted
@@ -199,14 +231,16 @@ impl Downloader {
         }
     }
 
-    fn bring_and_install(&self, task: &Task, paths: &Paths) -> Result<ChainEnd, Stop> {
+    /// Brings the task's file and installs it; the end, and the resource installed (the
+    /// task itself, or the target a patch rebuilt).
+    fn bring_and_install(&self, task: &Task, paths: &Paths) -> Result<(ChainEnd, Task), Stop> {
         if let Some(by) = self.already_installed(task, paths)? {
             log::info!(
                 "{} with md5 {} is installed already",
                 task.name,
                 task.md5sum
             );
-            return Ok(ChainEnd::Installed(by));
+            return Ok((ChainEnd::Installed(by), task.clone()));
         }
         if let Some(pattern) = glob::first_match_ignoring_case(&self.config.plugin_only, &task.name)
         {
@@ -234,7 +268,7 @@ impl Downloader {
             if let Some(d) = in_flight.as_ref().filter(|d| d.install_attempts > 0) {
                 if let Some(name) = &d.install_plugin {
                     if let Some(by) = self.installed_after_cut(task, paths, name)? {
-                        return Ok(ChainEnd::Installed(by));
+                        return Ok((ChainEnd::Installed(by), task.clone()));
                     }
                 }
                 if d.install_attempts >= MAX_INSTALL_ATTEMPTS {
@@ -257,7 +291,7 @@ impl Downloader {
             && self.plugins.owner_of(&task.name).is_none()
             && self.installed_before_kill(paths, task)?
         {
-            return Ok(ChainEnd::Installed(InstalledBy::Default));
+            return Ok((ChainEnd::Installed(InstalledBy::Default), task.clone()));
         }
         if !verified {
             fetch::fetch(self, task, paths)?;
@@ -267,7 +301,48 @@ impl Downloader {
                 }
             });
         }
-        self.install(task, paths)
+        if rdelta::base_name(&task.name).is_some() {
+            return self.install_patch(task, paths);
+        }
+        Ok((self.install(task, task, paths)?, task.clone()))
+    }
+
+    /// A verified patch: rebuilds its target and installs that under its own name (the
+    /// reports stay under the patch's name); the staged patch goes once it is installed.
+    fn install_patch(&self, task: &Task, paths: &Paths) -> Result<(ChainEnd, Task), Stop> {
+        let (end, target) = match delta::rebuild(self, task, &paths.staging)? {
+            delta::Rebuilt::Already(target) => {
+                log::info!(
+                    "{}: {} is its target already (md5 {})",
+                    task.name,
+                    target.name,
+                    target.md5sum
+                );
+                let plugin = self
+                    .journal
+                    .snapshot()
+                    .installed
+                    .get(&target.name)
+                    .and_then(|i| i.plugin.clone());
+                let by = plugin.map_or(InstalledBy::Default, InstalledBy::Plugin);
+                (ChainEnd::Installed(by), target)
+            }
+            delta::Rebuilt::Ready(target) => {
+                log::info!(
+                    "{}: rebuilt {} ({} bytes, md5 {})",
+                    task.name,
+                    target.name,
+                    target.size,
+                    target.md5sum
+                );
+                let target_paths = install::paths(&self.config.resource_dir, &target.name);
+                (self.install(task, &target, &target_paths)?, target)
+            }
+        };
+        if matches!(end, ChainEnd::Installed(_)) {
+            install::discard_staging(&paths.staging);
+        }
+        Ok((end, target))
     }
 
     /// After an install attempt that has no outcome: whether install plugin `name`, the
@@ -359,8 +434,9 @@ impl Downloader {
         }
     }
 
-    /// The validate/install chain on the verified file, reporting `burning`.
-    fn install(&self, task: &Task, paths: &Paths) -> Result<ChainEnd, Stop> {
+    /// The validate/install chain on the verified file of resource `as_` (the task
+    /// itself, or a patch's target), reporting `burning` under the task's name.
+    fn install(&self, task: &Task, as_: &Task, paths: &Paths) -> Result<ChainEnd, Stop> {
         if self.shutdown.is_set() {
             return Err(Stop::Interrupted);
         }
@@ -371,7 +447,7 @@ impl Downloader {
             self.config.progress_interval,
         );
         progress.report(ProgressState::Burning, 0);
-        let resource = self.resource_args(task, paths, Some(paths.staging.clone()));
+        let resource = self.resource_args(as_, paths, Some(paths.staging.clone()));
         let host = self.plugin_host();
         let chain = Chain {
             plugins: &self.plugins,
@@ -405,35 +481,37 @@ impl Downloader {
                 ChainStop::PluginFailed(f) => DownloadError::PluginInstall(f).into(),
                 ChainStop::ClaimedNotInstalled { plugin } => DownloadError::ClaimedNotInstalled {
                     plugin,
-                    name: task.name.clone(),
+                    name: as_.name.clone(),
                 }
                 .into(),
                 ChainStop::DefaultFailed(source) => DownloadError::Install {
-                    name: task.name.clone(),
+                    name: as_.name.clone(),
                     source,
                 }
                 .into(),
             })
     }
 
-    /// Records the install and reports `done`, in one journal write.
-    fn report_installed(&self, task: &Task, by: InstalledBy) -> Outcome {
+    /// Records the install of `as_` (the task, or a patch's target) and reports `done`
+    /// for the task, in one journal write.
+    fn report_installed(&self, task: &Task, as_: &Task, by: InstalledBy) -> Outcome {
         let now = journal::unix_now();
         let place = match &by {
             InstalledBy::Plugin(p) => format!("by plugin {p}"),
             InstalledBy::Default => {
-                format!("at {}", self.config.resource_dir.join(&task.name).display())
+                format!("at {}", self.config.resource_dir.join(&as_.name).display())
             }
         };
         log::info!(
             "{} installed {place} ({} bytes, md5 {})",
-            task.name,
-            task.size,
-            task.md5sum
+            as_.name,
+            as_.size,
+            as_.md5sum
         );
         self.reporter
             .final_report_with(Report::done(Direction::Download, &task.name), |j| {
-                tasks::installed(j, task, by.plugin(), now)
+                tasks::installed(j, as_, by.plugin(), now);
+                tasks::clear_in_flight(j, task);
             });
         Outcome::Installed
     }
@@ -510,7 +588,7 @@ impl Downloader {
             match outcome {
                 CallOutcome::Ok => {
                     log::info!("{name}: plugin {} confirms the new image runs", plugin.name);
-                    self.report_installed(task, InstalledBy::Plugin(plugin.name.clone()));
+                    self.report_installed(task, task, InstalledBy::Plugin(plugin.name.clone()));
                 }
                 CallOutcome::Pending | CallOutcome::Declined => {
                     log::info!("{name}: still pending (plugin {})", plugin.name);

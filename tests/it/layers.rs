@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("notify", 0),
     ("protocol", 0),
     ("random", 0),
+    ("rdelta", 0),
     ("shutdown", 0),
     ("signals", 0),
     ("sys", 0),

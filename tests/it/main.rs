@@ -8,6 +8,7 @@ mod common;
 
 mod cli;
 mod cross;
+mod delta;
 mod download;
 mod firmware;
 mod frameworks;
