@@ -734,3 +734,13 @@ pub fn restart_without_reboot(rig: &mut Rig, agent: &mut Agent, name: &str) -> A
     );
     agent
 }
+
+/// Peak resident memory (VmHWM) of process `pid`, in KiB.
+pub fn vm_hwm_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}

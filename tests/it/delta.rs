@@ -211,7 +211,7 @@ fn a_kill_mid_patch_resumes_with_range_and_memory_stays_bounded() {
     rig.throttle(&t, 64 << 10);
     rig.platform.push(&device(), &t).unwrap();
     rig.wait_staged("big.img.rdelta", patch.len() as u64 / 3);
-    let downloaded = hwm_kib(agent.pid());
+    let downloaded = vm_hwm_kib(agent.pid());
     agent.kill9();
     rig.fault(&t, Default::default());
     let agent = rig.spawn_agent();
@@ -224,19 +224,10 @@ fn a_kill_mid_patch_resumes_with_range_and_memory_stays_bounded() {
     // A debug build maps more of itself than the release daemon (bench/run measures that
     // one against the 10 MiB bound): here the agent that applied the patch may use at
     // most 3 MiB more than the one that had downloaded the 32 MiB base in full.
-    let applied = hwm_kib(agent.pid());
+    let applied = vm_hwm_kib(agent.pid());
     eprintln!("peak RSS: {downloaded} KiB after a 32 MiB download, {applied} KiB after the patch");
     assert!(
         applied <= downloaded + (3 << 10),
         "peak RSS {applied} KiB after the patch, {downloaded} KiB after a download"
     );
-}
-
-fn hwm_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }

@@ -69,12 +69,6 @@ fn wait_with_log(agent: &Agent, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn vm_hwm_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn a_32_mib_file_uploaded_through_the_cli_ends_done_and_identical() {
     let mut rig = Rig::new();

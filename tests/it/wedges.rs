@@ -299,15 +299,7 @@ fn upload_of_a_255_byte_name_works_and_two_uploads_of_one_name_do_not_overwrite(
 fn an_oversized_message_is_refused_before_it_is_copied() {
     let mut rig = Rig::new();
     let agent = rig.start_agent();
-    let hwm = |pid: i32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
-    let before = hwm(agent.pid());
+    let before = vm_hwm_kib(agent.pid());
     let huge = vec![b' '; 16 << 20];
     rig.platform.send(&device(), &huge).unwrap();
     let deadline = Instant::now() + T;
@@ -315,7 +307,7 @@ fn an_oversized_message_is_refused_before_it_is_copied() {
         assert!(Instant::now() < deadline, "{}", agent.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let grew = hwm(agent.pid()) - before;
+    let grew = vm_hwm_kib(agent.pid()) - before;
     eprintln!("peak RSS grew by {grew} KiB for a 16 MiB message");
     // Paho C reads the packet and hands over a copy, which the paho-mqtt crate copies
     // into its message (three copies, out of our hands: MQTT 3.1.1 cannot tell the
