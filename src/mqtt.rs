@@ -141,19 +141,46 @@ impl Publisher {
     /// [`REQUEST_TIMEOUT`]); QoS 0 (intermediate progress) is handed to Paho and not
     /// waited for, so a slow or stalled broker never holds a transfer.
     pub(crate) fn publish(&self, msg: &Value, qos: i32) -> Result<(), MqttError> {
+        self.queue(msg, qos)?.wait()
+    }
+
+    /// Hands `msg` to Paho without waiting: messages go on the wire in the order of
+    /// these calls, whichever thread makes them (what `report::Awaiting` relies on).
+    pub(crate) fn queue(&self, msg: &Value, qos: i32) -> Result<Queued, MqttError> {
         let m = paho_mqtt::Message::new(self.topic.clone(), msg.to_string(), qos);
-        let error = |source| MqttError::Publish {
-            topic: self.topic.clone(),
-            source,
-        };
         if !self.client.is_connected() {
-            return Err(error(paho_mqtt::Error::Disconnected));
+            return Err(MqttError::Publish {
+                topic: self.topic.clone(),
+                source: paho_mqtt::Error::Disconnected,
+            });
         }
         let token = self.client.publish(m);
-        if qos == 0 {
-            return Ok(());
+        Ok(Queued {
+            token: (qos != 0).then_some(token),
+            topic: self.topic.clone(),
+        })
+    }
+}
+
+/// A message handed to Paho; QoS 1 ones carry the token of their acknowledgement.
+pub(crate) struct Queued {
+    token: Option<paho_mqtt::DeliveryToken>,
+    topic: String,
+}
+
+impl Queued {
+    /// Waits for the broker's acknowledgement (QoS 1, at most [`REQUEST_TIMEOUT`]);
+    /// QoS 0 is done once queued.
+    pub(crate) fn wait(self) -> Result<(), MqttError> {
+        match self.token {
+            None => Ok(()),
+            Some(token) => token
+                .wait_for(REQUEST_TIMEOUT)
+                .map_err(|source| MqttError::Publish {
+                    topic: self.topic,
+                    source,
+                }),
         }
-        token.wait_for(REQUEST_TIMEOUT).map_err(error)
     }
 }
 

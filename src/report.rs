@@ -180,10 +180,25 @@ impl Reporter {
         f(&mut lists[direction as usize])
     }
 
-    /// Publishes `report`, listed as awaiting its answer first.
+    /// Publishes `report`, listed as awaiting its answer first. Listing and handing it
+    /// to Paho happen under one lock: the list's order is then the order on the wire,
+    /// also when the coordinator (a refused task's `fail`) and the download thread (its
+    /// progress) report at the same instant — else an answer to one would be taken for
+    /// the other's (a refusal's `-1` withdrawing a healthy download). The acknowledgement
+    /// of a QoS 1 report is waited for outside the lock.
     fn publish(&self, report: &Report, qos: i32) -> Result<(), crate::mqtt::MqttError> {
-        let id = self.awaiting(report.direction, |a| a.sent(&report.name, report.state));
-        let sent = self.publisher.publish(&report.to_message(), qos);
+        let message = report.to_message();
+        let (id, queued) = {
+            let mut lists = self.awaiting.lock().unwrap_or_else(|p| p.into_inner());
+            let list = &mut lists[report.direction as usize];
+            let id = list.sent(&report.name, report.state);
+            let queued = self.publisher.queue(&message, qos);
+            if queued.is_err() {
+                list.not_sent(id);
+            }
+            (id, queued?)
+        };
+        let sent = queued.wait();
         if sent.is_err() {
             self.awaiting(report.direction, |a| a.not_sent(id));
         }
