@@ -242,11 +242,17 @@ impl Downloader {
             );
             return Ok((ChainEnd::Installed(by), task.clone()));
         }
-        if let Some(pattern) = glob::first_match_ignoring_case(&self.config.plugin_only, &task.name)
-        {
-            if self.plugins.owner_of(&task.name).is_none() {
+        // A patch is held to the rule of what it rebuilds: `fw.swu.rdelta` with the
+        // SWUpdate plugin gone must not reach the default installer as `fw.swu`.
+        let names = [Some(task.name.as_str()), rdelta::base_name(&task.name)];
+        for name in names.into_iter().flatten() {
+            let Some(pattern) = glob::first_match_ignoring_case(&self.config.plugin_only, name)
+            else {
+                continue;
+            };
+            if self.plugins.owner_of(name).is_none() {
                 return Err(DownloadError::PluginOnly {
-                    name: task.name.clone(),
+                    name: name.to_string(),
                     pattern: pattern.to_string(),
                 }
                 .into());
@@ -511,7 +517,10 @@ impl Downloader {
         self.reporter
             .final_report_with(Report::done(Direction::Download, &task.name), |j| {
                 tasks::installed(j, as_, by.plugin(), now);
-                tasks::clear_in_flight(j, task);
+                if as_.name != task.name {
+                    // A patch: `installed` cleared its target; the task in flight is the patch.
+                    tasks::clear_in_flight(j, task);
+                }
             });
         Outcome::Installed
     }

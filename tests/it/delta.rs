@@ -231,3 +231,27 @@ fn a_kill_mid_patch_resumes_with_range_and_memory_stays_bounded() {
         "peak RSS {applied} KiB after the patch, {downloaded} KiB after a download"
     );
 }
+
+#[test]
+fn a_patch_to_a_plugin_only_name_without_its_plugin_fails_9_and_installs_nothing() {
+    let mut rig = Rig::new();
+    rig.config["plugin_only"] = serde_json::json!(["*.swu"]);
+    // A base placed before plugin_only was set (or by hand): never a reason to let the
+    // default installer put a firmware image in resource_dir and report `done`.
+    let base = vec![1u8; 200_000];
+    std::fs::create_dir_all(rig.path().join("resources")).unwrap();
+    std::fs::write(rig.resource("fw.swu"), &base).unwrap();
+    let agent = rig.start_agent();
+    let patch = make_patch(rig.path(), &base, &edited(&base, 3, 2));
+    let (_, t) = rig.serve_bytes("fw.swu.rdelta", &patch);
+    rig.platform.push(&device(), &t).unwrap();
+    let r = rig.final_report(&agent, "fw.swu.rdelta", T);
+    assert_eq!(state_of(&r), ("fail", -9), "{r}\n{}", agent.log_text());
+    assert!(msg(&r).contains("fw.swu matches plugin_only"), "{r}");
+    assert_eq!(rig.gets(&t).0, 0, "nothing fetched");
+    assert_eq!(
+        std::fs::read(rig.resource("fw.swu")).unwrap(),
+        base,
+        "untouched"
+    );
+}
