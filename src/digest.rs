@@ -18,13 +18,11 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Then the state is poisoned: it logs once and its [`hex`](Md5::hex) can never equal
 /// a real digest, so a check against it fails instead of passing.
 #[derive(Clone)]
-pub(crate) struct Md5(Option<Hasher>);
+pub(crate) struct Md5(Running);
 
 impl Default for Md5 {
     fn default() -> Self {
-        Md5(Hasher::new(MessageDigest::md5())
-            .map_err(|e| log::error!("OpenSSL cannot compute MD5: {e}"))
-            .ok())
+        Md5(Running::new(MessageDigest::md5(), "MD5", UNAVAILABLE))
     }
 }
 
@@ -34,55 +32,78 @@ impl Md5 {
     }
 
     pub(crate) fn consume(&mut self, data: &[u8]) {
-        if let Some(h) = &mut self.0 {
-            if let Err(e) = h.update(data) {
-                log::error!("OpenSSL failed in MD5: {e}");
-                self.0 = None;
-            }
-        }
+        self.0.consume(data)
     }
 
     /// The digest as 32 lowercase hex characters (the state is kept); a poisoned state
     /// gives a text that is not a digest.
     pub(crate) fn hex(&self) -> String {
-        match self.0.clone().map(|mut h| h.finish()) {
-            Some(Ok(d)) => hex::encode(d),
-            Some(Err(e)) => {
-                log::error!("OpenSSL failed in MD5: {e}");
-                UNAVAILABLE.to_owned()
-            }
-            None => UNAVAILABLE.to_owned(),
-        }
+        self.0.hex()
     }
 }
 
 /// A running SHA-256 (the second check of a patch's base and target), poisoned like
 /// [`Md5`] when OpenSSL refuses it.
-pub(crate) struct Sha256(Option<Hasher>);
+pub(crate) struct Sha256(Running);
 
 impl Sha256 {
     pub(crate) fn new() -> Self {
-        Sha256(
-            Hasher::new(MessageDigest::sha256())
-                .map_err(|e| log::error!("OpenSSL cannot compute SHA-256: {e}"))
-                .ok(),
-        )
+        Sha256(Running::new(
+            MessageDigest::sha256(),
+            "SHA-256",
+            "sha256-unavailable",
+        ))
     }
 
     pub(crate) fn consume(&mut self, data: &[u8]) {
-        if let Some(h) = &mut self.0 {
+        self.0.consume(data)
+    }
+
+    /// The digest as 64 lowercase hex characters, or a text that is not a digest.
+    pub(crate) fn hex(&self) -> String {
+        self.0.hex()
+    }
+}
+
+/// One running OpenSSL digest that poisons itself (logging once) when OpenSSL fails.
+#[derive(Clone)]
+struct Running {
+    hasher: Option<Hasher>,
+    /// For log lines.
+    name: &'static str,
+    /// What a poisoned state shows instead of a digest.
+    unavailable: &'static str,
+}
+
+impl Running {
+    fn new(md: MessageDigest, name: &'static str, unavailable: &'static str) -> Self {
+        let hasher = Hasher::new(md)
+            .map_err(|e| log::error!("OpenSSL cannot compute {name}: {e}"))
+            .ok();
+        Running {
+            hasher,
+            name,
+            unavailable,
+        }
+    }
+
+    fn consume(&mut self, data: &[u8]) {
+        if let Some(h) = &mut self.hasher {
             if let Err(e) = h.update(data) {
-                log::error!("OpenSSL failed in SHA-256: {e}");
-                self.0 = None;
+                log::error!("OpenSSL failed in {}: {e}", self.name);
+                self.hasher = None;
             }
         }
     }
 
-    /// The digest as 64 lowercase hex characters, or a text that is not a digest.
-    pub(crate) fn hex(mut self) -> String {
-        match self.0.as_mut().map(|h| h.finish()) {
+    fn hex(&self) -> String {
+        match self.hasher.clone().map(|mut h| h.finish()) {
             Some(Ok(d)) => hex::encode(d),
-            _ => "sha256-unavailable".to_owned(),
+            Some(Err(e)) => {
+                log::error!("OpenSSL failed in {}: {e}", self.name);
+                self.unavailable.to_owned()
+            }
+            None => self.unavailable.to_owned(),
         }
     }
 }

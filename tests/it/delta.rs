@@ -60,6 +60,16 @@ fn install_full(rig: &Rig, agent: &Agent, name: &str, bytes: &[u8]) -> Value {
     t
 }
 
+/// `resource_dir/NAME` still holds `bytes`, and nothing is left staged.
+fn assert_untouched(rig: &Rig, name: &str, bytes: &[u8]) {
+    assert_eq!(
+        std::fs::read(rig.resource(name)).unwrap(),
+        bytes,
+        "{name} untouched"
+    );
+    assert!(staging_files(rig).is_empty(), "{:?}", staging_files(rig));
+}
+
 fn staging_files(rig: &Rig) -> Vec<PathBuf> {
     std::fs::read_dir(rig.path().join("resources/.resagent-staging"))
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
@@ -151,12 +161,7 @@ fn a_missing_or_changed_base_fails_12_naming_both_md5s_and_touches_nothing() {
         msg(&r).contains(&base_md5) && msg(&r).contains(&found),
         "{r}"
     );
-    assert_eq!(
-        std::fs::read(rig.resource("cfg.db")).unwrap(),
-        changed,
-        "untouched"
-    );
-    assert!(staging_files(&rig).is_empty(), "{:?}", staging_files(&rig));
+    assert_untouched(&rig, "cfg.db", &changed);
 }
 
 #[test]
@@ -176,11 +181,7 @@ fn a_tampered_patch_fails_4_and_an_unreadable_header_fails_10() {
     rig.platform.push(&device(), &t).unwrap();
     let r = rig.final_report(&agent, "m.bin.rdelta", T);
     assert_eq!(state_of(&r), ("fail", -4), "{r}\n{}", agent.log_text());
-    assert_eq!(
-        std::fs::read(rig.resource("m.bin")).unwrap(),
-        base,
-        "untouched"
-    );
+    assert_untouched(&rig, "m.bin", &base);
     // A header that is not one.
     let mut garbage = patch.clone();
     garbage[..8].copy_from_slice(b"NOTADIFF");
@@ -189,12 +190,7 @@ fn a_tampered_patch_fails_4_and_an_unreadable_header_fails_10() {
     let r = nth_final(&rig, &agent, "m.bin.rdelta", 1);
     assert_eq!(state_of(&r), ("fail", -10), "{r}");
     assert!(msg(&r).contains("RSDELTA"), "{r}");
-    assert_eq!(
-        std::fs::read(rig.resource("m.bin")).unwrap(),
-        base,
-        "untouched"
-    );
-    assert!(staging_files(&rig).is_empty(), "{:?}", staging_files(&rig));
+    assert_untouched(&rig, "m.bin", &base);
 }
 
 #[test]
@@ -249,9 +245,5 @@ fn a_patch_to_a_plugin_only_name_without_its_plugin_fails_9_and_installs_nothing
     assert_eq!(state_of(&r), ("fail", -9), "{r}\n{}", agent.log_text());
     assert!(msg(&r).contains("fw.swu matches plugin_only"), "{r}");
     assert_eq!(rig.gets(&t).0, 0, "nothing fetched");
-    assert_eq!(
-        std::fs::read(rig.resource("fw.swu")).unwrap(),
-        base,
-        "untouched"
-    );
+    assert_untouched(&rig, "fw.swu", &base);
 }
