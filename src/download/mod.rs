@@ -342,7 +342,13 @@ impl Downloader {
                     target.md5sum
                 );
                 let target_paths = install::paths(&self.config.resource_dir, &target.name);
-                (self.install(task, &target, &target_paths)?, target)
+                // A failed install leaves nothing of the rebuilt file behind (a kill
+                // or a stop re-applies the staged patch anyway).
+                let end = self.install(task, &target, &target_paths).map_err(|stop| {
+                    install::discard_staging(&target_paths.staging);
+                    stop
+                })?;
+                (end, target)
             }
         };
         if matches!(end, ChainEnd::Installed(_)) {

@@ -247,3 +247,26 @@ fn a_patch_to_a_plugin_only_name_without_its_plugin_fails_9_and_installs_nothing
     assert_eq!(rig.gets(&t).0, 0, "nothing fetched");
     assert_untouched(&rig, "fw.swu", &base);
 }
+
+#[test]
+fn a_rebuilt_file_an_install_plugin_fails_on_is_not_left_staged() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let base = vec![5u8; 400_000];
+    install_full(&rig, &agent, "app.pkg", &base);
+    // From now on every install crashes in its plugin.
+    fixture(
+        &rig,
+        "rogue.c",
+        "10-crashy.so",
+        &["PLUGIN_NAME=\"crashy\"", "RAISE=SIGSEGV"],
+    );
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_log(&agent, "plugin crashy loaded");
+    let patch = make_patch(rig.path(), &base, &edited(&base, 4, 8));
+    let (_, t) = rig.serve_bytes("app.pkg.rdelta", &patch);
+    rig.platform.push(&device(), &t).unwrap();
+    let r = rig.final_report(&agent, "app.pkg.rdelta", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}\n{}", agent.log_text());
+    assert_untouched(&rig, "app.pkg", &base);
+}
