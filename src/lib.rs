@@ -9,7 +9,7 @@
 //! | `config` | the configuration file and `device_info.json`, checked key by key |
 //! | `daemon` | `resagent run`: the coordinator thread and the threads it starts |
 //! | `tasks` | the download queue as pure functions over the journal |
-//! | `download` | one download task's life: fetch, retry rules, staging, pipeline |
+//! | `download` | one download task's life: fetch, retry rules, staging, pipeline, patches applied as they arrive |
 //! | `install` | staging paths, the default installer, the validate/install chain |
 //! | `plugin` | vendor plugins: checks, scan, calls in a child process |
 //! | `upload`, `outbox` | the upload thread and the outbox folder |

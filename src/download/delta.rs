@@ -1,6 +1,7 @@
 //! Rebuilding a resource from a patch (`NAME.rdelta`, docs/protocol.md "Delta
-//! delivery"): once the patch's own bytes are staged and match the task's MD5, its
-//! header names the target and the base; the base (`resource_dir/NAME`) is re-hashed —
+//! delivery"), applied while its bytes arrive ([`fetch_and_rebuild`]) or, after a
+//! restart that found the patch staged whole, from its file ([`rebuild`]): its header
+//! names the target and the base; the base (`resource_dir/NAME`) is re-hashed —
 //! MD5 and SHA-256, never a cached hash — and must be the one the patch was made
 //! against; the patch is then applied as a stream into the staging file of `NAME`, and
 //! the rebuilt file must have the target's size, MD5 and SHA-256 before any plugin sees
@@ -11,14 +12,17 @@
 //! instructions) compressed with deflate (`flate2`'s pure-Rust back end): maintained
 //! crates; the choice and its figures are in docs/architecture.md.
 
+use super::fetch;
+use super::follow::{Follow, FollowReader};
 use super::{DownloadError, Downloader, Stop};
 use crate::digest::{read_chunks, ChunkError, Md5, Sha256};
 use crate::install::{self, Paths};
 use crate::protocol::Task;
 use crate::rdelta::{self, Header, HEADER_LEN};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 /// What a staged patch amounts to.
 pub(super) enum Rebuilt {
@@ -32,18 +36,110 @@ pub(super) enum Rebuilt {
 /// against the memory bound.
 const BUF: usize = 64 * 1024;
 
-/// Rebuilds the target of the patch staged at `patch` (the task `task`, `NAME.rdelta`)
-/// into the staging file of `NAME`.
+/// Fetches the patch of `task` (`NAME.rdelta`) into its staging file and applies it
+/// while the bytes arrive (`follow.rs`), on a thread of its own, into the staging file
+/// of `NAME`. The fetch is the usual one (journal, Range resume, stalls); an applier
+/// that fails early (no base, a wrong base, a bad header) or finds the target in place
+/// ends the fetch there. Ready only once the patch's own MD5 is checked too.
+pub(super) fn fetch_and_rebuild(
+    d: &Downloader,
+    task: &Task,
+    paths: &Paths,
+) -> Result<Rebuilt, Stop> {
+    let follow = Arc::new(Follow::new());
+    std::thread::scope(|scope| {
+        let applier = std::thread::Builder::new()
+            .name("delta-apply".into())
+            .spawn_scoped(scope, || apply_following(d, task, &paths.staging, &follow));
+        let applier = match applier {
+            Ok(a) => a,
+            Err(e) => {
+                // No thread: fetch the whole patch, then apply it from the file.
+                log::warn!("{}: {e}; applying the patch once it is fetched", task.name);
+                fetch::fetch(d, task, paths, None)?;
+                d.mark_verified(task);
+                return rebuild(d, task, &paths.staging);
+            }
+        };
+        let fetched = fetch::fetch(d, task, paths, Some(&follow));
+        follow.end(fetched.is_ok());
+        let applied = applier.join().unwrap_or_else(|_| {
+            Err(DownloadError::Delta {
+                name: task.name.clone(),
+                reason: "the applying thread panicked".into(),
+            }
+            .into())
+        });
+        match fetched {
+            Ok(()) => {
+                d.mark_verified(task);
+                applied
+            }
+            // The applier's verdict came first and ended the fetch.
+            Err(_) if follow.reader_done() => applied,
+            Err(stop) => {
+                if let Some(base) = rdelta::base_name(&task.name) {
+                    install::discard_staging(&install::paths(&d.config.resource_dir, base).staging);
+                }
+                Err(stop)
+            }
+        }
+    })
+}
+
+/// The applying thread: reads the patch from byte 0 as it is written, again from byte 0
+/// whenever the staged bytes start over. Its own verdicts (a failure, or the target in
+/// place already) end the fetch; a stop or an abandoned fetch is not a verdict.
+fn apply_following(
+    d: &Downloader,
+    task: &Task,
+    patch: &Path,
+    follow: &Follow,
+) -> Result<Rebuilt, Stop> {
+    loop {
+        let generation = follow.generation();
+        let stopping = || d.check_stop().is_err();
+        let rebuilt = rebuild_from(
+            d,
+            task,
+            FollowReader::new(follow, patch.to_path_buf(), stopping),
+        );
+        if follow.generation() != generation && !follow.abandoned() {
+            log::info!("{}: the patch bytes start over; applying again", task.name);
+            continue;
+        }
+        if rebuilt.is_err() {
+            d.check_stop()?;
+            if follow.abandoned() {
+                return Err(Stop::Interrupted);
+            }
+        }
+        if !matches!(rebuilt, Ok(Rebuilt::Ready(_))) {
+            follow.set_reader_done();
+        }
+        return rebuilt;
+    }
+}
+
+/// Rebuilds the target of the patch staged whole at `patch` (after a restart that found
+/// it verified) into the staging file of `NAME`.
 pub(super) fn rebuild(d: &Downloader, task: &Task, patch: &Path) -> Result<Rebuilt, Stop> {
+    let file = File::open(patch).map_err(|e| DownloadError::Delta {
+        name: task.name.clone(),
+        reason: format!("the staged patch: {e}"),
+    })?;
+    rebuild_from(d, task, file)
+}
+
+/// Rebuilds the target of the patch whose bytes `patch` yields from byte 0.
+fn rebuild_from(d: &Downloader, task: &Task, mut patch: impl Read) -> Result<Rebuilt, Stop> {
     let Some(base_name) = rdelta::base_name(&task.name) else {
         return Err(header_error(task, "not a patch name".into()));
     };
-    let io_error = |what: &str, e: io::Error| DownloadError::Delta {
+    let header = read_header(&mut patch).map_err(|e| DownloadError::Delta {
         name: task.name.clone(),
-        reason: format!("{what}: {e}"),
-    };
-    let mut file = File::open(patch).map_err(|e| io_error("the staged patch", e))?;
-    let header = read_header(&mut file).map_err(|e| io_error("the staged patch", e))?;
+        reason: format!("the staged patch: {e}"),
+    })?;
     let header = Header::parse(&header).map_err(|e| header_error(task, e.to_string()))?;
     if header.target.size > d.config.max_resource_bytes {
         return Err(header_error(
@@ -62,26 +158,28 @@ pub(super) fn rebuild(d: &Downloader, task: &Task, patch: &Path) -> Result<Rebui
     };
     let base_path = d.config.resource_dir.join(base_name);
     let found = hash_base(d, &base_path)?;
-    let same = |f: &(u64, String, String), want: &rdelta::Digests| {
-        f.0 == want.size && f.1 == hex::encode(want.md5) && f.2 == hex::encode(want.sha256)
-    };
-    match &found {
-        Some(f) if same(f, &header.target) => return Ok(Rebuilt::Already(target)),
-        Some(f) if same(f, &header.base) => {}
-        other => {
-            return Err(DownloadError::DeltaBase {
-                name: task.name.clone(),
-                base: base_name.to_string(),
-                expected: hex::encode(header.base.md5),
-                found: other
-                    .as_ref()
-                    .map_or_else(|| "no such file".to_string(), |f| format!("md5 {}", f.1)),
-            }
-            .into())
+    let same = |f: &Found, want: &rdelta::Digests| match f {
+        Found::File { size, md5, sha256 } => {
+            *size == want.size
+                && *md5 == hex::encode(want.md5)
+                && *sha256 == hex::encode(want.sha256)
         }
+        _ => false,
+    };
+    if same(&found, &header.target) {
+        return Ok(Rebuilt::Already(target));
+    }
+    if !same(&found, &header.base) {
+        return Err(DownloadError::DeltaBase {
+            name: task.name.clone(),
+            base: base_name.to_string(),
+            expected: hex::encode(header.base.md5),
+            found: found.to_string(),
+        }
+        .into());
     }
     let paths = install::paths(&d.config.resource_dir, base_name);
-    match apply(d, &mut file, &base_path, &paths, &header, task) {
+    match apply(d, patch, &base_path, &paths, &header, task) {
         Ok(()) => Ok(Rebuilt::Ready(target)),
         Err(e) => {
             install::discard_staging(&paths.staging);
@@ -91,9 +189,9 @@ pub(super) fn rebuild(d: &Downloader, task: &Task, patch: &Path) -> Result<Rebui
 }
 
 /// The header's bytes (fewer when the patch is shorter).
-fn read_header(file: &mut File) -> io::Result<Vec<u8>> {
+fn read_header(patch: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(HEADER_LEN);
-    file.take(HEADER_LEN as u64).read_to_end(&mut bytes)?;
+    patch.take(HEADER_LEN as u64).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -105,12 +203,35 @@ fn header_error(task: &Task, reason: String) -> Stop {
     .into()
 }
 
-/// Size, MD5 and SHA-256 of the base as it is on disk now; None when there is no such
-/// regular file.
-fn hash_base(d: &Downloader, path: &Path) -> Result<Option<(u64, String, String)>, Stop> {
+/// The base as it is on disk now.
+enum Found {
+    Missing,
+    Unreadable(String),
+    File {
+        size: u64,
+        md5: String,
+        sha256: String,
+    },
+}
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Found::Missing => f.write_str("no such file"),
+            Found::Unreadable(e) => write!(f, "a file that cannot be read ({e})"),
+            Found::File { md5, .. } => write!(f, "md5 {md5}"),
+        }
+    }
+}
+
+/// Size, MD5 and SHA-256 of the base as it is on disk now (re-read every time: never a
+/// cached hash).
+fn hash_base(d: &Downloader, path: &Path) -> Result<Found, Stop> {
     let mut file = match File::open(path) {
         Ok(f) if f.metadata().map(|m| m.is_file()).unwrap_or(false) => f,
-        _ => return Ok(None),
+        Ok(_) => return Ok(Found::Missing),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Missing),
+        Err(e) => return Ok(Found::Unreadable(e.to_string())),
     };
     let (mut md5, mut sha) = (Md5::new(), Sha256::new());
     let size = read_chunks(&mut file, u64::MAX, |c| {
@@ -119,9 +240,13 @@ fn hash_base(d: &Downloader, path: &Path) -> Result<Option<(u64, String, String)
         d.tick()
     });
     match size {
-        Ok(size) => Ok(Some((size, md5.hex(), sha.hex()))),
+        Ok(size) => Ok(Found::File {
+            size,
+            md5: md5.hex(),
+            sha256: sha.hex(),
+        }),
         Err(ChunkError::Sink(stop)) => Err(stop),
-        Err(ChunkError::Read(_)) => Ok(None),
+        Err(ChunkError::Read(e)) => Ok(Found::Unreadable(e.to_string())),
     }
 }
 
@@ -129,7 +254,7 @@ fn hash_base(d: &Downloader, path: &Path) -> Result<Option<(u64, String, String)
 /// writing the target into `paths.staging` and checking it against the header.
 fn apply(
     d: &Downloader,
-    patch: &mut File,
+    patch: impl Read,
     base_path: &Path,
     paths: &Paths,
     header: &Header,
@@ -149,10 +274,7 @@ fn apply(
         }
         .into()
     };
-    patch
-        .seek(SeekFrom::Start(HEADER_LEN as u64))
-        .map_err(|e| body_error(e.to_string()))?;
-    let inflated = flate2::read::DeflateDecoder::new(BufReader::with_capacity(BUF, &*patch));
+    let inflated = flate2::read::DeflateDecoder::new(BufReader::with_capacity(BUF, patch));
     let base = File::open(base_path).map_err(staging_error)?;
     let mut rebuilt = bipatch::Reader::new(inflated, BufReader::with_capacity(BUF, base))
         .map_err(|e| body_error(format!("not a bipatch stream: {e}")))?;

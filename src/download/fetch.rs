@@ -3,6 +3,7 @@
 //! through the [`Pipeline`]; after it, [`Retry`] decides what happens next and this loop
 //! only acts (resume, wait, start over, fail). Progress is reported as `downloading`.
 
+use super::follow::Follow;
 use super::partial_response;
 use super::pipeline::{Chunk, Pipeline};
 use super::retry::{range_ignored, Decision, Retry, RetryPolicy};
@@ -16,9 +17,17 @@ use crate::random;
 use crate::report::Progress;
 use crate::transfer::{is_timeout, HttpClient, TransferError};
 use std::io::Read;
+use std::sync::Arc;
 
-/// Brings `paths.staging` to the complete resource of `task`, its MD5 checked.
-pub(super) fn fetch(d: &Downloader, task: &Task, paths: &Paths) -> Result<(), Stop> {
+/// Brings `paths.staging` to the complete resource of `task`, its MD5 checked. With
+/// `follow`, a reader hears of every byte written (and the fetch ends early, as
+/// interrupted, once that reader needs no more).
+pub(super) fn fetch(
+    d: &Downloader,
+    task: &Task,
+    paths: &Paths,
+    follow: Option<&Arc<Follow>>,
+) -> Result<(), Stop> {
     let etag = d.journal.snapshot().download.and_then(|dl| dl.etag);
     let mut staging = Staging::open(
         &d.config.resource_dir,
@@ -27,6 +36,9 @@ pub(super) fn fetch(d: &Downloader, task: &Task, paths: &Paths) -> Result<(), St
         etag,
         || d.tick(),
     )?;
+    if let Some(f) = follow {
+        staging.follow_with(f.clone());
+    }
     check_free_space(d, task, staging.len())?;
     let http = HttpClient::new(&d.config);
     let mut progress = Progress::new(
@@ -37,7 +49,7 @@ pub(super) fn fetch(d: &Downloader, task: &Task, paths: &Paths) -> Result<(), St
     );
     let mut retry = Retry::new(RetryPolicy::download(), staging.len() > 0);
     loop {
-        d.check_stop()?;
+        check_stop(d, &staging)?;
         crate::notify::beat();
         if staging.len() == task.size {
             if verified(task, &mut retry, &mut staging)? {
@@ -134,6 +146,16 @@ fn act(
             .into())
         }
         (_, None) => {}
+    }
+    Ok(())
+}
+
+/// A withdrawal, a stop, or a follower that needs no more bytes (reported by the
+/// follower's side; here it ends the fetch as interrupted).
+fn check_stop(d: &Downloader, staging: &Staging) -> Result<(), Stop> {
+    d.check_stop()?;
+    if staging.follower_done() {
+        return Err(Stop::Interrupted);
     }
     Ok(())
 }
@@ -267,9 +289,9 @@ fn copy_chunks(
     let mut pace = Pace::new(d.config.max_bytes_per_s);
     let mut flusher = staging.flusher();
     loop {
-        d.check_stop()?;
+        check_stop(d, staging)?;
         crate::notify::beat();
-        let (buf, n) = match pipe.next(|| d.check_stop().is_err()) {
+        let (buf, n) = match pipe.next(|| d.check_stop().is_err() || staging.follower_done()) {
             // A stop while the server is silent: the check above returns it.
             None => continue,
             Some(Chunk::Data(buf, n)) => (buf, n),

@@ -9,6 +9,7 @@
 
 mod delta;
 mod fetch;
+mod follow;
 mod partial_response;
 mod pipeline;
 mod retry;
@@ -299,24 +300,39 @@ impl Downloader {
         {
             return Ok((ChainEnd::Installed(InstalledBy::Default), task.clone()));
         }
-        if !verified {
-            fetch::fetch(self, task, paths)?;
-            self.journal.record(|j| {
-                if let Some(d) = j.download.as_mut().filter(|d| d.task.same_content(task)) {
-                    d.phase = Phase::Verified;
-                }
-            });
-        }
         if rdelta::base_name(&task.name).is_some() {
-            return self.install_patch(task, paths);
+            let rebuilt = if verified {
+                delta::rebuild(self, task, &paths.staging)?
+            } else {
+                delta::fetch_and_rebuild(self, task, paths)?
+            };
+            return self.install_patch(task, paths, rebuilt);
+        }
+        if !verified {
+            fetch::fetch(self, task, paths, None)?;
+            self.mark_verified(task);
         }
         Ok((self.install(task, task, paths)?, task.clone()))
     }
 
-    /// A verified patch: rebuilds its target and installs that under its own name (the
-    /// reports stay under the patch's name); the staged patch goes once it is installed.
-    fn install_patch(&self, task: &Task, paths: &Paths) -> Result<(ChainEnd, Task), Stop> {
-        let (end, target) = match delta::rebuild(self, task, &paths.staging)? {
+    /// The journal: the task's bytes are all staged and their MD5 checked.
+    fn mark_verified(&self, task: &Task) {
+        self.journal.record(|j| {
+            if let Some(d) = in_flight_of(j, task) {
+                d.phase = Phase::Verified;
+            }
+        });
+    }
+
+    /// A rebuilt patch: installs its target under its own name (the reports stay under
+    /// the patch's name); the staged patch goes once it is installed.
+    fn install_patch(
+        &self,
+        task: &Task,
+        paths: &Paths,
+        rebuilt: delta::Rebuilt,
+    ) -> Result<(ChainEnd, Task), Stop> {
+        let (end, target) = match rebuilt {
             delta::Rebuilt::Already(target) => {
                 log::info!(
                     "{}: {} is its target already (md5 {})",

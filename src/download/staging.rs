@@ -5,6 +5,7 @@
 //! MD5 (`retry.rs`). The file lives in `resource_dir/.resagent-staging/` (same file
 //! system as the destination) and is never followed if something planted a symlink.
 
+use super::follow::Follow;
 use crate::digest::{self, Md5};
 use crate::fsutil::{self, Flusher, FsError};
 use crate::install::staging_dir;
@@ -12,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Mode of a staging file: nobody else reads a half-downloaded resource.
 const STAGING_MODE: u32 = 0o600;
@@ -25,6 +27,8 @@ pub(crate) struct Staging {
     md5: Md5,
     /// The ETag of the response the bytes came from: a resume goes on only with it.
     etag: Option<String>,
+    /// A reader of the file as it grows (a patch applied while it arrives).
+    follow: Option<Arc<Follow>>,
 }
 
 impl Staging {
@@ -48,6 +52,7 @@ impl Staging {
             len: if len > size { 0 } else { len },
             md5: Md5::new(),
             etag,
+            follow: None,
         };
         staging.rehash(tick)?;
         Ok(staging)
@@ -82,7 +87,21 @@ impl Staging {
         self.len = 0;
         self.md5 = Md5::new();
         self.etag = None;
+        if let Some(f) = &self.follow {
+            f.restarted();
+        }
         self.rehash(|| Ok::<(), FsError>(()))
+    }
+
+    /// From now on `follow` hears how many bytes are on disk.
+    pub(crate) fn follow_with(&mut self, follow: Arc<Follow>) {
+        follow.grew(self.len);
+        self.follow = Some(follow);
+    }
+
+    /// Whether a reader following the file needs no more bytes.
+    pub(crate) fn follower_done(&self) -> bool {
+        self.follow.as_ref().is_some_and(|f| f.reader_done())
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -123,6 +142,9 @@ impl Staging {
             .write_all(buf)
             .map_err(|e| FsError::new("write", &self.path, e))?;
         self.len += buf.len() as u64;
+        if let Some(f) = &self.follow {
+            f.grew(self.len);
+        }
         Ok(())
     }
 

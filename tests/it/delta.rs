@@ -270,3 +270,71 @@ fn a_rebuilt_file_an_install_plugin_fails_on_is_not_left_staged() {
     assert_eq!(state_of(&r), ("fail", -5), "{r}\n{}", agent.log_text());
     assert_untouched(&rig, "app.pkg", &base);
 }
+
+/// `n` bytes no compressor shrinks (a seeded xorshift).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_patch_is_applied_while_it_arrives_and_a_wrong_base_ends_its_fetch_early() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let base = noise(1 << 20, 11);
+    install_full(&rig, &agent, "app.db", &base);
+    // 768 KiB of new bytes: the patch holds them whole (~800 KiB), fetched at 128 KiB/s.
+    let mut target = edited(&base, 20, 4);
+    target.extend_from_slice(&noise(768 << 10, 12));
+    let patch = make_patch(rig.path(), &base, &target);
+    let (_, t) = rig.serve_bytes("app.db.rdelta", &patch);
+    rig.throttle(&t, 128 << 10);
+    rig.platform.push(&device(), &t).unwrap();
+    // The rebuilt file grows in its staging file while the patch is still arriving.
+    let rebuilt = rig.path().join("resources/.resagent-staging/app.db");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let patch_staged = rig.staged("app.db.rdelta");
+        let target_staged = std::fs::metadata(&rebuilt).map(|m| m.len()).unwrap_or(0);
+        if target_staged > base.len() as u64 / 2 {
+            assert!(
+                patch_staged < patch.len() as u64 * 3 / 4,
+                "{target_staged} bytes rebuilt only once {patch_staged} of {} patch bytes were in",
+                patch.len()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing rebuilt while the patch arrived\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = rig.final_report(&agent, "app.db.rdelta", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
+    assert_eq!(std::fs::read(rig.resource("app.db")).unwrap(), target);
+    assert!(staging_files(&rig).is_empty(), "{:?}", staging_files(&rig));
+
+    // The same patch against a base that changed: -12 from its header and the base,
+    // long before the patch's last byte would have come.
+    std::fs::write(rig.resource("app.db"), edited(&base, 1, 8)).unwrap();
+    let (_, before) = rig.gets(&t);
+    rig.platform.push(&device(), &t).unwrap();
+    let r = nth_final(&rig, &agent, "app.db.rdelta", 1);
+    assert_eq!(state_of(&r), ("fail", -12), "{r}");
+    let sent = rig.gets(&t).1 - before;
+    assert!(
+        sent < patch.len() as u64 / 2,
+        "{sent} of {} patch bytes sent before the verdict",
+        patch.len()
+    );
+    assert_untouched(&rig, "app.db", &edited(&base, 1, 8));
+}
