@@ -123,7 +123,12 @@ pub(crate) struct Installed {
 /// its task stays open until the plugin's `resagent_confirm` answers in a later boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PendingInstall {
+    /// The task as offered (its name is the one reported).
     pub(crate) task: Task,
+    /// What the install wrote, when it is not the task itself: the target a patch
+    /// (`NAME.rdelta`) rebuilt — the plugin confirms that name and MD5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) target: Option<Task>,
     /// The install plugin that returned pending (asked to confirm).
     pub(crate) plugin: String,
     /// Unix seconds of the install.

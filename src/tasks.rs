@@ -204,6 +204,7 @@ pub(crate) fn installed(journal: &mut Journal, task: &Task, plugin: Option<Strin
 pub(crate) fn pending(
     journal: &mut Journal,
     task: &Task,
+    written: &Task,
     plugin: &str,
     boot_id: Option<String>,
     now: u64,
@@ -212,6 +213,7 @@ pub(crate) fn pending(
         task.name.clone(),
         PendingInstall {
             task: task.clone(),
+            target: (written != task).then(|| written.clone()),
             plugin: plugin.to_string(),
             since: now,
             boot_id,
@@ -395,7 +397,14 @@ mod tests {
         let mut j = Journal::default();
         offer(&mut j, task("fw", '1'), PRESENT);
         offer(&mut j, task("b", '1'), PRESENT);
-        pending(&mut j, &task("fw", '1'), "acme", Some("boot-1".into()), 9);
+        pending(
+            &mut j,
+            &task("fw", '1'),
+            &task("fw", '1'),
+            "acme",
+            Some("boot-1".into()),
+            9,
+        );
         assert!(j.download.is_none());
         assert_eq!(j.pending["fw"].plugin, "acme");
         assert_eq!(next(&mut j).unwrap().name, "b", "other tasks go on");
@@ -467,7 +476,14 @@ mod tests {
     fn a_task_equal_to_a_pending_install_is_answered_pending_and_never_queued() {
         let mut j = Journal::default();
         offer(&mut j, task("fw", '1'), PRESENT);
-        pending(&mut j, &task("fw", '1'), "acme", Some("boot-1".into()), 9);
+        pending(
+            &mut j,
+            &task("fw", '1'),
+            &task("fw", '1'),
+            "acme",
+            Some("boot-1".into()),
+            9,
+        );
         offer(&mut j, task("other", '1'), PRESENT);
         offer(&mut j, task("fw", '3'), PRESENT);
         match offer(&mut j, task("fw", '1'), PRESENT) {
@@ -489,7 +505,7 @@ mod tests {
     fn a_rolled_back_image_is_refused_until_forgotten_and_a_new_md5_installs() {
         let mut j = Journal::default();
         offer(&mut j, task("fw", '1'), PRESENT);
-        pending(&mut j, &task("fw", '1'), "acme", None, 9);
+        pending(&mut j, &task("fw", '1'), &task("fw", '1'), "acme", None, 9);
         rolled_back(&mut j, &task("fw", '1'), "booted the other slot", 20);
         assert!(j.pending.is_empty());
         match offer(&mut j, task("fw", '1'), PRESENT) {

@@ -214,7 +214,7 @@ impl Downloader {
         let paths = install::paths(&self.config.resource_dir, &task.name);
         match self.bring_and_install(task, &paths) {
             Ok((ChainEnd::Installed(by), as_)) => self.report_installed(task, &as_, by),
-            Ok((ChainEnd::Pending { plugin }, _)) => self.report_pending(task, &plugin),
+            Ok((ChainEnd::Pending { plugin }, as_)) => self.report_pending(task, &as_, &plugin),
             Err(Stop::Interrupted) => {
                 log::info!("{}: stopped; it resumes after restart", task.name);
                 Outcome::Interrupted
@@ -540,8 +540,15 @@ impl Downloader {
             .final_report_with(Report::done(Direction::Download, &task.name), |j| {
                 tasks::installed(j, as_, by.plugin(), now);
                 if as_.name != task.name {
-                    // A patch: `installed` cleared its target; the task in flight is the patch.
+                    // A patch: `installed` cleared its target; the task in flight, or
+                    // the install pending under its name, is the patch.
                     tasks::clear_in_flight(j, task);
+                    if j.pending
+                        .get(&task.name)
+                        .is_some_and(|p| p.task.same_content(task))
+                    {
+                        j.pending.remove(&task.name);
+                    }
                 }
             });
         Outcome::Installed
@@ -550,7 +557,8 @@ impl Downloader {
     /// Records the pending install (the task leaves the queue) and reports `burning` 100
     /// "reboot pending", in one journal write (sent again after a connect until it is
     /// acknowledged); its first acknowledgement runs `reboot_command`, if configured.
-    fn report_pending(&self, task: &Task, plugin: &str) -> Outcome {
+    /// `written` is what the plugin wrote: the task, or the target a patch rebuilt.
+    fn report_pending(&self, task: &Task, written: &Task, plugin: &str) -> Outcome {
         let now = journal::unix_now();
         log::info!(
             "{} written by plugin {plugin}; it takes effect after a reboot",
@@ -565,9 +573,9 @@ impl Downloader {
             }
         };
         let report = reboot::pending_report(&task.name, plugin, None);
-        let acked = self
-            .reporter
-            .final_report_with(report, |j| tasks::pending(j, task, plugin, boot_id, now));
+        let acked = self.reporter.final_report_with(report, |j| {
+            tasks::pending(j, task, written, plugin, boot_id, now)
+        });
         if acked {
             reboot::after_acknowledged(&self.config, &self.journal, &self.reporter, &task.name);
         } else {
@@ -604,8 +612,10 @@ impl Downloader {
                 continue;
             };
             crate::notify::beat();
-            let paths = install::paths(&self.config.resource_dir, &name);
-            let resource = self.resource_args(&pending.task, &paths, None);
+            // A patch's pending install is its target's: the plugin knows that name and MD5.
+            let written = pending.target.as_ref().unwrap_or(&pending.task);
+            let paths = install::paths(&self.config.resource_dir, &written.name);
+            let resource = self.resource_args(written, &paths, None);
             let outcome = if plugin.has(Op::Confirm) {
                 self.plugin_host()
                     .call(plugin, Op::Confirm, &resource, |_| {})
@@ -619,7 +629,7 @@ impl Downloader {
             match outcome {
                 CallOutcome::Ok => {
                     log::info!("{name}: plugin {} confirms the new image runs", plugin.name);
-                    self.report_installed(task, task, InstalledBy::Plugin(plugin.name.clone()));
+                    self.report_installed(task, written, InstalledBy::Plugin(plugin.name.clone()));
                 }
                 CallOutcome::Pending | CallOutcome::Declined => {
                     log::info!("{name}: still pending (plugin {})", plugin.name);
@@ -633,8 +643,13 @@ impl Downloader {
                     let report =
                         Report::fail(Direction::Download, &name, 100, e.result_code(), &reason);
                     let now = journal::unix_now();
-                    self.reporter
-                        .final_report_with(report, |j| tasks::rolled_back(j, task, &reason, now));
+                    self.reporter.final_report_with(report, |j| {
+                        tasks::rolled_back(j, task, &reason, now);
+                        if written != task {
+                            // The full image of that content is refused again too.
+                            tasks::rolled_back(j, written, &reason, now);
+                        }
+                    });
                 }
             }
         }

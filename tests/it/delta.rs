@@ -26,7 +26,7 @@ fn edited(bytes: &[u8], edits: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Runs `resagent-delta make BASE TARGET -o PATCH`; the patch's bytes.
-fn make_patch(dir: &Path, base: &[u8], target: &[u8]) -> Vec<u8> {
+pub(crate) fn make_patch(dir: &Path, base: &[u8], target: &[u8]) -> Vec<u8> {
     let (b, t, p) = (
         dir.join("d-base"),
         dir.join("d-target"),

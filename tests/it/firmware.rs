@@ -1142,3 +1142,47 @@ fn the_local_platform_moves_on_after_a_fail_and_writes_its_reports_as_json_lines
         b"some notes"
     );
 }
+
+#[test]
+fn a_patch_whose_target_a_plugin_writes_pending_is_confirmed_as_that_target() {
+    let (mut rig, partition, booted) = firmware_rig(true);
+    build_firmware(&plugin_dir(&rig).join("20-firmware.so"));
+    // The base the patch was made against, where the agent looks for it.
+    let v3 = rsfw_image(3, 200_000);
+    std::fs::create_dir_all(rig.path().join("resources")).unwrap();
+    std::fs::write(rig.resource("fw-3.bin"), &v3).unwrap();
+    let mut v3b = v3.clone();
+    v3b[1000..1100].fill(0x5a);
+    let v3b = {
+        // Still a valid image: the payload's CRC in its header.
+        let crc = crc32(&v3b[16..]);
+        v3b[12..16].copy_from_slice(&crc.to_le_bytes());
+        v3b
+    };
+    let patch = crate::delta::make_patch(rig.path(), &v3, &v3b);
+    let mut agent = rig.start_agent();
+    let t = serve(&rig, "fw-3.bin.rdelta", &patch);
+    rig.platform.push(&device(), &t).unwrap();
+    nth_pending(&rig, &agent, "fw-3.bin.rdelta", 0);
+    assert_eq!(
+        std::fs::read(&partition).unwrap(),
+        v3b,
+        "the slot holds the target"
+    );
+    let pending = &rig.journal()["pending"]["fw-3.bin.rdelta"];
+    assert_eq!(pending["target"]["name"], "fw-3.bin", "{pending}");
+    assert_eq!(pending["target"]["md5sum"], md5_of(&v3b), "{pending}");
+
+    // After the reboot the plugin is asked about what it wrote: the target's name and
+    // MD5 (asked about the patch, it would say "did not stay": a false fail).
+    std::fs::write(&booted, md5_of(&v3b)).unwrap();
+    stop(&mut agent);
+    rig.reboot();
+    let agent = rig.spawn_agent();
+    let r = rig.final_report(&agent, "fw-3.bin.rdelta", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
+    let journal = rig.journal();
+    assert!(journal["pending"].is_null(), "{journal}");
+    assert_eq!(journal["installed"]["fw-3.bin"]["md5sum"], md5_of(&v3b));
+    assert_eq!(journal["installed"]["fw-3.bin"]["plugin"], "firmware");
+}
