@@ -116,6 +116,14 @@ fn parse_args() -> Result<Command, Usage> {
         Some(Value(v)) => v.string()?,
         Some(other) => return Err(other.unexpected().into()),
     };
+    if sub == "delta" {
+        // What a vendor tries first: patches are made on the build machine, not here.
+        return Err(Usage(
+            "patches are made by `resagent-delta make BASE TARGET -o PATCH`, a build-machine \
+             binary of this workspace; the agent only applies them"
+                .into(),
+        ));
+    }
     let mut config = None;
     let mut json = false;
     let mut file = None;

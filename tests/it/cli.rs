@@ -67,6 +67,13 @@ fn resagent_config_variable_is_the_default_path() {
 fn usage_errors_are_exit_2_and_version_and_help_exit_0() {
     assert_eq!(resagent(&[], None).0, 2);
     assert_eq!(resagent(&["frobnicate"], None).0, 2);
+    // Patches are made by the build machine's binary; the agent says where.
+    let (code, _, err) = resagent(&["delta", "make", "a", "b", "-o", "c"], None);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("resagent-delta make BASE TARGET -o PATCH"),
+        "{err}"
+    );
     assert_eq!(resagent(&["run", "--bogus"], None).0, 2);
     let (code, out, _) = resagent(&["--version"], None);
     assert_eq!(code, 0);

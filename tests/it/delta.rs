@@ -338,3 +338,75 @@ fn a_patch_is_applied_while_it_arrives_and_a_wrong_base_ends_its_fetch_early() {
     );
     assert_untouched(&rig, "app.db", &edited(&base, 1, 8));
 }
+
+/// A program rebuilt with a change: V2 adds a function and moves every later one, as
+/// a real rebuild does.
+const PROGRAM: &str = r#"
+#include <stdio.h>
+#include <string.h>
+static const char *names[] = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta"};
+#ifdef V2
+static int checksum(const char *s) { int c = 7; while (*s) c = c * 31 + *s++; return c; }
+#endif
+static int count(const char *s, char ch) { int n = 0; for (; *s; s++) n += *s == ch; return n; }
+static void table(void) {
+    for (unsigned i = 0; i < sizeof names / sizeof *names; i++)
+        printf("%s %zu %d\n", names[i], strlen(names[i]), count(names[i], 'a'));
+}
+int main(void) {
+    table();
+#ifdef V2
+    printf("version 2 %d\n", checksum("resagent"));
+#else
+    puts("version 1");
+#endif
+    return 0;
+}
+"#;
+
+fn build_program(dir: &Path, out: &str, v2: bool) -> Vec<u8> {
+    let src = dir.join("program.c");
+    std::fs::write(&src, PROGRAM).unwrap();
+    let mut cc = std::process::Command::new("cc");
+    cc.args(["-O2", "-o"]).arg(dir.join(out)).arg(&src);
+    if v2 {
+        cc.arg("-DV2");
+    }
+    let st = cc.status().expect("cc runs");
+    assert!(st.success());
+    std::fs::read(dir.join(out)).unwrap()
+}
+
+#[test]
+fn a_rebuilt_executable_arrives_as_a_patch_and_runs() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let v1 = build_program(rig.path(), "program-1", false);
+    let v2 = build_program(rig.path(), "program-2", true);
+    assert_ne!(v1, v2);
+    install_full(&rig, &agent, "tool", &v1);
+    let patch = make_patch(rig.path(), &v1, &v2);
+    assert!(
+        patch.len() * 4 < v2.len(),
+        "patch {} bytes for a {}-byte executable",
+        patch.len(),
+        v2.len()
+    );
+    let (_, t) = rig.serve_bytes("tool.rdelta", &patch);
+    rig.platform.push(&device(), &t).unwrap();
+    let r = rig.final_report(&agent, "tool.rdelta", T);
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
+    assert_eq!(std::fs::read(rig.resource("tool")).unwrap(), v2);
+    // What was rebuilt runs, and is the new version.
+    let run = rig.path().join("tool-run");
+    std::fs::copy(rig.resource("tool"), &run).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(&run).output().unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("version 2") && said.contains("epsilon 7 0"),
+        "{said}"
+    );
+}
