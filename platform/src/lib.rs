@@ -37,6 +37,8 @@ struct Shared {
     received: Vec<Received>,
     /// What `get_download_task` is answered with, per device.
     offers: HashMap<String, Value>,
+    /// Patches served (`NAME.rdelta`, by task name): their bytes and their target's.
+    deltas: HashMap<String, (u64, u64)>,
     /// `result_code` of `report_download_progress_rsp` (non-zero cancels).
     download_rsp_code: i64,
     /// The code answering download `fail` reports (0: as every other report).
@@ -155,6 +157,9 @@ impl Platform {
     pub fn task_served_as(&self, name: &str, file: &Path, served_as: &str) -> Value {
         let path = self.storage.serve(served_as, file.to_path_buf());
         let (size, md5) = file_md5(file);
+        if let Some(target) = patch_target_size(name, file) {
+            self.lock().deltas.insert(name.to_string(), (size, target));
+        }
         json!({
             "name": name,
             "size": size,
@@ -508,6 +513,11 @@ impl Platform {
                 "offer": g.offers.get(*d).and_then(|o| o["name"].as_str()),
             })).collect::<Vec<_>>(),
             "reports": reports,
+            // What each patch offered saves against its target's full download.
+            "deltas": g.deltas.iter().map(|(name, (patch, target))| json!({
+                "name": name, "patch_bytes": patch, "target_bytes": target,
+                "saved_bytes": target.saturating_sub(*patch),
+            })).collect::<Vec<_>>(),
         })
         .to_string()
     }
@@ -536,10 +546,13 @@ pre{background:#f4f4f4;padding:1em;max-height:20em;overflow:auto}
 <h2>Devices</h2>
 <table id="devices"><thead><tr><th>device</th><th>offered task</th></tr></thead><tbody></tbody></table>
 <h2>Resources</h2>
-<table id="resources"><thead><tr><th>device</th><th>direction</th><th>resource</th><th>state</th><th>percent</th><th>result</th></tr></thead><tbody></tbody></table>
+<table id="resources"><thead><tr><th>device</th><th>direction</th><th>resource</th><th>state</th><th>percent</th><th>result</th><th>delta</th></tr></thead><tbody></tbody></table>
 <h2>Reports, newest first</h2>
 <pre id="log"></pre>
 <script>
+function size(n) {
+  return n >= 1048576 ? (n / 1048576).toFixed(1) + " MiB" : n >= 1024 ? (n / 1024).toFixed(1) + " KiB" : n + " B";
+}
 function row(cells, cls) {
   const tr = document.createElement("tr");
   cells.forEach((c, i) => {
@@ -557,12 +570,16 @@ async function refresh() {
   document.getElementById("count").textContent = j.reports.length;
   const devices = document.querySelector("#devices tbody");
   devices.replaceChildren(...j.devices.map(d => row([d.device, d.offer || "-"])));
+  const saved = new Map(j.deltas.map(d => [d.name,
+    "patch " + size(d.patch_bytes) + " for " + size(d.target_bytes) + ": " +
+    size(d.saved_bytes) + " saved (" + (100 * d.saved_bytes / Math.max(d.target_bytes, 1)).toFixed(1) + " %)"]));
   const latest = new Map();
   for (const r of j.reports) {
     const m = r.message, p = m.progress || {};
     const dir = m.type === "report_upload_progress" ? "upload" : "download";
     latest.set(r.device + "|" + dir + "|" + m.name,
-      [r.device, dir, m.name, p.state, p.percent, (p.result_code || 0) + " " + (p.result_msg || "")]);
+      [r.device, dir, m.name, p.state, p.percent, (p.result_code || 0) + " " + (p.result_msg || ""),
+       dir === "download" ? saved.get(m.name) : ""]);
   }
   document.querySelector("#resources tbody").replaceChildren(
     ...[...latest.values()].map(c => row(c, c[3])));
@@ -580,6 +597,22 @@ setInterval(refresh, 250);
 </script>
 </body></html>
 "##;
+
+/// For a patch (`NAME.rdelta` whose header reads), the size of the file it rebuilds.
+fn patch_target_size(name: &str, file: &Path) -> Option<u64> {
+    use std::io::Read;
+    if !name.ends_with(resagent::rdelta::SUFFIX) {
+        return None;
+    }
+    let mut header = Vec::new();
+    std::fs::File::open(file)
+        .ok()?
+        .take(resagent::rdelta::HEADER_LEN as u64)
+        .read_to_end(&mut header)
+        .ok()?;
+    let h = resagent::rdelta::Header::parse(&header).ok()?;
+    Some(h.target.size)
+}
 
 fn storage_page(platform: &Platform) {
     let p = platform.clone();

@@ -86,3 +86,56 @@ fn a_report_appears_on_the_page_within_a_second_and_in_reports_json() {
     assert_eq!(json["connected"], true);
     assert_eq!(json["devices"][0]["device"], device());
 }
+
+#[test]
+fn the_page_shows_what_a_patch_saves() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    let base: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    let (_, t) = rig.serve_bytes("model.bin", &base);
+    rig.platform.push(&device(), &t).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "model.bin", Duration::from_secs(60))),
+        ("done", 0)
+    );
+    let mut target = base.clone();
+    target[5000..5100].fill(1);
+    let patch = crate::delta::make_patch(rig.path(), &base, &target);
+    let (_, t) = rig.serve_bytes("model.bin.rdelta", &patch);
+    rig.platform.push(&device(), &t).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "model.bin.rdelta", Duration::from_secs(60))),
+        ("done", 0)
+    );
+    // The page, in a real browser: the patch's row says what it saved.
+    let url = format!("{}/", rig.platform.storage().base_url());
+    let shot = project().join("target/page/platform-page-delta.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let saved = 1_048_576 - patch.len() as u64;
+    let needle = format!("for 1.0 MiB: {:.1} KiB saved", saved as f64 / 1024.0);
+    let out = Command::new("/usr/bin/python3")
+        .arg(project().join("tests/browser/page.py"))
+        .arg(&url)
+        .arg(&needle)
+        .arg(&shot)
+        .arg("20")
+        .output()
+        .expect("python3 runs page.py");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("seen "), "{needle:?} not on the page: {said}");
+    assert!(out.status.success());
+    // And in /reports.json, for scripts.
+    let json: Value = serde_json::from_slice(
+        &Command::new("curl")
+            .args(["-sf", &format!("{url}reports.json")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let d = &json["deltas"][0];
+    assert_eq!(d["name"], "model.bin.rdelta", "{json}");
+    assert_eq!(d["patch_bytes"], patch.len() as u64);
+    assert_eq!(d["target_bytes"], 1_048_576);
+    assert_eq!(d["saved_bytes"], saved);
+}
