@@ -3,6 +3,8 @@
 //! and storage server, and writes the results as JSON (bench/results/) and a table.
 //! It measures; it asserts nothing but that every transfer ended `done`.
 
+mod delta;
+
 use resagent_platform::rig::{free_port, write_random, Mosquitto};
 use resagent_platform::{upload_path, Platform};
 use serde_json::{json, Value};
@@ -30,8 +32,10 @@ struct Opts {
     /// Files of the batch-upload case, and their size.
     batch: usize,
     batch_kib: u64,
-    /// The cases to run (all by default): download, upload, md5, batch, link, idle, cap, fleet.
+    /// The cases to run (all by default): download, upload, md5, batch, link, delta, idle, cap, fleet.
     only: Vec<String>,
+    /// `--smoke`: the smallest inputs, once.
+    smoke: bool,
     bin: PathBuf,
     work: PathBuf,
     results: PathBuf,
@@ -64,6 +68,7 @@ fn parse_opts() -> Opts {
         batch: 20,
         batch_kib: 1024,
         only: Vec::new(),
+        smoke: false,
         bin: root.join("target/release/resagent"),
         work: root.join("target/bench-work"),
         results: root.join("bench/results"),
@@ -87,11 +92,12 @@ fn parse_opts() -> Opts {
                 o.idle_secs = 5;
                 o.link_mib = 8;
                 o.batch = 5;
+                o.smoke = true;
                 i += 1;
                 continue;
             }
             other => {
-                eprintln!("resagent-bench: unknown option {other}\nusage: resagent-bench [--sizes 64,256,1024] [--runs 5] [--fleet 200] [--idle-secs 60] [--bin PATH] [--only download,upload,md5,batch,link,idle,cap,fleet] [--smoke]");
+                eprintln!("resagent-bench: unknown option {other}\nusage: resagent-bench [--sizes 64,256,1024] [--runs 5] [--fleet 200] [--idle-secs 60] [--bin PATH] [--only download,upload,md5,batch,link,delta,idle,cap,fleet] [--smoke]");
                 std::process::exit(2);
             }
         }
@@ -845,6 +851,20 @@ fn print_table(r: &Value) {
             l["bound_s"].as_f64().unwrap_or(0.0)
         );
     }
+    let d = &r["delta"];
+    for row in d["inputs"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "{:<34} {:>9.2}s {:>9.2}s {:>7}   patch {:.2} % of {} MiB, made in {:.1} s, peak RSS {} KiB",
+            format!("delta {}", row["short"].as_str().unwrap_or("")),
+            median_of(&row["delta_done_s"]),
+            median_of(&row["full_done_s"]),
+            format!("{:.2}", row["done_ratio"].as_f64().unwrap_or(f64::NAN)),
+            row["patch_percent"].as_f64().unwrap_or(f64::NAN),
+            row["target_bytes"].as_u64().unwrap_or(0) / MIB,
+            row["make_s"].as_f64().unwrap_or(f64::NAN),
+            row["peak_rss_kib"]
+        );
+    }
     if let (Some(last_dl), Some(first_dl)) = (rows("download").last(), rows("download").first()) {
         println!(
             "{:<34} {:>9} KiB (at {} MiB: {} KiB)",
@@ -999,6 +1019,9 @@ fn main() {
     let md5 = case("md5", &mut || md5_case(&o));
     let batch = case("batch", &mut || batch_case(&o, &broker, &platform));
     let link = case("link", &mut || link_case(&o, &broker, &platform));
+    let delta = case("delta", &mut || {
+        delta::delta_case(&o, &broker, &platform, o.smoke)
+    });
     let idle = case("idle", &mut || idle_case(&o, &broker, &platform));
     let cap = case("cap", &mut || cap_case(&o, &broker, &platform));
     let fleet = if o.runs_case("fleet") {
@@ -1022,7 +1045,7 @@ fn main() {
     let date = humantime_now();
     let results = json!({
         "date": date, "machine": machine(), "runs": o.runs, "elapsed_s": started.elapsed().as_secs_f64(),
-        "download": download, "upload": upload, "md5": md5, "batch": batch, "link": link, "idle": idle, "cap": cap, "fleet": fleet,
+        "download": download, "upload": upload, "md5": md5, "batch": batch, "link": link, "delta": delta, "idle": idle, "cap": cap, "fleet": fleet,
         "binary_bytes": binary_bytes, "binary_bytes_by_target": by_target,
         "baselines": {
             "download": "curl -o tmp URL && md5sum tmp && sync && mv tmp dest && sync",

@@ -54,6 +54,18 @@ fn digests(data: &[u8]) -> Result<Digests, String> {
     Ok(d)
 }
 
+/// Every core of the build machine sorts a partition of the base and scans a stretch
+/// of the target. The trade-off, measured (bench/run, 2 cores): 256 MiB of records took
+/// 47 s instead of 97 s, 64 MiB 6–8 s instead of 18 s; the patches grew by 20 bytes
+/// (64 MiB records) and 0.5 % of themselves (the ext4 image): matches across a chunk's
+/// edge are found again only from its start.
+fn diff_params(target_len: usize) -> Result<bidiff::DiffParams, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Small targets gain nothing from chunks; large ones one chunk per core.
+    let chunk = (target_len > 8 << 20).then(|| target_len.div_ceil(cores));
+    bidiff::DiffParams::new(cores, chunk).map_err(|e| e.to_string())
+}
+
 fn make(base: &PathBuf, target: &PathBuf, out: &PathBuf) -> Result<(), String> {
     let started = Instant::now();
     let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
@@ -68,7 +80,7 @@ fn make(base: &PathBuf, target: &PathBuf, out: &PathBuf) -> Result<(), String> {
     let io = |e: std::io::Error| format!("{}: {e}", tmp.display());
     file.write_all(&header.encode()).map_err(io)?;
     let mut z = flate2::write::DeflateEncoder::new(file, flate2::Compression::best());
-    bidiff::simple_diff(&old, &new, &mut z).map_err(io)?;
+    bidiff::simple_diff_with_params(&old, &new, &mut z, &diff_params(new.len())?).map_err(io)?;
     let file = z.finish().map_err(io)?;
     let file = file.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
