@@ -220,7 +220,7 @@ impl Downloader {
                 Outcome::Interrupted
             }
             Err(Stop::Cancelled) => {
-                install::discard_staging(&paths.staging);
+                self.discard_staged(task, &paths);
                 self.journal.record(|j| tasks::clear_in_flight(j, task));
                 log::info!(
                     "{}: cancelled by the platform; staged bytes removed",
@@ -663,7 +663,7 @@ impl Downloader {
         let done = std::fs::metadata(&paths.staging)
             .map(|m| m.len())
             .unwrap_or(0);
-        install::discard_staging(&paths.staging);
+        self.discard_staged(task, paths);
         let report = Report::fail(
             Direction::Download,
             &task.name,
@@ -674,6 +674,15 @@ impl Downloader {
         self.reporter
             .final_report_with(report, |j| tasks::clear_in_flight(j, task));
         Outcome::Failed
+    }
+
+    /// Drops what the task staged: its bytes and, for a patch, the target it was
+    /// rebuilding (a kill mid-apply leaves one that no later run of this task removes).
+    fn discard_staged(&self, task: &Task, paths: &Paths) {
+        install::discard_staging(&paths.staging);
+        if let Some(base) = rdelta::base_name(&task.name) {
+            install::discard_staging(&install::paths(&self.config.resource_dir, base).staging);
+        }
     }
 
     /// Waits `delay` before a retry, looking every 200 ms for a withdrawal or a stop and

@@ -410,3 +410,32 @@ fn a_rebuilt_executable_arrives_as_a_patch_and_runs() {
         "{said}"
     );
 }
+
+#[test]
+fn a_patch_that_fails_after_a_kill_mid_apply_leaves_nothing_staged() {
+    let mut rig = Rig::new();
+    let mut agent = rig.start_agent();
+    let base = noise(1 << 20, 21);
+    install_full(&rig, &agent, "app.img", &base);
+    let mut target = edited(&base, 10, 6);
+    target.extend_from_slice(&noise(1 << 20, 22));
+    let patch = make_patch(rig.path(), &base, &target);
+    let (_, t) = rig.serve_bytes("app.img.rdelta", &patch);
+    rig.throttle(&t, 128 << 10);
+    rig.platform.push(&device(), &t).unwrap();
+    // Killed while the target is half rebuilt.
+    let rebuilt = rig.path().join("resources/.resagent-staging/app.img");
+    let deadline = std::time::Instant::now() + T;
+    while std::fs::metadata(&rebuilt).map(|m| m.len()).unwrap_or(0) < base.len() as u64 {
+        assert!(std::time::Instant::now() < deadline, "nothing rebuilt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.kill9();
+    // After the restart the task fails before anything is applied again (its target
+    // became plugin_only): the half-rebuilt target goes with the patch's bytes.
+    rig.config["plugin_only"] = serde_json::json!(["app.img"]);
+    let agent = rig.spawn_agent();
+    let r = rig.final_report(&agent, "app.img.rdelta", T);
+    assert_eq!(state_of(&r), ("fail", -9), "{r}\n{}", agent.log_text());
+    assert_untouched(&rig, "app.img", &base);
+}
