@@ -13,7 +13,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// How long a QoS 1 publish or a subscribe may wait for the broker's answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often an idle connection thread wakes to double-check the link (Paho reports a
@@ -169,6 +169,24 @@ pub(crate) struct Queued {
 }
 
 impl Queued {
+    /// Whether the broker acknowledged it yet, without waiting: None while it has not
+    /// (QoS 0: at once).
+    pub(crate) fn poll(&self) -> Option<Result<(), MqttError>> {
+        let Some(token) = self.token.as_ref() else {
+            return Some(Ok(()));
+        };
+        // A clone of the token waits a millisecond: an ack seen then is certain, a
+        // "not yet" only means "ask again" (the wait's timer may win a tie).
+        match token.clone().wait_for(Duration::from_millis(1)) {
+            Err(paho_mqtt::Error::Timeout) => None,
+            Ok(()) => Some(Ok(())),
+            Err(source) => Some(Err(MqttError::Publish {
+                topic: self.topic.clone(),
+                source,
+            })),
+        }
+    }
+
     /// Waits for the broker's acknowledgement (QoS 1, at most [`REQUEST_TIMEOUT`]);
     /// QoS 0 is done once queued.
     pub(crate) fn wait(self) -> Result<(), MqttError> {

@@ -142,6 +142,67 @@ impl Reporter {
         self.send_final(&report)
     }
 
+    /// A final report journaled and handed to Paho without waiting for its
+    /// acknowledgement (pipelined uploads: the next file goes while the broker answers);
+    /// [`poll_final`](Self::poll_final) tells when it is in. None: not handed over (it
+    /// stays journaled and is sent again after the next connect).
+    pub(crate) fn final_report_queued(&self, report: Report) -> Option<FinalQueued> {
+        let _guard = self.finals.lock().unwrap_or_else(|p| p.into_inner());
+        log::info!("{} {}: {}", report.name, report.state, report.result_code);
+        let pending = report.clone();
+        self.journal.record(|j| {
+            j.unacked_reports.push(pending);
+            let excess = j.unacked_reports.len().saturating_sub(MAX_UNACKED);
+            j.unacked_reports.drain(..excess);
+        });
+        match self.list_and_queue(&report, 1) {
+            Ok((id, queued)) => Some(FinalQueued {
+                report,
+                id,
+                queued,
+                at: std::time::Instant::now(),
+            }),
+            Err(e) => {
+                log::warn!(
+                    "{} report for {} not sent ({e}); it is sent again after the next connect",
+                    report.state,
+                    report.name
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether the broker acknowledged a queued final report: None while it may still;
+    /// Some(true) once it did (the journal forgets it), Some(false) when it failed or
+    /// took longer than a publish may (it is sent again after the next connect).
+    pub(crate) fn poll_final(&self, f: &FinalQueued) -> Option<bool> {
+        let outcome = match f.queued.poll() {
+            None if f.at.elapsed() < crate::mqtt::REQUEST_TIMEOUT => return None,
+            None => Err("no acknowledgement in time".to_string()),
+            Some(r) => r.map_err(|e| e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                self.journal.record(|j| {
+                    if let Some(i) = j.unacked_reports.iter().position(|r| r == &f.report) {
+                        j.unacked_reports.remove(i);
+                    }
+                });
+                Some(true)
+            }
+            Err(e) => {
+                self.awaiting(f.report.direction, |a| a.not_sent(f.id));
+                log::warn!(
+                    "{} report for {} not acknowledged ({e}); it is sent again after the next connect",
+                    f.report.state,
+                    f.report.name
+                );
+                Some(false)
+            }
+        }
+    }
+
     /// Sends every final report still waiting for its acknowledgement (after a connect);
     /// returns those acknowledged now (a "reboot pending" among them starts
     /// `reboot_command`).
@@ -187,22 +248,30 @@ impl Reporter {
     /// the other's (a refusal's `-1` withdrawing a healthy download). The acknowledgement
     /// of a QoS 1 report is waited for outside the lock.
     fn publish(&self, report: &Report, qos: i32) -> Result<(), crate::mqtt::MqttError> {
-        let message = report.to_message();
-        let (id, queued) = {
-            let mut lists = self.awaiting.lock().unwrap_or_else(|p| p.into_inner());
-            let list = &mut lists[report.direction as usize];
-            let id = list.sent(&report.name, report.state);
-            let queued = self.publisher.queue(&message, qos);
-            if queued.is_err() {
-                list.not_sent(id);
-            }
-            (id, queued?)
-        };
+        let (id, queued) = self.list_and_queue(report, qos)?;
         let sent = queued.wait();
         if sent.is_err() {
             self.awaiting(report.direction, |a| a.not_sent(id));
         }
         sent
+    }
+
+    /// Lists `report` as awaiting its answer and hands it to Paho, under one lock (see
+    /// [`publish`](Self::publish)); its id in the list and the handle of its ack.
+    fn list_and_queue(
+        &self,
+        report: &Report,
+        qos: i32,
+    ) -> Result<(u64, crate::mqtt::Queued), crate::mqtt::MqttError> {
+        let message = report.to_message();
+        let mut lists = self.awaiting.lock().unwrap_or_else(|p| p.into_inner());
+        let list = &mut lists[report.direction as usize];
+        let id = list.sent(&report.name, report.state);
+        let queued = self.publisher.queue(&message, qos);
+        if queued.is_err() {
+            list.not_sent(id);
+        }
+        Ok((id, queued?))
     }
 
     /// Publishes with QoS 1; on PUBACK forgets the report. Returns whether it was acked.
@@ -226,6 +295,15 @@ impl Reporter {
             }
         }
     }
+}
+
+/// A final report handed to Paho whose acknowledgement is not waited for
+/// ([`Reporter::final_report_queued`]).
+pub(crate) struct FinalQueued {
+    report: Report,
+    id: u64,
+    queued: crate::mqtt::Queued,
+    at: std::time::Instant,
 }
 
 /// Decides which intermediate reports go out: the first of each state always, later ones

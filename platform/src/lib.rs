@@ -51,6 +51,8 @@ struct Shared {
     upload_result_code: Option<i64>,
     /// How many upload `done` reports to answer with -1 (a rejection) before answering 0.
     reject_done: u32,
+    /// Upload names whose next `done` is answered -1, once each.
+    reject_done_of: Vec<String>,
     /// Leave upload `done` reports unanswered (no verdict at all).
     silent_on_done: bool,
     /// When set, upload URLs are presigned for this S3 server instead of our storage.
@@ -220,6 +222,11 @@ impl Platform {
     /// Answers the next `times` upload `done` reports with -1 (rejected).
     pub fn reject_upload_done(&self, times: u32) {
         self.lock().reject_done = times;
+    }
+
+    /// Answers the next upload `done` of `name` with -1 (rejected), once.
+    pub fn reject_upload_done_of(&self, name: &str) {
+        self.lock().reject_done_of.push(name.to_string());
     }
 
     /// Leaves upload `done` reports unanswered (`true`), or answers them again.
@@ -462,7 +469,12 @@ impl Platform {
             }
             "report_upload_progress" => {
                 let done = m["progress"]["state"] == "done";
-                let code = if done && g.reject_done > 0 {
+                let name = m["name"].as_str().unwrap_or("").to_string();
+                let named = g.reject_done_of.iter().position(|n| *n == name);
+                let code = if let (true, Some(i)) = (done, named) {
+                    g.reject_done_of.remove(i);
+                    -1
+                } else if done && g.reject_done > 0 {
                     g.reject_done -= 1;
                     -1
                 } else {

@@ -157,6 +157,38 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Copies `from` to `to`, each chunk written `delay` after it was read: a reader thread
+/// stamps the chunks, a writer thread waits out each stamp.
+fn relay_delayed(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx
+                        .send((std::time::Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for (at, bytes) in rx {
+            std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+            if to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
 /// A TCP relay on loopback in front of `upstream` (a broker, the storage) that notes
 /// when each connection reached it — a fleet's reconnect instants, measured where no
 /// message can be lost (while the upstream is down, a client's connection is accepted and
@@ -172,6 +204,12 @@ pub struct Relay {
 impl Relay {
     /// Listens on a free loopback port and relays each connection to `upstream`.
     pub fn start(upstream: u16) -> Relay {
+        Relay::start_delayed(upstream, Duration::ZERO)
+    }
+
+    /// Like [`start`](Self::start), every byte delivered `one_way` after it arrived, in
+    /// each direction (a link's latency, not its rate: a cellular link to a broker).
+    pub fn start_delayed(upstream: u16, one_way: Duration) -> Relay {
         use std::sync::atomic::Ordering;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -215,10 +253,14 @@ impl Relay {
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
                 ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
+                    if one_way.is_zero() {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    } else {
+                        relay_delayed(from, to, one_way);
+                    }
                 }
             }
         });

@@ -1,38 +1,51 @@
-//! The upload thread's side of the MQTT conversation: `create_upload_task` and its
-//! answer, the `uploading` reports and the withdrawal check while the PUT runs (the
-//! PUT's [`Watch`]), and the wait for the verdict after `done`. What the answers mean is
-//! decided by the pure rules in [`verdict`](super::verdict).
+//! The upload thread's side of the MQTT conversation: `create_upload_task` and the wait
+//! for its answer, the `uploading` reports and the withdrawal check while the PUT runs
+//! (the PUT's [`Watch`]); every answer that is not awaited there goes to the
+//! [`Window`]. What the answers mean is decided by the pure rules in
+//! [`verdict`](super::verdict).
 
 use super::put::Watch;
-use super::verdict::{self, Heard, Verdict};
-use super::{Attempt, UploadError, UploadSignal, Uploader};
+use super::window::Ahead;
+use super::{Attempt, Files, Outboxed, UploadError, UploadSignal, Uploader};
 use crate::protocol::{create_upload_task_message, percent, ProgressState, UploadGrant};
 use crate::report::Progress;
-use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 /// How long the platform has to answer `create_upload_task`.
 const TASK_RSP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long after `done` a rejection (`_rsp` or `upload_result`) still counts (docs/protocol.md).
-const REJECTION_WINDOW: Duration = Duration::from_secs(5);
 /// Granularity of waits, so a stop is noticed quickly.
 pub(super) const TICK: Duration = Duration::from_millis(200);
 
 impl Uploader {
-    /// `create_upload_task`, then the matching `create_upload_task_rsp`'s URL.
-    pub(super) fn announce(
-        &mut self,
-        name: &str,
-        md5sum: &str,
-        size: u64,
-    ) -> Result<String, Attempt> {
-        self.drain();
+    /// Hands `create_upload_task` to the broker without waiting: its answer, which
+    /// implies delivery, is what counts (see [`grant`](Self::grant)).
+    pub(super) fn announce(&self, name: &str, md5sum: &str, size: u64) -> Result<(), UploadError> {
         let msg = create_upload_task_message(name, md5sum, size);
-        if let Err(e) = self.publisher.publish(&msg, 1) {
-            return Err(Attempt::Retry(UploadError::Announce(e)));
-        }
-        let deadline = Instant::now() + TASK_RSP_TIMEOUT;
+        self.publisher
+            .queue(&msg, 1)
+            .map(drop)
+            .map_err(UploadError::Announce)
+    }
+
+    /// The URL granted to `head`, waiting for the `create_upload_task_rsp` (at most
+    /// [`TASK_RSP_TIMEOUT`] from its announce) while the window hears everything else.
+    pub(super) fn grant(
+        &mut self,
+        head: &mut Ahead<Outboxed>,
+        window: &mut Files,
+    ) -> Result<String, Attempt> {
+        let deadline = head.announced + TASK_RSP_TIMEOUT;
         loop {
+            if let Some((grant, _)) = head.grant.take() {
+                return match grant {
+                    UploadGrant::Url(url) => Ok(url),
+                    UploadGrant::Refused { result_code } => {
+                        Err(Attempt::Retry(UploadError::Refused { result_code }))
+                    }
+                    UploadGrant::NoUrl => Err(Attempt::Retry(UploadError::NoUrl)),
+                };
+            }
             if self.shutdown.is_set() {
                 return Err(Attempt::Stopped);
             }
@@ -42,82 +55,44 @@ impl Uploader {
                 }));
             }
             match self.inbox.recv_timeout(TICK) {
-                Ok(UploadSignal::TaskRsp(rsp)) if rsp.name == name && rsp.md5sum == md5sum => {
-                    return match rsp.grant {
-                        UploadGrant::Url(url) => Ok(url),
-                        UploadGrant::Refused { result_code } => {
-                            Err(Attempt::Retry(UploadError::Refused { result_code }))
-                        }
-                        UploadGrant::NoUrl => Err(Attempt::Retry(UploadError::NoUrl)),
-                    };
+                Ok(UploadSignal::TaskRsp(rsp))
+                    if rsp.name == head.name && rsp.md5sum == head.md5sum =>
+                {
+                    head.grant = Some((rsp.grant, Instant::now()));
                 }
-                Ok(UploadSignal::TaskRsp(rsp)) => {
-                    log::debug!(
-                        "ignoring create_upload_task_rsp for {} ({})",
-                        rsp.name,
-                        rsp.md5sum
-                    )
+                Ok(signal) => {
+                    window.hear(signal, None);
                 }
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(Attempt::Stopped),
             }
         }
     }
 
-    /// The platform's verdict on `done` of `name` (docs/protocol.md, "The verdict after
-    /// `done`"): what [`verdict::after_done`] decides of each answer within
-    /// [`REJECTION_WINDOW`], and of those already queued when it ends (a thread that
-    /// lagged behind its inbox still reads them). A rejection's code, or None: the
-    /// upload stands.
-    pub(super) fn verdict(&mut self, name: &str) -> Option<i64> {
-        let deadline = Instant::now() + REJECTION_WINDOW;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let signal = if left.is_zero() || self.shutdown.is_set() {
-                match self.inbox.try_recv() {
-                    Ok(signal) => signal,
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
-                }
-            } else {
-                match self.inbox.recv_timeout(left.min(TICK)) {
-                    Ok(signal) => signal,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return None,
-                }
-            };
-            let Some(heard) = signal.heard() else {
-                continue;
-            };
-            match verdict::after_done(&heard, name) {
-                Verdict::Confirmed => return None,
-                Verdict::Rejected(code) => return Some(code),
-                Verdict::Open => {}
-            }
-        }
-    }
-
-    /// Drops what was queued for earlier messages (answers were matched already).
-    pub(super) fn drain(&mut self) {
-        while self.inbox.try_recv().is_ok() {}
-    }
-}
-
-impl UploadSignal {
-    /// What the platform said, if this is an answer about uploads.
-    fn heard(self) -> Option<Heard> {
-        match self {
-            UploadSignal::ProgressRsp { code, to } => Some(Heard::Answer { code, to }),
-            UploadSignal::UploadResult(code) => Some(Heard::Result(code)),
-            UploadSignal::TaskRsp(_) | UploadSignal::Wake { .. } => None,
+    /// Hands the window what came, waiting at most `wait` for the first signal.
+    pub(super) fn pump(&mut self, window: &mut Files, wait: Duration) {
+        let first = if wait.is_zero() {
+            self.inbox.try_recv().ok()
+        } else {
+            self.inbox.recv_timeout(wait).ok()
+        };
+        let Some(first) = first else {
+            return;
+        };
+        window.hear(first, None);
+        while let Ok(signal) = self.inbox.try_recv() {
+            window.hear(signal, None);
         }
     }
 }
 
 /// The conversation while the PUT of one file runs: `uploading` reports (throttled,
 /// the percent recorded for `status`) and the stop check — the agent stopping, or the
-/// platform withdrawing this upload.
+/// platform withdrawing this upload; every other answer goes to the window (grants of
+/// the files ahead, verdicts of those sent).
 pub(super) struct During<'a> {
     pub(super) uploader: &'a Uploader,
+    pub(super) window: &'a mut Files,
     pub(super) name: &'a str,
     pub(super) progress: Progress<'a>,
     pub(super) withdrawn: bool,
@@ -136,11 +111,8 @@ impl Watch for During<'_> {
     }
 
     fn stop(&mut self) -> bool {
-        // Answers that came meanwhile; other signals are dropped, as after any message.
         while let Ok(signal) = self.uploader.inbox.try_recv() {
-            if let Some(heard) = signal.heard() {
-                self.withdrawn |= verdict::withdraws(&heard, self.name);
-            }
+            self.withdrawn |= self.window.hear(signal, Some(self.name));
         }
         self.withdrawn || self.uploader.shutdown.is_set()
     }

@@ -1,18 +1,39 @@
-//! The `upload` thread: takes files from the outbox one at a time in order of arrival,
-//! announces each (`create_upload_task`), PUTs it to the presigned URL with
-//! `Content-MD5`, reports `uploading` → `done`/`fail`, and removes it only once the
-//! `done` was acknowledged and the platform did not reject it. Anything else keeps the
-//! file and retries it later with backoff — never in a hot loop.
+//! The `upload` thread: takes files from the outbox in order of arrival, announces each
+//! (`create_upload_task`) a few files ahead, PUTs them one at a time to their presigned
+//! URLs with `Content-MD5`, reports `uploading` → `done`/`fail`, and removes a file only
+//! once its `done` was acknowledged and the platform did not reject it — collecting
+//! those verdicts while the next file is sent. Anything else keeps the file and retries
+//! it later with backoff — never in a hot loop.
 //!
 //! This file is the schedule (which entry, when, the retries and the kept records);
+//! `window` holds the files announced ahead and those awaiting their verdict,
 //! `conversation` speaks with the platform, `verdict` judges its answers (pure), `put`
 //! sends the bytes and knows nothing of MQTT.
 
 mod conversation;
 mod put;
 mod verdict;
+mod window;
 
-use conversation::During;
+use conversation::{During, TICK};
+use verdict::Verdict;
+use window::{Ahead, Judging, Window, GRANT_MAX_AGE, REJECTION_WINDOW, WINDOW};
+
+/// What the schedule keeps of a file announced ahead: the entry and its descriptor.
+struct Outboxed {
+    entry: Entry,
+    opened: outbox::Opened,
+}
+
+/// What it keeps of a file sent: the same, and its queued `done`.
+struct SentFile {
+    entry: Entry,
+    opened: outbox::Opened,
+    done: crate::report::FinalQueued,
+}
+
+/// The upload thread's window.
+type Files = Window<Outboxed, SentFile>;
 
 use crate::backoff::Backoff;
 use crate::config::{Config, Live};
@@ -157,7 +178,15 @@ impl Uploader {
         self.clear_in_flight();
         outbox::remove_abandoned_copies(&self.config().outbox_dir);
         let mut waiting: HashMap<String, Waiting> = HashMap::new();
+        let mut window = Files::default();
         while !self.shutdown.is_set() {
+            self.pump(&mut window, Duration::ZERO);
+            self.settle(&mut window, &mut waiting);
+            if let Some(reset) = window.woken.take() {
+                if reset {
+                    self.reset_backoff(&mut waiting);
+                }
+            }
             let entries = match outbox::scan(&self.config().outbox_dir) {
                 Ok(e) => e,
                 Err(e) => {
@@ -171,55 +200,86 @@ impl Uploader {
             let entries = self.skip_kept(entries);
             waiting.retain(|name, _| entries.iter().any(|e| &e.name == name));
             self.sync_retries(&waiting);
-            let now = Instant::now();
-            let due = entries
-                .iter()
-                .find(|e| waiting.get(&e.name).map_or(true, |w| w.next <= now));
-            match due {
-                Some(entry) if self.connected.load(Ordering::SeqCst) => {
-                    match self.attempt(entry) {
-                        Attempt::Uploaded => {
-                            waiting.remove(&entry.name);
-                        }
-                        Attempt::NotYet => {
-                            // Not a failure: no retry on record, no upload backoff.
-                            let w = waiting
-                                .entry(entry.name.clone())
-                                .or_insert_with(|| Waiting::new(now));
-                            w.next = now + w.recheck;
-                            w.recheck = (w.recheck * 2).min(SCAN_INTERVAL);
-                            log::debug!("{} is still being queued; later", entry.name);
-                        }
-                        Attempt::Retry(reason) => {
-                            let w = waiting
-                                .entry(entry.name.clone())
-                                .or_insert_with(|| Waiting::new(now));
-                            w.attempts += 1;
-                            let delay = w.backoff.next_delay(random::random_u64()).max(RETRY_MIN);
-                            w.next = Instant::now() + delay;
-                            log::warn!(
-                                "upload of {} failed ({reason}); retrying in {:.0} s",
-                                entry.name,
-                                delay.as_secs_f64()
-                            );
-                            self.note_retry(&entry.name, w, &reason.to_string());
-                        }
-                        Attempt::Stopped => return,
+            if !self.connected.load(Ordering::SeqCst) {
+                // Announces made before the link went may never be answered.
+                window.ahead.clear();
+            } else {
+                self.fill(&mut window, &entries, &mut waiting);
+                // At most WINDOW verdicts owed: a kill re-sends at most those files.
+                let head = if window.judging.len() < WINDOW {
+                    window.ahead.pop_front()
+                } else {
+                    None
+                };
+                if let Some(head) = head {
+                    let name = head.name.clone();
+                    match self.send(head, &mut window) {
+                        Ok(()) => {}
+                        Err(Attempt::Stopped) => return,
+                        Err(end) => self.after(&name, end, &mut waiting),
                     }
                     self.clear_in_flight();
-                }
-                _ => {
-                    let next = waiting
-                        .values()
-                        .map(|w| w.next)
-                        .chain(self.kept_retry.values().map(|(at, _)| *at))
-                        .min();
-                    let until = next.map_or(now + SCAN_INTERVAL, |n| n.min(now + SCAN_INTERVAL));
-                    if self.idle_until(until, &mut waiting) {
-                        return;
-                    }
+                    continue;
                 }
             }
+            if !window.judging.is_empty() {
+                // Verdicts are owed: listen for them, not for the next scan.
+                self.pump(&mut window, TICK);
+                continue;
+            }
+            let now = Instant::now();
+            let next = waiting
+                .values()
+                .map(|w| w.next)
+                .chain(self.kept_retry.values().map(|(at, _)| *at))
+                .min();
+            let until = next.map_or(now + SCAN_INTERVAL, |n| n.min(now + SCAN_INTERVAL));
+            if self.idle_until(until, &mut waiting) {
+                return;
+            }
+        }
+    }
+
+    /// Carries out how an attempt on `name` ended short of `done`: a file still being
+    /// queued is looked at again soon; anything else waits its backoff.
+    fn after(&mut self, name: &str, end: Attempt, waiting: &mut HashMap<String, Waiting>) {
+        let now = Instant::now();
+        match end {
+            Attempt::NotYet => {
+                // Not a failure: no retry on record, no upload backoff.
+                let w = waiting
+                    .entry(name.to_string())
+                    .or_insert_with(|| Waiting::new(now));
+                w.next = now + w.recheck;
+                w.recheck = (w.recheck * 2).min(SCAN_INTERVAL);
+                log::debug!("{name} is still being queued; later");
+            }
+            Attempt::Retry(reason) => {
+                let w = waiting
+                    .entry(name.to_string())
+                    .or_insert_with(|| Waiting::new(now));
+                w.attempts += 1;
+                let delay = w.backoff.next_delay(random::random_u64()).max(RETRY_MIN);
+                w.next = Instant::now() + delay;
+                log::warn!(
+                    "upload of {name} failed ({reason}); retrying in {:.0} s",
+                    delay.as_secs_f64()
+                );
+                self.note_retry(name, w, &reason.to_string());
+            }
+            Attempt::Uploaded => {
+                waiting.remove(name);
+            }
+            Attempt::Stopped => {}
+        }
+    }
+
+    /// SIGUSR2: every waiting file, and every kept entry's removal, is tried at once.
+    fn reset_backoff(&mut self, waiting: &mut HashMap<String, Waiting>) {
+        waiting.clear();
+        let now = Instant::now();
+        for (at, wait) in self.kept_retry.values_mut() {
+            (*at, *wait) = (now, KEPT_RETRY_MIN);
         }
     }
 
@@ -238,11 +298,7 @@ impl Uploader {
             match self.inbox.recv_timeout(left) {
                 Ok(UploadSignal::Wake { reset_backoff }) => {
                     if reset_backoff {
-                        waiting.clear();
-                        let now = Instant::now();
-                        for (at, wait) in self.kept_retry.values_mut() {
-                            (*at, *wait) = (now, KEPT_RETRY_MIN);
-                        }
+                        self.reset_backoff(waiting);
                     }
                     return false;
                 }
@@ -253,51 +309,170 @@ impl Uploader {
         }
     }
 
-    fn attempt(&mut self, entry: &Entry) -> Attempt {
-        let opened = match outbox::open_entry(&self.config().outbox_dir, entry) {
-            Ok(o) => o,
-            Err(outbox::OutboxError::BeingQueued { .. }) => return Attempt::NotYet,
-            Err(e) => return Attempt::Retry(UploadError::Open(e)),
-        };
-        let (size, md5sum) = (opened.size, opened.md5sum.clone());
-        self.set_in_flight(&entry.name, &md5sum, size);
-        let url = match self.announce(&entry.name, &md5sum, size) {
-            Ok(url) => url,
-            Err(a) => return a,
-        };
+    /// Announces the next due entries, in the outbox's order, until [`WINDOW`] are
+    /// announced ahead. An entry that cannot be opened waits as after a failed attempt.
+    fn fill(
+        &mut self,
+        window: &mut Files,
+        entries: &[Entry],
+        waiting: &mut HashMap<String, Waiting>,
+    ) {
+        let now = Instant::now();
+        for entry in entries {
+            if window.ahead.len() >= WINDOW {
+                return;
+            }
+            let due = waiting.get(&entry.name).map_or(true, |w| w.next <= now);
+            if !due || window.holds(&entry.name) {
+                continue;
+            }
+            let opened = match outbox::open_entry(&self.config().outbox_dir, entry) {
+                Ok(o) => o,
+                Err(outbox::OutboxError::BeingQueued { .. }) => {
+                    self.after(&entry.name, Attempt::NotYet, waiting);
+                    continue;
+                }
+                Err(e) => {
+                    self.after(&entry.name, Attempt::Retry(UploadError::Open(e)), waiting);
+                    continue;
+                }
+            };
+            match self.announce(&entry.name, &opened.md5sum, opened.size) {
+                Ok(()) => window.ahead.push_back(Ahead {
+                    name: entry.name.clone(),
+                    md5sum: opened.md5sum.clone(),
+                    announced: Instant::now(),
+                    grant: None,
+                    file: Outboxed {
+                        entry: entry.clone(),
+                        opened,
+                    },
+                }),
+                Err(e) => {
+                    self.after(&entry.name, Attempt::Retry(e), waiting);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The file at the head of the window: its grant, its PUT, its `done` queued (the
+    /// verdict is collected by [`settle`](Self::settle) while later files go).
+    fn send(&mut self, mut head: Ahead<Outboxed>, window: &mut Files) -> Result<(), Attempt> {
+        let name = head.name.clone();
+        let (size, md5sum) = (head.file.opened.size, head.md5sum.clone());
+        self.set_in_flight(&name, &md5sum, size);
+        if head
+            .grant
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() > GRANT_MAX_AGE)
+        {
+            log::info!("{name}: its upload URL was granted too long ago; asking again");
+            self.announce(&name, &md5sum, size)
+                .map_err(Attempt::Retry)?;
+            head.announced = Instant::now();
+            head.grant = None;
+        }
+        let url = self.grant(&mut head, window)?;
         // Upload URLs obey allow_http like download URLs (docs/agent.md).
         if let Err(reason) = check_url_scheme(&url, self.config().allow_http) {
             let e = UploadError::UrlScheme(format!("upload URL refused: {reason}"));
             self.reporter.final_report(Report::fail(
                 Direction::Upload,
-                &entry.name,
+                &name,
                 0,
                 ResultCode::InvalidTask,
                 &e.to_string(),
             ));
-            return Attempt::Retry(e);
+            return Err(Attempt::Retry(e));
         }
-        if let Err(a) = self.put(entry, &opened.file, &url, size, &md5sum) {
-            return a;
-        }
-        if !self
+        let Outboxed { entry, opened } = head.file;
+        self.put(&entry, &opened.file, &url, size, &md5sum, window)?;
+        let Some(done) = self
             .reporter
-            .final_report(Report::done(Direction::Upload, &entry.name))
-        {
-            return Attempt::Retry(UploadError::DoneNotAcknowledged);
+            .final_report_queued(Report::done(Direction::Upload, &name))
+        else {
+            return Err(Attempt::Retry(UploadError::DoneNotAcknowledged));
+        };
+        window.judging.push_back(Judging {
+            name,
+            sent: SentFile {
+                entry,
+                opened,
+                done,
+            },
+            acked: None,
+            verdict: Verdict::Open,
+            result_heard: false,
+        });
+        Ok(())
+    }
+
+    /// Ends what can be ended of the judged files: `done` not acknowledged or rejected
+    /// (the file stays, retried later), or confirmed — by the answer to `done`, or by
+    /// [`REJECTION_WINDOW`] passing without a rejection — and then removed.
+    fn settle(&mut self, window: &mut Files, waiting: &mut HashMap<String, Waiting>) {
+        let mut i = 0;
+        while i < window.judging.len() {
+            let j = &mut window.judging[i];
+            if j.acked.is_none() {
+                match self.reporter.poll_final(&j.sent.done) {
+                    None => {
+                        i += 1;
+                        continue;
+                    }
+                    Some(true) => j.acked = Some(Instant::now()),
+                    Some(false) => {
+                        let Some(j) = window.judging.remove(i) else {
+                            break;
+                        };
+                        window.settled(&j);
+                        let end = Attempt::Retry(UploadError::DoneNotAcknowledged);
+                        self.after(&j.name, end, waiting);
+                        continue;
+                    }
+                }
+            }
+            let passed = j.acked.is_some_and(|at| at.elapsed() >= REJECTION_WINDOW);
+            let end = match j.verdict {
+                Verdict::Rejected(result_code) => {
+                    Attempt::Retry(UploadError::Rejected { result_code })
+                }
+                Verdict::Confirmed => Attempt::Uploaded,
+                Verdict::Open if passed => Attempt::Uploaded,
+                Verdict::Open => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let Some(j) = window.judging.remove(i) else {
+                break;
+            };
+            window.settled(&j);
+            if matches!(end, Attempt::Uploaded) {
+                self.uploaded(&j);
+            }
+            self.after(&j.name, end, waiting);
         }
-        if let Some(result_code) = self.verdict(&entry.name) {
-            return Attempt::Retry(UploadError::Rejected { result_code });
-        }
-        if let Err(e) = outbox::remove(&self.config().outbox_dir, entry, &opened) {
+    }
+
+    /// A confirmed upload leaves the outbox (or, where it cannot, is kept on record and
+    /// never sent again).
+    fn uploaded(&mut self, j: &Judging<SentFile>) {
+        let (entry, opened) = (&j.sent.entry, &j.sent.opened);
+        if let Err(e) = outbox::remove(&self.config().outbox_dir, entry, opened) {
             log::error!(
                 "uploaded {}, but it cannot leave the outbox ({e}); it is not sent again, and its removal is tried again later",
                 entry.name
             );
-            self.keep(entry, &opened, &e.to_string());
+            self.keep(entry, opened, &e.to_string());
         }
-        log::info!("uploaded {} ({size} bytes, md5 {md5sum})", entry.name);
-        Attempt::Uploaded
+        log::info!(
+            "uploaded {} ({} bytes, md5 {})",
+            entry.name,
+            opened.size,
+            opened.md5sum
+        );
     }
 
     /// Remembers an uploaded entry that could not be removed (a read-only outbox): it is
@@ -381,11 +556,13 @@ impl Uploader {
         url: &str,
         size: u64,
         md5sum: &str,
+        window: &mut Files,
     ) -> Result<(), Attempt> {
         let config = self.config();
         let http = HttpClient::new(&config);
         let mut during = During {
             uploader: self,
+            window,
             name: &entry.name,
             progress: Progress::new(
                 &self.reporter,

@@ -692,3 +692,150 @@ fn hard_linked_and_foreign_owned_entries_are_refused_and_kept() {
     assert!(other.exists());
     stop(&mut agent);
 }
+
+/// The rig's agent talks to the broker through a relay that delays every byte by
+/// `one_way` in each direction (a cellular link's latency); the relay lives as long as
+/// the returned value.
+fn via_slow_link(rig: &mut Rig, one_way: Duration) -> resagent_platform::rig::Relay {
+    let broker_port: u16 = rig
+        .broker
+        .uri()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let relay = resagent_platform::rig::Relay::start_delayed(broker_port, one_way);
+    rig.config["broker"] = serde_json::json!(format!("tcp://127.0.0.1:{}", relay.port));
+    relay
+}
+
+/// Queues `n` files of `len` bytes named `f-NN.bin` through `resagent upload`.
+fn queue_files(rig: &Rig, n: usize, len: u64) -> Vec<std::path::PathBuf> {
+    (0..n)
+        .map(|i| {
+            let f = rig.make_file(&format!("f-{i:02}.bin"), len, 300 + i as u64);
+            let (code, out, err) = rig.cli(&["upload", f.to_str().unwrap()]);
+            assert_eq!(code, 0, "{out}{err}");
+            f
+        })
+        .collect()
+}
+
+/// The upload messages `device` sent, as (type, name, state).
+fn upload_messages(rig: &Rig) -> Vec<(String, String, String)> {
+    rig.platform
+        .received(&device())
+        .iter()
+        .filter(|m| {
+            m["type"] == "create_upload_task"
+                || (m["type"] == "report_upload_progress" && m["progress"]["state"] == "done")
+        })
+        .map(|m| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+            (s(&m["type"]), s(&m["name"]), s(&m["progress"]["state"]))
+        })
+        .collect()
+}
+
+#[test]
+fn pipelined_uploads_keep_their_order_and_announce_while_a_file_is_sent() {
+    let mut rig = Rig::new();
+    let _link = via_slow_link(&mut rig, Duration::from_millis(100));
+    let agent = rig.start_agent();
+    let files = queue_files(&rig, 12, 256 << 10);
+    wait_with_log(&agent, "all twelve uploaded", || {
+        waiting(&rig).is_empty() && rig.platform.uploads().len() == 12
+    });
+    // Each file once, intact.
+    for (i, f) in files.iter().enumerate() {
+        let name = format!("f-{i:02}.bin");
+        assert_eq!(stored(&rig, &name).md5_hex, md5_hex(f), "{name}");
+    }
+    let msgs = upload_messages(&rig);
+    let dones: Vec<&str> = msgs
+        .iter()
+        .filter(|m| m.2 == "done")
+        .map(|m| m.1.as_str())
+        .collect();
+    let names: Vec<String> = (0..12).map(|i| format!("f-{i:02}.bin")).collect();
+    assert_eq!(
+        dones, names,
+        "done reports in the outbox's order, once each"
+    );
+    // The next files were announced before the one ahead of them reported done: the
+    // announce round trips overlap the sending.
+    let at = |kind: &str, name: &str| {
+        msgs.iter()
+            .position(|m| m.1 == name && (m.0 == kind || m.2 == kind))
+            .unwrap_or_else(|| panic!("no {kind} of {name}: {msgs:?}"))
+    };
+    assert!(
+        at("create_upload_task", "f-03.bin") < at("done", "f-01.bin"),
+        "announced ahead: {msgs:?}"
+    );
+}
+
+#[test]
+fn a_rejection_mid_window_keeps_that_file_only_and_it_is_retried() {
+    let mut rig = Rig::new();
+    rig.platform.reject_upload_done_of("f-02.bin");
+    let _link = via_slow_link(&mut rig, Duration::from_millis(50));
+    let agent = rig.start_agent();
+    queue_files(&rig, 6, 64 << 10);
+    wait_with_log(&agent, "the rejection is seen", || {
+        agent.log_text().contains(
+            "upload of f-02.bin failed (the platform rejected the upload (result_code -1))",
+        )
+    });
+    wait_with_log(&agent, "all six uploaded", || waiting(&rig).is_empty());
+    let puts = rig.platform.uploads();
+    let count = |name: &str| {
+        let path = upload_path(&device(), name);
+        puts.iter().filter(|u| u.path == path).count()
+    };
+    assert_eq!(count("f-02.bin"), 2, "the rejected file is sent again");
+    for i in [0, 1, 3, 4, 5] {
+        assert_eq!(count(&format!("f-{i:02}.bin")), 1, "f-{i:02}.bin once");
+    }
+    let dones: Vec<String> = upload_messages(&rig)
+        .into_iter()
+        .filter(|m| m.2 == "done")
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(
+        &dones[..6],
+        ["f-00.bin", "f-01.bin", "f-02.bin", "f-03.bin", "f-04.bin", "f-05.bin"],
+        "{dones:?}"
+    );
+    assert_eq!(dones[6], "f-02.bin", "{dones:?}");
+}
+
+#[test]
+fn a_kill_mid_window_loses_nothing_and_sends_again_only_what_was_in_flight() {
+    let mut rig = Rig::new();
+    let _link = via_slow_link(&mut rig, Duration::from_millis(100));
+    let mut agent = rig.start_agent();
+    let files = queue_files(&rig, 16, 128 << 10);
+    wait_with_log(&agent, "five done", || {
+        upload_messages(&rig)
+            .iter()
+            .filter(|m| m.2 == "done")
+            .count()
+            >= 5
+    });
+    agent.kill9();
+    let before = rig.platform.uploads().len();
+    let agent = rig.spawn_agent();
+    wait_with_log(&agent, "all sixteen uploaded", || waiting(&rig).is_empty());
+    for (i, f) in files.iter().enumerate() {
+        let name = format!("f-{i:02}.bin");
+        assert_eq!(stored(&rig, &name).md5_hex, md5_hex(f), "{name}");
+    }
+    // Sent again at most: the file whose PUT ran and the four whose verdicts were owed.
+    let puts = rig.platform.uploads().len();
+    assert!(
+        puts <= 16 + 5,
+        "{puts} PUTs for 16 files ({before} before the kill)"
+    );
+}
