@@ -20,7 +20,7 @@ def mib_per_s(size_mib, secs):
 
 def main():
     res = json.load(open(sys.argv[1]))
-    fleet = res.get("fleet", {})
+    fleet = res.get("fleet") or {}
     hist = bool(fleet.get("first_poll_s") or fleet.get("reconnect_s"))
     if hist:
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))

@@ -810,6 +810,9 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 fn print_table(r: &Value) {
+    if let Some(mib) = r["memory_limit_mib"].as_u64() {
+        println!("\nin a memory cgroup of {mib} MiB (bench/run --memory-mib)");
+    }
     println!(
         "\n{:<34} {:>10} {:>10} {:>7}",
         "case", "resagent", "baseline", "ratio"
@@ -831,17 +834,27 @@ fn print_table(r: &Value) {
             cb,
             ratio(ca, cb)
         );
+        println!(
+            "{:<34} {:>10} {:>10}           CPU {} vs {}",
+            "  spread (min-max)",
+            spread(&c["resagent_s"]),
+            spread(&c["baseline_s"]),
+            spread(&c["resagent_cpu_s"]),
+            spread(&c["baseline_cpu_s"])
+        );
     }
     for c in rows("upload") {
         let b = median_of(&c["baseline_s"]);
         for (k, label) in [("copy_s", "upload (copy)"), ("move_s", "upload --move")] {
             let a = median_of(&c[k]);
             println!(
-                "{:<34} {:>9.2}s {:>9.2}s {:>7}",
+                "{:<34} {:>9.2}s {:>9.2}s {:>7}   spread {} vs {}",
                 format!("{label} {} MiB", c["size_mib"]),
                 a,
                 b,
-                ratio(a, b)
+                ratio(a, b),
+                spread(&c[k]),
+                spread(&c["baseline_s"])
             );
         }
     }
@@ -1001,6 +1014,20 @@ fn print_table(r: &Value) {
     );
 }
 
+/// "min-max" of the runs, in seconds.
+fn spread(v: &Value) -> String {
+    let xs: Vec<f64> = v
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if xs.is_empty() {
+        return "-".into();
+    }
+    format!("{min:.2}-{max:.2}")
+}
+
 fn median_of(v: &Value) -> f64 {
     let xs: Vec<f64> = v
         .as_array()
@@ -1087,7 +1114,8 @@ fn main() {
             .collect();
     let date = humantime_now();
     let results = json!({
-        "date": date, "machine": machine(), "runs": o.runs, "elapsed_s": started.elapsed().as_secs_f64(),
+        "date": date, "machine": machine(), "runs": o.runs,
+        "memory_limit_mib": std::env::var("RESAGENT_BENCH_MEMORY_MIB").ok().and_then(|v| v.parse::<u64>().ok()), "elapsed_s": started.elapsed().as_secs_f64(),
         "download": download, "upload": upload, "md5": md5, "batch": batch, "link": link, "delta": delta, "idle": idle, "cap": cap, "fleet": fleet,
         "binary_bytes": binary_bytes, "binary_bytes_by_target": by_target,
         "baselines": {
