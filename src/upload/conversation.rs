@@ -96,11 +96,14 @@ pub(super) struct During<'a> {
     pub(super) name: &'a str,
     pub(super) progress: Progress<'a>,
     pub(super) withdrawn: bool,
+    /// The percent of the file sent so far (a `fail` says how far it got).
+    pub(super) reached: u8,
 }
 
 impl Watch for During<'_> {
     fn sent(&mut self, sent: u64, size: u64) {
         let p = percent(sent, size);
+        self.reached = p;
         if self.progress.report(ProgressState::Uploading, p) {
             self.uploader.journal.record(|j| {
                 if let Some(u) = j.upload.as_mut() {

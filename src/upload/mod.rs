@@ -571,6 +571,7 @@ impl Uploader {
                 config.progress_interval,
             ),
             withdrawn: false,
+            reached: 0,
         };
         let result = put::put(
             &http,
@@ -591,6 +592,7 @@ impl Uploader {
             );
             return Err(Attempt::Retry(UploadError::Withdrawn));
         }
+        let reached = during.reached;
         result.map_err(|source| {
             let e = UploadError::Put {
                 name: entry.name.clone(),
@@ -599,7 +601,7 @@ impl Uploader {
             self.reporter.final_report(Report::fail(
                 Direction::Upload,
                 &entry.name,
-                0,
+                reached,
                 ResultCode::UploadFailed,
                 &e.to_string(),
             ));

@@ -486,6 +486,36 @@ fn a_server_that_stalls_ends_minus_1_after_one_resumed_retry() {
     assert!(agent.is_alive());
 }
 
+#[test]
+fn a_fail_says_how_far_the_download_got() {
+    let mut rig = Rig::new();
+    rig.config["transfer_timeout_s"] = json!(1);
+    let (_f, task) = rig.task("half.bin", 2 << 20, 19);
+    rig.fault(
+        &task,
+        resagent_platform::HttpFault {
+            stall_after: Some(STALL_AT),
+            stall_for: Duration::from_secs(30),
+            ..Default::default()
+        },
+    );
+    let agent = rig.start_agent();
+    rig.platform.push(&device(), &task).unwrap();
+    rig.wait_staged("half.bin", STALL_AT);
+    // The resource is gone when the download resumes.
+    rig.fault(
+        &task,
+        resagent_platform::HttpFault {
+            status: Some(404),
+            ..Default::default()
+        },
+    );
+    let r = rig.final_report(&agent, "half.bin", Duration::from_secs(20));
+    assert_eq!(r["progress"]["state"], "fail", "{r}");
+    // 256 KiB of 2 MiB were in: the fail says 12 %, not 0 or 100.
+    assert_eq!(r["progress"]["percent"], 12, "{r}");
+}
+
 const STALL_AT: u64 = 256 * 1024;
 
 /// A stalled server (one whole chunk of the reader, then silence, the socket open) with

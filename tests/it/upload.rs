@@ -185,6 +185,8 @@ fn bad_digest_is_reported_and_retried_with_backoff_not_in_a_hot_loop() {
             .contains("BadDigest"),
         "{fail}"
     );
+    // Every byte went out before the storage refused it: the fail says so.
+    assert_eq!(fail["progress"]["percent"], 100, "{fail}");
     assert!(!fail["progress"]["result_msg"]
         .as_str()
         .unwrap()
