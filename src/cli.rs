@@ -224,6 +224,10 @@ pub fn main() -> ExitCode {
         Command::Run { config } => match daemon::run(&config::config_path(config)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(daemon::DaemonError::Config(e)) => config_error(&e),
+            Err(e @ daemon::DaemonError::NotWritable { .. }) => {
+                log::error!("{e}");
+                ExitCode::from(2)
+            }
             Err(e) => {
                 log::error!("{e}");
                 ExitCode::from(1)

@@ -135,6 +135,18 @@ pub(crate) fn ensure_configured_dir(dir: &Path, mode: u32) -> Result<(), FsError
     }
 }
 
+/// Whether a file can be created and removed in `dir` (a read-only mount, a folder a
+/// hardened unit does not let the agent write): a probe file, made and removed at once.
+pub(crate) fn check_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".resagent-write-check-{}", std::process::id()));
+    let _ = std::fs::remove_file(&probe);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 /// Bytes written between two background flushes (see [`Flusher`]).
 pub(crate) const FLUSH_EVERY: u64 = 8 << 20;
 

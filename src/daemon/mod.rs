@@ -69,12 +69,47 @@ pub(crate) enum DaemonError {
     /// The path of resagent's own executable (re-run for plugin calls) is unknown.
     #[error("cannot find resagent's own executable: {0}")]
     OwnExe(std::io::Error),
+    /// A folder the agent writes is not writable (checked at start).
+    #[error("{key} {} is not writable: {source}", dir.display())]
+    NotWritable {
+        key: &'static str,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     /// A thread could not be started.
     #[error("cannot start the {name} thread: {source}")]
     Thread {
         name: &'static str,
         source: std::io::Error,
     },
+}
+
+/// The folders the agent writes must take a file, checked once at start: a
+/// configuration that names a read-only folder (a hardened unit's `ReadWritePaths`
+/// without it, a read-only partition) would otherwise fail every task later with no word
+/// now. `state_dir` and `resource_dir` stop the start (exit 2, naming the key); the
+/// outbox only gets a warning — it may be a file system remounted read-only after an
+/// I/O error, and downloads should go on meanwhile (uploads wait and retry).
+fn check_folders(config: &Config) -> Result<(), DaemonError> {
+    for (key, dir) in [
+        ("state_dir", &config.state_dir),
+        ("resource_dir", &config.resource_dir),
+    ] {
+        fsutil::check_writable(dir).map_err(|source| DaemonError::NotWritable {
+            key,
+            dir: dir.clone(),
+            source,
+        })?;
+    }
+    if config.outbox_dir.is_dir() {
+        if let Err(e) = fsutil::check_writable(&config.outbox_dir) {
+            log::warn!(
+                "outbox_dir {} is not writable ({e}): uploads wait until it is",
+                config.outbox_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Everything the coordinator hears about.
@@ -100,6 +135,7 @@ pub(crate) fn run(config_path: &Path) -> Result<(), DaemonError> {
     }
     fsutil::ensure_configured_dir(&config.state_dir, 0o700)?;
     fsutil::ensure_configured_dir(&config.resource_dir, 0o755)?;
+    check_folders(&config)?;
     let _instance = Instance::claim(&config.state_dir, &config.pid_file)?;
     let journal = open_journal(&config)?;
     let exe = std::env::current_exe().map_err(DaemonError::OwnExe)?;

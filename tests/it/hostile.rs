@@ -945,3 +945,40 @@ fn a_re_offer_while_the_journal_waits_for_the_disk_never_reports_fail_for_the_ta
     );
     rig.assert_installed("steady.bin", &task);
 }
+
+#[test]
+fn a_folder_the_agent_cannot_write_at_start_is_exit_2_naming_it() {
+    let mut rig = Rig::new();
+    // resource_dir read-only (a hardened unit without it in ReadWritePaths): no start.
+    let fs = Tmpfs::mount(&rig.path().join("resources"), "8m");
+    fs.remount_ro();
+    let mut agent = rig.spawn_agent();
+    assert_eq!(agent.wait_exit(T), Some(Some(2)), "exit 2");
+    let log = agent.log_text();
+    assert!(
+        log.contains("resource_dir")
+            && log.contains("is not writable")
+            && log.contains("Read-only"),
+        "{log}"
+    );
+    assert!(
+        rig.platform.received(&device()).is_empty(),
+        "it never connected"
+    );
+    // A read-only outbox only gets a warning: downloads go on.
+    let mut rig = Rig::new();
+    let out = Tmpfs::mount(&rig.path().join("outbox"), "8m");
+    out.remount_ro();
+    let agent = rig.start_agent();
+    assert!(
+        agent.log_text().contains("outbox_dir"),
+        "{}",
+        agent.log_text()
+    );
+    let (_, task) = rig.task("still.bin", 1000, 16);
+    rig.platform.push(&device(), &task).unwrap();
+    assert_eq!(
+        state_of(&rig.final_report(&agent, "still.bin", T)),
+        ("done", 0)
+    );
+}
