@@ -562,6 +562,10 @@ pre{background:#f4f4f4;padding:1em;max-height:20em;overflow:auto}
 <h2>Reports, newest first</h2>
 <pre id="log"></pre>
 <script>
+// Tencent's SDK leaves percent out of done and fail: say so, not "undefined%".
+function shownPercent(p) {
+  return typeof p.percent === "number" ? p.percent + "%" : "(no percent)";
+}
 function size(n) {
   return n >= 1048576 ? (n / 1048576).toFixed(1) + " MiB" : n >= 1024 ? (n / 1024).toFixed(1) + " KiB" : n + " B";
 }
@@ -590,7 +594,7 @@ async function refresh() {
     const m = r.message, p = m.progress || {};
     const dir = m.type === "report_upload_progress" ? "upload" : "download";
     latest.set(r.device + "|" + dir + "|" + m.name,
-      [r.device, dir, m.name, p.state, p.percent, (p.result_code || 0) + " " + (p.result_msg || ""),
+      [r.device, dir, m.name, p.state, shownPercent(p), (p.result_code || 0) + " " + (p.result_msg || ""),
        dir === "download" ? saved.get(m.name) : ""]);
   }
   document.querySelector("#resources tbody").replaceChildren(
@@ -600,7 +604,7 @@ async function refresh() {
       const m = r.message, p = m.progress || {};
       const dir = m.type === "report_upload_progress" ? "upload" : "download";
       return [new Date(r.at_ms).toISOString().slice(11, 23), r.device, dir, m.name, p.state,
-              p.percent + "%", p.result_code, p.result_msg || ""].join("  ");
+              shownPercent(p), p.result_code, p.result_msg || ""].join("  ");
     })
     .join("\n");
 }
@@ -638,7 +642,7 @@ fn storage_page(platform: &Platform) {
 fn log_received(device: &str, m: &Value) {
     match m["type"].as_str() {
         Some(t @ ("report_download_progress" | "report_upload_progress")) => log::info!(
-            "{device}: {} {} {} {}% {}",
+            "{device}: {} {} {} {} {}",
             if t.contains("download") {
                 "download"
             } else {
@@ -646,7 +650,10 @@ fn log_received(device: &str, m: &Value) {
             },
             m["name"].as_str().unwrap_or("?"),
             m["progress"]["state"].as_str().unwrap_or("?"),
-            m["progress"]["percent"],
+            // Tencent's SDK leaves `percent` out of `done` and `fail`.
+            m["progress"]["percent"]
+                .as_u64()
+                .map_or_else(|| "(no percent)".to_string(), |p| format!("{p}%")),
             m["progress"]["result_msg"].as_str().unwrap_or("")
         ),
         _ => log::info!("{device}: {m}"),

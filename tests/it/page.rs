@@ -139,3 +139,40 @@ fn the_page_shows_what_a_patch_saves() {
     assert_eq!(d["target_bytes"], 1_048_576);
     assert_eq!(d["saved_bytes"], saved);
 }
+
+#[test]
+fn a_report_without_percent_is_shown_as_such() {
+    // Tencent's SDK leaves `percent` out of `done` and `fail`: the page must not say
+    // "undefined%". The report is published as the SDK would, straight to the broker.
+    let rig = Rig::new();
+    let port = rig.broker.uri().rsplit(':').next().unwrap().to_string();
+    let topic = format!("$resource/up/service/{}", device());
+    let report = r#"{"type":"report_download_progress","name":"sdk.bin","progress":{"state":"done","result_code":0,"result_msg":"success"}}"#;
+    let url = format!("{}/", rig.platform.storage().base_url());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rig.platform.received(&device()).is_empty() {
+        let st = Command::new("mosquitto_pub")
+            .args(["-p", &port, "-q", "1", "-t", &topic, "-m", report])
+            .status()
+            .expect("mosquitto_pub (mosquitto-clients)");
+        assert!(st.success());
+        assert!(
+            Instant::now() < deadline,
+            "the platform never heard the report"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let shot = project().join("target/page/platform-page-no-percent.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let out = Command::new("/usr/bin/python3")
+        .arg(project().join("tests/browser/page.py"))
+        .arg(&url)
+        .arg("done  (no percent)  0  success")
+        .arg(&shot)
+        .arg("20")
+        .output()
+        .expect("python3 runs page.py");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("seen "), "not on the page: {said}");
+    assert!(!said.contains("undefined"), "{said}");
+}
