@@ -124,6 +124,22 @@ static int sounds_failed(const char *text) {
     return 0;
 }
 
+/* `desc` past its leading "ERROR : " and "[function] : " prefixes. */
+static const char *skip_prefixes(const char *desc) {
+    for (;;) {
+        if (strncmp(desc, "ERROR : ", 8) == 0) {
+            desc += 8;
+            continue;
+        }
+        const char *close = desc[0] == '[' ? strchr(desc, ']') : NULL;
+        if (close && strncmp(close + 1, " : ", 3) == 0) {
+            desc = close + 4;
+            continue;
+        }
+        return desc;
+    }
+}
+
 /* Takes in one status message SWUpdate queued. */
 static void on_status(struct run *r, ipc_message *msg) {
     char *desc = msg->data.status.desc;
@@ -131,10 +147,9 @@ static void on_status(struct run *r, ipc_message *msg) {
     size_t n = strlen(desc);
     while (n > 0 && (desc[n - 1] == '\n' || desc[n - 1] == ' ')) desc[--n] = '\0';
     if (n > 0) {
-        /* Messages read "[function] : text" or "ERROR : text": keep the text. */
-        const char *text = desc;
-        const char *sep;
-        while ((sep = strstr(text, " : ")) != NULL) text = sep + 3;
+        /* Messages read "ERROR : text" or "[function] : text": drop those prefixes and
+         * keep the text whole ("HASH mismatch : a <--> b", not "a <--> b"). */
+        const char *text = skip_prefixes(desc);
         if (strstr(desc, "Installation in progress")) r->installing = 1;
         if (msg->data.status.error != 0) {
             snprintf(r->last, sizeof r->last, "%.1000s", text); /* the summary */

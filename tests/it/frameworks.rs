@@ -159,10 +159,23 @@ impl Drop for SwUpdate {
 /// A `.swu`: sw-description (raw handler writing `device`, for hardware revision `hw`),
 /// its CMS signature, the image — a newc cpio with CRC, as SWUpdate wants it.
 fn make_swu(dir: &Path, ca: &(PathBuf, PathBuf), image: &[u8], hw: &str, device: &Path) -> Vec<u8> {
-    let work = dir.join(format!("swu-{hw}-{}", image.len()));
+    make_swu_claiming(dir, ca, image, hw, device, None)
+}
+
+/// [`make_swu`] whose sw-description claims the image's SHA-256 is `sha` (a wrong one:
+/// SWUpdate's "HASH mismatch").
+fn make_swu_claiming(
+    dir: &Path,
+    ca: &(PathBuf, PathBuf),
+    image: &[u8],
+    hw: &str,
+    device: &Path,
+    sha: Option<&str>,
+) -> Vec<u8> {
+    let work = dir.join(format!("swu-{hw}-{}-{}", image.len(), sha.is_some()));
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("rootfs.img"), image).unwrap();
-    let sha = sha256_hex(&work.join("rootfs.img"));
+    let sha = sha.map_or_else(|| sha256_hex(&work.join("rootfs.img")), str::to_string);
     std::fs::write(
         work.join("sw-description"),
         format!(
@@ -356,6 +369,22 @@ fn swupdate_installs_a_good_image_byte_for_byte_and_refusals_fail_minus_5_with_i
     assert!(
         msg(&r).contains("cannot be opened") && msg(&r).contains("Installation failed"),
         "{r}"
+    );
+
+    // An image whose bytes are not the ones its signed description names: SWUpdate's
+    // first error line reaches the platform whole, both hashes included.
+    let wrong = "ab".repeat(32);
+    push(
+        &rig,
+        "rootfs-5.swu",
+        &make_swu_claiming(rig.path(), &ca, &other, "1.0", &slot, Some(&wrong)),
+    );
+    let r = rig.final_report(&agent, "rootfs-5.swu", T);
+    assert_eq!(state_of(&r), ("fail", -5), "{r}");
+    assert!(
+        msg(&r).contains("HASH mismatch") && msg(&r).contains(&wrong),
+        "{r}\n{}",
+        agent.log_text()
     );
 
     // An image signed by someone else: refused before anything is written.
