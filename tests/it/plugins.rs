@@ -500,3 +500,47 @@ fn a_stop_during_a_plugin_call_ends_the_child_and_resumes_from_the_plugins() {
         "resumed from the plugins, not downloaded again"
     );
 }
+
+/// The shell lines of the first ```sh block under "## Build" in `readme`.
+fn build_lines(readme: &Path) -> String {
+    let text = std::fs::read_to_string(readme).unwrap();
+    let build = text.split("## Build").nth(1).expect("a Build section");
+    let block = build.split("```sh\n").nth(1).expect("a sh block");
+    block.split("```").next().unwrap().to_string()
+}
+
+#[test]
+fn the_framework_plugin_readmes_build_commands_work_as_written() {
+    let rig = Rig::new();
+    for (readme, so) in [
+        ("plugins/swupdate/README.md", "30-swupdate.so"),
+        ("plugins/rauc/README.md", "40-rauc.so"),
+    ] {
+        // A copy of plugins/ in a folder of its own stands for the repository's root.
+        let root = rig.path().join(so.trim_end_matches(".so"));
+        std::fs::create_dir_all(&root).unwrap();
+        let st = Command::new("cp")
+            .args(["-r"])
+            .arg(project().join("plugins"))
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let lines = build_lines(&project().join(readme));
+        let destdir = rig.path().join(format!("dest-{so}"));
+        let out = Command::new("sh")
+            .args(["-ec", &lines])
+            .current_dir(&root)
+            .env("DESTDIR", &destdir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{readme}:\n{lines}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let installed = destdir.join("usr/lib/resagent/plugins").join(so);
+        let (code, said) = plugin_check(&rig, &installed);
+        assert_eq!(code, 0, "{readme}: {said}");
+    }
+}
