@@ -154,6 +154,40 @@ fn unit_for_test(dir: &Path) -> PathBuf {
 }
 
 #[test]
+fn the_documented_path_unit_that_restarts_an_application_verifies() {
+    // docs/agent.md, "When a resource is replaced": the example units, with a stand-in
+    // for the application they restart.
+    let d = tempfile::tempdir().unwrap();
+    for f in ["model-replaced.path", "model-replaced.service"] {
+        std::fs::copy(project().join("docs/examples").join(f), d.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        d.path().join("inference.service"),
+        "[Unit]\nDescription=stand-in\n[Service]\nExecStart=/bin/true\n",
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(d.path().join("model-replaced.path"))
+        .arg(d.path().join("model-replaced.service"))
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", d.path().display()))
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("model-replaced"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {text}"
+    );
+    let path = std::fs::read_to_string(d.path().join("model-replaced.path")).unwrap();
+    assert!(path.contains("PathChanged=/var/lib/resagent/resources/model.bin"));
+}
+
+#[test]
 fn the_systemd_unit_verifies_and_is_hardened() {
     let d = tempfile::tempdir().unwrap();
     let unit = unit_for_test(d.path());
@@ -178,6 +212,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         "Type=notify",
         "WatchdogSec=",
         "Restart=on-failure",
+        "RestartPreventExitStatus=2",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ReadWritePaths=",
