@@ -43,6 +43,10 @@ Usage:
   resagent plugin run PLUGIN.so FILE [--name NAME] [--dest DIR] [-c CONFIG]
                                          validate, then install FILE with the plugin, in a
                                          child, as the daemon would (no broker needed)
+  resagent plugin confirm PLUGIN.so NAME [--md5 MD5] [-c CONFIG]
+                                         ask the plugin whether the image `plugin run` left
+                                         pending (or MD5) runs now, as the daemon would
+                                         after a reboot (0 runs, 1 did not take, 3 pending)
   resagent retry NAME [-c CONFIG]        forget that NAME rolled back: the next offer of it
                                          installs it again
   resagent --version | --help
@@ -84,6 +88,12 @@ enum Command {
         file: PathBuf,
         name: Option<String>,
         dest: Option<PathBuf>,
+    },
+    PluginConfirm {
+        config: Option<PathBuf>,
+        plugin: PathBuf,
+        name: String,
+        md5: Option<String>,
     },
     /// Internal: one plugin call in a child process (see `plugin::child`).
     PluginChild {
@@ -132,6 +142,7 @@ fn parse_args() -> Result<Command, Usage> {
     let mut positional: Vec<String> = Vec::new();
     let mut dest = None;
     let mut second_file = None;
+    let mut md5 = None;
     let is_plugin = sub == "plugin" || sub == plugin::CHILD_COMMAND;
     while let Some(arg) = parser.next()? {
         match arg {
@@ -141,6 +152,7 @@ fn parse_args() -> Result<Command, Usage> {
                 name = Some(parser.value()?.string()?)
             }
             Long("dest") if sub == "plugin" => dest = Some(PathBuf::from(parser.value()?)),
+            Long("md5") if sub == "plugin" => md5 = Some(parser.value()?.string()?),
             Long("move") if sub == "upload" => how = Handover::Move,
             Value(v) if sub == "upload" && file.is_none() => file = Some(PathBuf::from(v)),
             Value(v) if sub == "retry" && name.is_none() => name = Some(v.string()?),
@@ -181,8 +193,19 @@ fn parse_args() -> Result<Command, Usage> {
                 _ => Err(Usage("plugin run needs a PLUGIN.so and a FILE".into())),
             }
         }
+        "plugin" if positional.first().map(String::as_str) == Some("confirm") => {
+            match (file, second_file.map(|n| n.to_string_lossy().into_owned())) {
+                (Some(plugin), Some(name)) => Ok(Command::PluginConfirm {
+                    config,
+                    plugin,
+                    name,
+                    md5,
+                }),
+                _ => Err(Usage("plugin confirm needs a PLUGIN.so and a NAME".into())),
+            }
+        }
         "plugin" => Err(Usage(
-            "usage: resagent plugin check PLUGIN.so | plugin run PLUGIN.so FILE".into(),
+            "usage: resagent plugin check PLUGIN.so | plugin run PLUGIN.so FILE | plugin confirm PLUGIN.so NAME".into(),
         )),
         c if c == plugin::EXEC_COMMAND => match name {
             Some(command) => Ok(Command::Exec { command }),
@@ -254,6 +277,12 @@ pub fn main() -> ExitCode {
             name,
             dest,
         } => plugin_run(config, &plugin, &file, name, dest),
+        Command::PluginConfirm {
+            config,
+            plugin,
+            name,
+            md5,
+        } => plugin_confirm(config, &plugin, &name, md5),
         Command::PluginChild { mode } => plugin::child::main(&mode),
         Command::Exec { command } => plugin::child::exec_plain(&command),
         Command::Status { config, json } => with_config(config, |c| {
@@ -479,7 +508,107 @@ fn plugin_run(
     }
     let outcome = host.call(&plugin, plugin::Op::Install, &resource, progress);
     say!("install:  {}", describe_outcome(&outcome));
+    if matches!(outcome, plugin::CallOutcome::Pending) {
+        // What `plugin confirm` asks about after the reboot.
+        let record = desk_pending(&state_dir, &name);
+        let saved = record
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&record, format!("{} {size}\n", resource.md5sum)));
+        if let Err(e) = saved {
+            say!("note:     cannot record the pending install for plugin confirm: {e}");
+        }
+    }
     install_verdict(&outcome, plugin.claims(&name), &name)
+}
+
+/// Where `plugin run` records an install left pending (MD5 and size), for `plugin
+/// confirm`.
+fn desk_pending(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("desk-pending").join(name)
+}
+
+/// `resagent plugin confirm`: asks `plugin` whether the image it left pending for `name`
+/// (recorded by `plugin run`, or given by `--md5`) runs now — the daemon's question in
+/// the next boot. Exit 0 confirmed, 1 did not take (or no confirm hook), 3 still pending.
+fn plugin_confirm(
+    config: Option<PathBuf>,
+    plugin_file: &Path,
+    name: &str,
+    md5: Option<String>,
+) -> ExitCode {
+    let (settings, exe) = match plugin_setup(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Err(reason) = crate::protocol::validate_name(name) {
+        eprintln!("resagent: {reason}");
+        return ExitCode::from(2);
+    }
+    let state_dir = settings
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".resagent-plugin-run"));
+    let record = desk_pending(&state_dir, name);
+    let recorded = std::fs::read_to_string(&record).ok();
+    let mut fields = recorded.as_deref().unwrap_or("").split_whitespace();
+    let (md5sum, size) = match (md5, fields.next(), fields.next()) {
+        (Some(m), _, _) => (m, 0),
+        (None, Some(m), s) => (m.to_string(), s.and_then(|s| s.parse().ok()).unwrap_or(0)),
+        (None, None, _) => {
+            eprintln!(
+                "resagent: no install of {name} left pending by `plugin run` here ({}); give --md5 MD5",
+                record.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = Shutdown::new();
+    let host = PluginHost {
+        exe: &exe,
+        timeout: settings.timeout,
+        shutdown: &shutdown,
+        state_dir: Some(&state_dir),
+        plugin_config: Some(&settings.plugin_config),
+    };
+    let plugin = match host.inspect(plugin_file, settings.pins.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            say!("verdict:  refused: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    say!("plugin:   {} ({})", plugin.name, plugin_file.display());
+    say!("resource: {name} (md5 {md5sum})");
+    if !plugin.has(Op::Confirm) {
+        say!("verdict:  this plugin exports no resagent_confirm (the daemon reports fail -5 for its pending installs)");
+        return ExitCode::from(1);
+    }
+    let resource = plugin::ResourceArgs {
+        name: name.to_string(),
+        path: None,
+        dest: PathBuf::from(".").join(name),
+        md5sum,
+        size,
+        installed_md5sum: None,
+    };
+    let outcome = host.call(&plugin, Op::Confirm, &resource, |_| {});
+    say!("confirm:  {}", describe_outcome(&outcome));
+    match outcome {
+        plugin::CallOutcome::Ok => {
+            let _ = std::fs::remove_file(&record);
+            say!("verdict:  the new image runs (the daemon reports done)");
+            ExitCode::SUCCESS
+        }
+        plugin::CallOutcome::Pending | plugin::CallOutcome::Declined => {
+            say!("verdict:  still pending (the daemon asks again every 60 s and on SIGUSR1)");
+            ExitCode::from(3)
+        }
+        _ => {
+            say!("verdict:  did not take (the daemon reports fail -5 and remembers the rollback)");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The name `plugin run` gives the file (`--name`, else its file name), its MD5 and

@@ -1186,3 +1186,57 @@ fn a_patch_whose_target_a_plugin_writes_pending_is_confirmed_as_that_target() {
     assert_eq!(journal["installed"]["fw-3.bin"]["md5sum"], md5_of(&v3b));
     assert_eq!(journal["installed"]["fw-3.bin"]["plugin"], "firmware");
 }
+
+#[test]
+fn plugin_confirm_at_the_desk_asks_the_plugin_as_after_a_reboot() {
+    let (rig, partition, booted) = firmware_rig(true);
+    let so = rig.path().join("20-firmware.so");
+    build_firmware(&so);
+    let so_s = so.to_str().unwrap();
+    let image = rsfw_image(7, 3000);
+    let file = rig.path().join("fw.img");
+    std::fs::write(&file, &image).unwrap();
+    let (code, out, err) = rig.cli(&[
+        "plugin",
+        "run",
+        so_s,
+        file.to_str().unwrap(),
+        "--name",
+        "fw-7.bin",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("pending a reboot"), "{out}");
+    assert_eq!(std::fs::read(&partition).unwrap(), image);
+
+    // Before the boot process says anything: still pending (exit 3).
+    let (code, out, err) = rig.cli(&["plugin", "confirm", so_s, "fw-7.bin"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains(&md5_of(&image)) && out.contains("still pending"),
+        "{out}"
+    );
+    // The device booted another image: the install did not take (exit 1).
+    std::fs::write(&booted, md5_of(b"another image")).unwrap();
+    let (code, out, _) = rig.cli(&[
+        "plugin",
+        "confirm",
+        so_s,
+        "fw-7.bin",
+        "--md5",
+        &md5_of(&image),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("did not stay") && out.contains("did not take"),
+        "{out}"
+    );
+    // It booted the new image: confirmed (exit 0), from the record `plugin run` left.
+    std::fs::write(&booted, md5_of(&image)).unwrap();
+    let (code, out, err) = rig.cli(&["plugin", "confirm", so_s, "fw-7.bin"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the new image runs"), "{out}");
+    // Nothing left pending to ask about, and no MD5 given: a usage error.
+    let (code, _, err) = rig.cli(&["plugin", "confirm", so_s, "fw-7.bin"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--md5"), "{err}");
+}
