@@ -12,12 +12,14 @@ resagent-platform — a local stand-in for Tencent Cloud IoT Hub's resource mana
 Usage:
   resagent-platform --device PRODUCT/DEVICE [--broker tcp://127.0.0.1:1883]
                     [--listen 127.0.0.1:8080] [--public-url URL] [--uploads DIR]
-                    [--offer FILE]... [--reports FILE]
+                    [--offer FILE]... [--once] [--reports FILE]
 
 Each --offer FILE becomes a download task (named after the file), one after the other
 as the device ends each (`done` or `fail`: a failure moves on too, so failures can be
 tried first): pushed as a `download` message when it is offered, and answered to every
-get_download_task meanwhile. Uploads the device makes are stored in DIR (default
+get_download_task meanwhile. The last one stays on offer after its final report, as on
+Tencent's platform (a device that asks again after a `fail` gets it again); --once drops
+it then. Uploads the device makes are stored in DIR (default
 ./platform-uploads). --reports FILE appends every report the device sends to FILE, one
 JSON object a line (the page at the HTTP address shows them too).
 
@@ -114,7 +116,10 @@ fn main() {
                 next += 1;
                 match tasks.get(next) {
                     Some(t) => offer(&platform, &args.device, t),
-                    None => platform.offer(&args.device, serde_json::json!({})),
+                    // As Tencent's platform does, the last task stays on offer — a device
+                    // that asks again after a failure gets it again — unless --once.
+                    None if args.once => platform.offer(&args.device, serde_json::json!({})),
+                    None => {}
                 }
             }
         }
@@ -141,6 +146,8 @@ struct Args {
     uploads: PathBuf,
     offers: Vec<PathBuf>,
     reports: Option<PathBuf>,
+    /// Drop the last offer after its final report (else it stays, as on Tencent's).
+    once: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -154,6 +161,7 @@ fn parse() -> Result<Args, String> {
         uploads: PathBuf::from("platform-uploads"),
         offers: Vec::new(),
         reports: None,
+        once: false,
     };
     let text = |p: &mut lexopt::Parser| -> Result<String, String> {
         p.value()
@@ -182,6 +190,7 @@ fn parse() -> Result<Args, String> {
                 a.offers.push(f)
             }
             Long("reports") => a.reports = Some(PathBuf::from(text(&mut p)?)),
+            Long("once") => a.once = true,
             Long("help") | Short('h') => {
                 println!("{USAGE}");
                 std::process::exit(0);

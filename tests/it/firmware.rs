@@ -1240,3 +1240,109 @@ fn plugin_confirm_at_the_desk_asks_the_plugin_as_after_a_reboot() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--md5"), "{err}");
 }
+
+/// The offer `resagent-platform` at `url` makes to the test device, from its
+/// `/reports.json` (None: nothing on offer).
+fn offer_of(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("{url}/reports.json")])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["device"] == device()))
+        .and_then(|d| d["offer"].as_str().map(str::to_string))
+}
+
+#[test]
+fn the_local_platform_keeps_a_failed_task_on_offer_unless_once() {
+    for once in [false, true] {
+        let d = tempfile::tempdir().unwrap();
+        let broker = Mosquitto::start(d.path(), "");
+        let bad = d.path().join("board.fw");
+        std::fs::write(&bad, b"not a firmware image").unwrap();
+        let plugins = d.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        cc(
+            &project().join("plugins/examples/fwcheck.c"),
+            &plugins.join("10-fwcheck.so"),
+            "-std=c99",
+            &[],
+        );
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let platform_exe =
+            Path::new(env!("CARGO_BIN_EXE_resagent")).with_file_name("resagent-platform");
+        let mut cmd = Command::new(&platform_exe);
+        cmd.args(["--device", &device(), "--broker", &broker.uri()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--uploads")
+            .arg(d.path().join("uploads"))
+            .arg("--offer")
+            .arg(&bad)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if once {
+            cmd.arg("--once");
+        }
+        let _platform = Running(cmd.spawn().unwrap());
+        let config = d.path().join("config.json");
+        std::fs::write(
+            &config,
+            json!({
+                "productId": PRODUCT, "deviceName": DEVICE,
+                "key_deviceinfo": {"deviceSecret": SECRET_B64},
+                "broker": broker.uri(), "allow_http": true, "poll_jitter_s": 0,
+                "resource_dir": d.path().join("res"), "state_dir": d.path().join("state"),
+                "outbox_dir": d.path().join("outbox"), "plugin_dir": plugins,
+                "pid_file": d.path().join("resagent.pid"),
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let _agent = Running(
+            Command::new(env!("CARGO_BIN_EXE_resagent"))
+                .args(["run", "-c"])
+                .arg(&config)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // The fail is in once the offer moves (or, kept, once the page lists it as sent).
+        let deadline = Instant::now() + T;
+        let fails = |url: &str| {
+            Command::new("curl")
+                .args(["-sf", &format!("{url}/reports.json")])
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+                .and_then(|v| v["reports"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter(|r| r["message"]["progress"]["state"] == "fail")
+                .count()
+        };
+        while fails(&url) == 0 {
+            assert!(Instant::now() < deadline, "no fail (once: {once})");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(600));
+        if once {
+            assert_eq!(offer_of(&url), None, "--once drops it after its fail");
+        } else {
+            assert_eq!(offer_of(&url).as_deref(), Some("board.fw"), "kept on offer");
+            // A device that asks again gets it again (Tencent's SDK sample does so).
+            let asked = Command::new(env!("CARGO_BIN_EXE_resagent"))
+                .args(["check", "-c"])
+                .arg(&config)
+                .status()
+                .unwrap();
+            assert!(asked.success());
+            while fails(&url) < 2 {
+                assert!(Instant::now() < deadline, "asked again, no second try");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
