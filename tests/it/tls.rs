@@ -237,3 +237,86 @@ fn a_download_over_https_from_a_private_ca_arrives_and_another_ca_is_refused() {
     assert!(msg(&r).contains("TLS"), "{r}");
     assert!(!rig.resource("fw.bin").exists());
 }
+
+/// tinyproxy on a free port (Debian's, foreground), logging every request to `log`.
+fn tinyproxy(dir: &Path, log: &Path) -> (std::process::Child, u16) {
+    let port = free_port();
+    let conf = dir.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nLogLevel Info\n\
+             LogFile \"{}\"\nMaxClients 20\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("tinyproxy")
+        .args(["-d", "-c"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tinyproxy (Debian package tinyproxy)");
+    assert!(
+        resagent_platform::rig::wait_port(port, Duration::from_secs(10)),
+        "tinyproxy listens"
+    );
+    (child, port)
+}
+
+#[test]
+fn downloads_go_through_a_real_proxy_plain_and_tunnelled() {
+    let mut rig = Rig::new();
+    let dir = rig.path().join("proxied");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    make_ca(&dir, "store-ca");
+    make_cert(&dir, "store-ca", "store");
+    let bytes: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(40503) >> 5) as u8)
+        .collect();
+    std::fs::write(www.join("over-tls.bin"), &bytes).unwrap();
+    rig.config["ca_file"] = json!(dir.join("store-ca.crt"));
+    let log = dir.join("tinyproxy.log");
+    let (mut proxy, proxy_port) = tinyproxy(&dir, &log);
+    let via = format!("http://127.0.0.1:{proxy_port}");
+    let agent = rig.spawn_agent_under(
+        &[
+            "env",
+            "-u",
+            "no_proxy",
+            "-u",
+            "NO_PROXY",
+            &format!("http_proxy={via}"),
+            &format!("https_proxy={via}"),
+        ],
+        "info",
+    );
+    wait_log(&agent, "connected to");
+    // Plain HTTP: the absolute-form request through the proxy.
+    let (file, task) = rig.task("plain.bin", 300_000, 71);
+    rig.platform.push(&device(), &task).unwrap();
+    let r = rig.final_report(&agent, "plain.bin", Duration::from_secs(60));
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
+    assert_eq!(md5_hex(&rig.resource("plain.bin")), md5_hex(&file));
+    // HTTPS: a CONNECT tunnel through the proxy, TLS inside it.
+    let (mut server, port) = https_files(&dir, "store", &www);
+    let t = json!({"name": "over-tls.bin", "size": bytes.len(), "md5sum": md5_bytes(&dir, &bytes),
+                   "url": format!("https://localhost:{port}/over-tls.bin")});
+    rig.platform.push(&device(), &t).unwrap();
+    let r = rig.final_report(&agent, "over-tls.bin", Duration::from_secs(60));
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert_eq!(state_of(&r), ("done", 0), "{r}\n{}", agent.log_text());
+    assert_eq!(std::fs::read(rig.resource("over-tls.bin")).unwrap(), bytes);
+    // Both went through the proxy: its log names them.
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(said.contains("plain.bin"), "{said}");
+    assert!(
+        said.contains(&format!("CONNECT localhost:{port}")),
+        "{said}"
+    );
+}
