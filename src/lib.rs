@@ -40,7 +40,6 @@ mod daemon;
 mod digest;
 mod download;
 mod fsutil;
-mod http1;
 mod install;
 mod journal;
 mod logging;
