@@ -58,6 +58,8 @@ struct Shared {
     /// When set, upload URLs are presigned for this S3 server instead of our storage.
     s3: Option<s3::S3Target>,
     connected: bool,
+    /// Stopped for good ([`Platform::stop`]): never connects again.
+    stopped: bool,
 }
 
 /// The running platform; clones share everything.
@@ -357,9 +359,20 @@ impl Platform {
         self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Disconnects for good. A platform left reconnecting after its test ended would
+    /// reach the next test's broker once that one gets the same port, and answer its
+    /// device (the same name in every test) — offers and answers from another test.
+    pub fn stop(&self) {
+        self.lock().stopped = true;
+        let _ = self.client.disconnect(None);
+    }
+
     fn mqtt_loop(&self) {
         let rx = self.client.start_consuming();
         loop {
+            if self.lock().stopped {
+                return;
+            }
             let opts = paho_mqtt::ConnectOptionsBuilder::new_v3()
                 .clean_session(true)
                 .keep_alive_interval(Duration::from_secs(20))
@@ -376,6 +389,10 @@ impl Platform {
             if up.is_err() {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
+            }
+            if self.lock().stopped {
+                let _ = self.client.disconnect(None);
+                return;
             }
             self.lock().connected = true;
             log::info!("platform connected to the broker");

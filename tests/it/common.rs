@@ -84,6 +84,13 @@ impl Drop for Agent {
     }
 }
 
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // Before the broker goes and its port is free for another test's broker.
+        self.platform.stop();
+    }
+}
+
 /// One test's world: a temp folder, a broker, the platform, a config for the agent.
 pub struct Rig {
     pub dir: tempfile::TempDir,
