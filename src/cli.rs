@@ -465,19 +465,10 @@ fn plugin_run(
         .clone()
         .unwrap_or_else(|| PathBuf::from(".resagent-plugin-run"));
     let shutdown = Shutdown::new();
-    let host = PluginHost {
-        exe: &exe,
-        timeout: settings.timeout,
-        shutdown: &shutdown,
-        state_dir: Some(&state_dir),
-        plugin_config: Some(&settings.plugin_config),
-    };
-    let plugin = match host.inspect(plugin_file, settings.pins.as_ref()) {
+    let host = desk_host(&settings, &exe, &shutdown, &state_dir);
+    let plugin = match desk_plugin(&host, plugin_file, &settings) {
         Ok(p) => p,
-        Err(e) => {
-            say!("verdict:  refused: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let resource = plugin::ResourceArgs {
         name: name.clone(),
@@ -522,6 +513,36 @@ fn plugin_run(
     install_verdict(&outcome, plugin.claims(&name), &name)
 }
 
+/// The plugin host of the desk commands (`plugin run`, `plugin confirm`): the daemon's
+/// child process and bounds, the configuration's `plugin_config`.
+fn desk_host<'a>(
+    settings: &'a PluginSettings,
+    exe: &'a Path,
+    shutdown: &'a Shutdown,
+    state_dir: &'a Path,
+) -> PluginHost<'a> {
+    PluginHost {
+        exe,
+        timeout: settings.timeout,
+        shutdown,
+        state_dir: Some(state_dir),
+        plugin_config: Some(&settings.plugin_config),
+    }
+}
+
+/// `plugin_file` loaded with the daemon's checks (pins included); exit 1, said, if not.
+fn desk_plugin(
+    host: &PluginHost<'_>,
+    plugin_file: &Path,
+    settings: &PluginSettings,
+) -> Result<plugin::Plugin, ExitCode> {
+    host.inspect(plugin_file, settings.pins.as_ref())
+        .map_err(|e| {
+            say!("verdict:  refused: {e}");
+            ExitCode::from(1)
+        })
+}
+
 /// Where `plugin run` records an install left pending (MD5 and size), for `plugin
 /// confirm`.
 fn desk_pending(state_dir: &Path, name: &str) -> PathBuf {
@@ -564,19 +585,10 @@ fn plugin_confirm(
         }
     };
     let shutdown = Shutdown::new();
-    let host = PluginHost {
-        exe: &exe,
-        timeout: settings.timeout,
-        shutdown: &shutdown,
-        state_dir: Some(&state_dir),
-        plugin_config: Some(&settings.plugin_config),
-    };
-    let plugin = match host.inspect(plugin_file, settings.pins.as_ref()) {
+    let host = desk_host(&settings, &exe, &shutdown, &state_dir);
+    let plugin = match desk_plugin(&host, plugin_file, &settings) {
         Ok(p) => p,
-        Err(e) => {
-            say!("verdict:  refused: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     say!("plugin:   {} ({})", plugin.name, plugin_file.display());
     say!("resource: {name} (md5 {md5sum})");
