@@ -529,12 +529,7 @@ fn batch_case(o: &Opts, broker: &Mosquitto, platform: &Platform) -> Value {
     }
     // The same batch from a daemon whose broker is 100 ms away each way (a cellular
     // link): the announces and verdicts overlap the PUTs (the storage is not delayed).
-    let broker_port: u16 = broker
-        .uri()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let broker_port: u16 = broker.port;
     let relay = Relay::start_delayed(broker_port, Duration::from_millis(100));
     let far = Daemon::start(
         o,
@@ -693,12 +688,7 @@ fn fleet_case(o: &Opts, broker: &mut Mosquitto, platform: &Platform) -> Value {
     // The fleet reaches the broker through a relay that times each connection: after a
     // broker restart, a reconnect is seen there even when its first poll is lost (a
     // daemon back before the platform itself).
-    let broker_port: u16 = broker
-        .uri()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let broker_port: u16 = broker.port;
     let relay = resagent_platform::rig::Relay::start(broker_port);
     let via_relay = format!("tcp://127.0.0.1:{}", relay.port);
     let started_ms = unix_ms();

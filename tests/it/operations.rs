@@ -176,14 +176,7 @@ fn unix_ms() -> u64 {
 fn a_fleet_spreads_its_first_polls_and_its_reconnects() {
     let mut rig = Rig::new();
     let dir = rig.path().join("fleet");
-    let broker_port: u16 = rig
-        .broker
-        .uri()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let broker_port: u16 = rig.broker.port;
     let relay = resagent_platform::rig::Relay::start(broker_port);
     let devices: Vec<String> = (0..20).map(|i| format!("fleet{i:02}")).collect();
     let started = unix_ms();

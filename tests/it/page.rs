@@ -145,7 +145,7 @@ fn a_report_without_percent_is_shown_as_such() {
     // Tencent's SDK leaves `percent` out of `done` and `fail`: the page must not say
     // "undefined%". The report is published as the SDK would, straight to the broker.
     let rig = Rig::new();
-    let port = rig.broker.uri().rsplit(':').next().unwrap().to_string();
+    let port = rig.broker.port.to_string();
     let topic = format!("$resource/up/service/{}", device());
     let report = r#"{"type":"report_download_progress","name":"sdk.bin","progress":{"state":"done","result_code":0,"result_msg":"success"}}"#;
     let url = format!("{}/", rig.platform.storage().base_url());

@@ -699,14 +699,7 @@ fn hard_linked_and_foreign_owned_entries_are_refused_and_kept() {
 /// `one_way` in each direction (a cellular link's latency); the relay lives as long as
 /// the returned value.
 fn via_slow_link(rig: &mut Rig, one_way: Duration) -> resagent_platform::rig::Relay {
-    let broker_port: u16 = rig
-        .broker
-        .uri()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let broker_port: u16 = rig.broker.port;
     let relay = resagent_platform::rig::Relay::start_delayed(broker_port, one_way);
     rig.config["broker"] = serde_json::json!(format!("tcp://127.0.0.1:{}", relay.port));
     relay
