@@ -40,6 +40,7 @@ mod daemon;
 mod digest;
 mod download;
 mod fsutil;
+mod http1;
 mod install;
 mod journal;
 mod logging;

@@ -1,13 +1,12 @@
 //! Logging setup: env_logger following `RUST_LOG` (default `info`), behind a filter that
 //! keeps some crates' debug and trace records out whatever `RUST_LOG` says, because a
 //! secret must never reach a log (docs/agent.md): at those levels `paho_mqtt` prints its
-//! connect options, password included, and `ureq` prints whole request URLs, presigned
-//! signatures included.
+//! connect options, password included. (`http1`, ours, never logs a URL unredacted.)
 
 use log::{LevelFilter, Log, Metadata, Record};
 
 /// Targets whose records below `info` are dropped, and why: see the module comment.
-const SECRET_LEAKING_TARGETS: &[&str] = &["paho_mqtt", "ureq"];
+const SECRET_LEAKING_TARGETS: &[&str] = &["paho_mqtt"];
 
 struct Guarded {
     inner: env_logger::Logger,
@@ -64,6 +63,5 @@ mod tests {
         assert!(allowed(&m("paho_mqtt::client", log::Level::Warn)));
         assert!(allowed(&m("resagent::download", log::Level::Trace)));
         assert!(allowed(&m("paho_mqtt_sys_lookalike", log::Level::Debug)));
-        assert!(!allowed(&m("ureq::unit", log::Level::Debug)));
     }
 }

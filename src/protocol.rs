@@ -532,8 +532,8 @@ pub(crate) fn check_url_scheme(url: &str, allow_http: bool) -> Result<(), String
             url.len()
         ));
     }
-    let parsed =
-        url::Url::parse(url).map_err(|e| format!("url `{}` is not valid: {e}", redact_url(url)))?;
+    let parsed = crate::http1::Url::parse(url)
+        .map_err(|e| format!("url `{}` is not valid: {e}", redact_url(url)))?;
     match parsed.scheme() {
         "https" => {}
         "http" if allow_http => {}
@@ -550,7 +550,7 @@ pub(crate) fn check_url_scheme(url: &str, allow_http: bool) -> Result<(), String
             ))
         }
     }
-    if parsed.host_str().map_or(true, str::is_empty) {
+    if parsed.host().is_empty() {
         return Err(format!("url `{}` has no host", redact_url(url)));
     }
     Ok(())
@@ -643,8 +643,8 @@ mod tests {
 
     #[test]
     fn host_names_are_ascii_or_punycode_never_unicode_tables() {
-        // idna_adapter 1.0 (Cargo.toml): no Unicode tables in the binary; a Unicode
-        // host name is an invalid URL (-10), its punycode form works.
+        // No Unicode tables in the binary (`http1::Url`): a Unicode host name is an
+        // invalid URL (-10), its punycode form works.
         assert!(check_url_scheme("https://xn--bcher-kva.example/fw.bin", false).is_ok());
         assert!(check_url_scheme("https://cos.ap-guangzhou.myqcloud.com/a", false).is_ok());
         let e = check_url_scheme("https://b\u{fc}cher.example/fw.bin", false).unwrap_err();

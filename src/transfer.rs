@@ -1,14 +1,15 @@
-//! HTTP with blocking `ureq` on OpenSSL (native-tls): the proxy from the environment,
-//! redirects followed by hand (at most 5, allowed schemes only), a read timeout on every
-//! socket, and the checks docs/protocol.md asks of a response before its body is used.
+//! HTTP for resources and uploads (`http1.rs`, on OpenSSL through native-tls): the proxy
+//! from the environment, redirects followed by hand (at most 5, allowed schemes only), a
+//! read timeout on every socket, and the checks docs/protocol.md asks of a response
+//! before its body is used.
 
 use crate::config::Config;
+use crate::http1::{self, Url};
 use crate::protocol::{redact_url, ResultCode};
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use url::Url;
 
 /// Redirects followed before a request fails (docs/protocol.md).
 pub(crate) const MAX_REDIRECTS: usize = 5;
@@ -59,6 +60,10 @@ pub(crate) enum TransferError {
         code: u16,
         detail: String,
     },
+    /// The TLS handshake with the server failed (an untrusted certificate, a refused
+    /// protocol): -11 at once, not retried as the network failing.
+    #[error("{url}: TLS: {reason}")]
+    TlsHandshake { url: String, reason: String },
     /// The TLS configuration could not be built.
     #[error("TLS setup: {0}")]
     Tls(String),
@@ -97,7 +102,7 @@ impl TransferError {
     }
 }
 
-/// Whether an I/O error is a socket read timeout (ureq sets `SO_RCVTIMEO`).
+/// Whether an I/O error is a socket read timeout (`http1` sets `SO_RCVTIMEO`).
 pub(crate) fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -158,26 +163,46 @@ impl HttpClient {
             .map_err(TransferError::Tls)
     }
 
-    fn agent_for(&self, url: &Url) -> Result<ureq::Agent, TransferError> {
-        let mut b = ureq::AgentBuilder::new()
-            .timeout_connect(self.timeout)
-            .timeout_read(self.timeout)
-            .timeout_write(self.timeout)
-            .redirects(0)
-            .user_agent(concat!("resagent/", env!("CARGO_PKG_VERSION")));
-        if url.scheme() == "https" {
-            b = b.tls_connector(self.tls()?);
-        }
-        if let Some(proxy) = proxy_for(url, &|k| std::env::var(k).ok()) {
-            // A proxy set for a reason (a network that only lets it through, an
-            // inspecting gateway) is never bypassed: unusable, the request is not made.
-            let p = ureq::Proxy::new(&proxy).map_err(|e| TransferError::Proxy {
-                proxy: redact_url(&proxy),
-                reason: e.to_string(),
-            })?;
-            b = b.proxy(p);
-        }
-        Ok(b.build())
+    /// The client for `url`: its proxy from the environment (never bypassed: an unusable
+    /// one fails the request), TLS for `https`.
+    fn request(
+        &self,
+        method: &str,
+        url: &Url,
+        headers: &[(&str, String)],
+        body: Option<(&mut dyn Read, u64)>,
+    ) -> Result<http1::Response, TransferError> {
+        let proxy = match proxy_for(url, &|k| std::env::var(k).ok()) {
+            Some(p) => Some(
+                http1::Proxy::parse(&p).map_err(|reason| TransferError::Proxy {
+                    proxy: redact_url(&p),
+                    reason,
+                })?,
+            ),
+            None => None,
+        };
+        let tls = if url.scheme() == "https" {
+            Some(self.tls()?)
+        } else {
+            None
+        };
+        let client = http1::Client {
+            timeout: self.timeout,
+            proxy: proxy.as_ref(),
+            tls: tls.as_deref(),
+            user_agent: concat!("resagent/", env!("CARGO_PKG_VERSION")),
+        };
+        let shown = redact_url(&url.to_string());
+        client
+            .request(method, url, headers, body)
+            .map_err(|f| match f {
+                http1::Failure::TimedOut => TransferError::Timeout {
+                    url: shown,
+                    secs: self.timeout.as_secs(),
+                },
+                http1::Failure::Connect(reason) => TransferError::Connect { url: shown, reason },
+                http1::Failure::Tls(reason) => TransferError::TlsHandshake { url: shown, reason },
+            })
     }
 
     /// GETs `url` from byte `offset` (a `Range` request when non-zero, conditional on
@@ -188,46 +213,46 @@ impl HttpClient {
         offset: u64,
         etag: Option<&str>,
     ) -> Result<Body, TransferError> {
-        let mut current = Url::parse(url).map_err(|e| TransferError::Unexpected {
+        let mut current = Url::parse(url).map_err(|reason| TransferError::Unexpected {
             url: redact_url(url),
-            reason: e.to_string(),
+            reason,
         })?;
         for _ in 0..=MAX_REDIRECTS {
-            let agent = self.agent_for(&current)?;
-            let mut req = agent.get(current.as_str());
+            let mut headers = Vec::new();
             if offset > 0 {
-                req = req.set("Range", &format!("bytes={offset}-"));
+                headers.push(("Range", format!("bytes={offset}-")));
                 if let Some(e) = etag {
-                    req = req.set("If-Range", e);
+                    headers.push(("If-Range", e.to_string()));
                 }
             }
-            let shown = redact_url(current.as_str());
-            let resp = match req.call() {
-                Ok(r) => r,
-                Err(ureq::Error::Status(416, _)) if offset > 0 => {
-                    return Err(TransferError::ResumeRefused {
-                        url: shown,
-                        reason: "416 Range Not Satisfiable".into(),
-                    })
-                }
-                Err(ureq::Error::Status(code, _)) => {
-                    return Err(TransferError::Status { code, url: shown })
-                }
-                Err(ureq::Error::Transport(t)) => return Err(self.classify(&shown, t)),
-            };
-            if (300..400).contains(&resp.status()) {
+            let shown = redact_url(&current.to_string());
+            let resp = self.request("GET", &current, &headers, None)?;
+            let status = resp.status;
+            if (300..400).contains(&status) && status != 304 {
                 current = self.follow(&current, resp.header("Location"))?;
                 continue;
             }
+            if status == 416 && offset > 0 {
+                return Err(TransferError::ResumeRefused {
+                    url: shown,
+                    reason: "416 Range Not Satisfiable".into(),
+                });
+            }
+            if status >= 400 {
+                return Err(TransferError::Status {
+                    code: status,
+                    url: shown,
+                });
+            }
             return Ok(Body {
                 url: shown,
-                status: resp.status(),
+                status,
                 content_range: resp.header("Content-Range").map(str::to_string),
                 content_length: resp
                     .header("Content-Length")
                     .and_then(|v| v.trim().parse::<u64>().ok()),
                 etag: resp.header("ETag").map(str::to_string),
-                reader: resp.into_reader(),
+                reader: Box::new(resp.into_body()),
             });
         }
         Err(TransferError::TooManyRedirects {
@@ -240,48 +265,49 @@ impl HttpClient {
     pub(crate) fn put(
         &self,
         url: &str,
-        body: impl Read,
+        mut body: impl Read,
         size: u64,
         md5_hex: &str,
     ) -> Result<(), TransferError> {
         let shown = redact_url(url);
-        let parsed = Url::parse(url).map_err(|e| TransferError::Unexpected {
+        let parsed = Url::parse(url).map_err(|reason| TransferError::Unexpected {
             url: shown.clone(),
-            reason: e.to_string(),
+            reason,
         })?;
         let content_md5 = content_md5(md5_hex).ok_or_else(|| TransferError::Unexpected {
             url: shown.clone(),
             reason: format!("md5sum `{md5_hex}` is not 32 hex characters"),
         })?;
-        let result = self
-            .agent_for(&parsed)?
-            .put(parsed.as_str())
-            .set("Content-Length", &size.to_string())
-            .set("Content-MD5", &content_md5)
-            .set("Content-Type", "application/octet-stream")
-            .send(body);
-        match result {
-            Ok(resp) if (200..300).contains(&resp.status()) => Ok(()),
-            Ok(resp) => Err(TransferError::PutRefused {
-                url: shown,
-                code: resp.status(),
-                detail: String::new(),
-            }),
-            Err(ureq::Error::Status(code, resp)) => Err(TransferError::PutRefused {
-                url: shown,
-                code,
-                detail: error_detail(resp),
-            }),
-            Err(ureq::Error::Transport(t)) => Err(self.classify(&shown, t)),
+        let headers = [
+            ("Content-MD5", content_md5),
+            ("Content-Type", "application/octet-stream".to_string()),
+        ];
+        let resp = self.request("PUT", &parsed, &headers, Some((&mut body, size)))?;
+        if (200..300).contains(&resp.status) {
+            return Ok(());
         }
+        Err(TransferError::PutRefused {
+            url: shown,
+            code: resp.status,
+            detail: error_detail(resp.into_body()),
+        })
     }
 
     /// The target of a redirect, if its scheme is allowed.
     fn follow(&self, from: &Url, location: Option<&str>) -> Result<Url, TransferError> {
-        let shown = redact_url(from.as_str());
-        let next = location
-            .and_then(|l| from.join(l).ok())
-            .ok_or(TransferError::BadRedirect { url: shown.clone() })?;
+        let shown = redact_url(&from.to_string());
+        let Some(location) = location else {
+            return Err(TransferError::BadRedirect { url: shown });
+        };
+        if let Some((scheme, _)) = location.trim().split_once("://") {
+            let scheme = scheme.to_ascii_lowercase();
+            if scheme != "https" && !(scheme == "http" && self.allow_http) {
+                return Err(TransferError::RedirectScheme { url: shown, scheme });
+            }
+        }
+        let next = from
+            .join(location)
+            .map_err(|_| TransferError::BadRedirect { url: shown.clone() })?;
         match next.scheme() {
             "https" => Ok(next),
             "http" if self.allow_http => Ok(next),
@@ -289,28 +315,6 @@ impl HttpClient {
                 url: shown,
                 scheme: other.to_string(),
             }),
-        }
-    }
-
-    fn classify(&self, url: &str, t: ureq::Transport) -> TransferError {
-        let timed_out = std::error::Error::source(&t)
-            .and_then(|s| s.downcast_ref::<io::Error>())
-            .is_some_and(is_timeout);
-        if timed_out {
-            TransferError::Timeout {
-                url: url.to_string(),
-                secs: self.timeout.as_secs(),
-            }
-        } else {
-            // ureq's message may quote the URL it was given: keep only its kind and
-            // the underlying cause.
-            let cause = std::error::Error::source(&t)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            TransferError::Connect {
-                url: url.to_string(),
-                reason: format!("{}{cause}", t.kind()),
-            }
         }
     }
 }
@@ -323,11 +327,11 @@ pub(crate) fn content_md5(md5_hex: &str) -> Option<String> {
 }
 
 /// The `<Code>` of an S3/COS XML error body (e.g. ` (BadDigest)`), read at most 4 KiB.
-fn error_detail(resp: ureq::Response) -> String {
-    let mut body = String::new();
-    let _ = resp.into_reader().take(4096).read_to_string(&mut body);
-    match (body.find("<Code>"), body.find("</Code>")) {
-        (Some(a), Some(b)) if b > a + 6 => format!(" ({})", &body[a + 6..b]),
+fn error_detail(body: http1::Body) -> String {
+    let mut text = String::new();
+    let _ = body.take(4096).read_to_string(&mut text);
+    match (text.find("<Code>"), text.find("</Code>")) {
+        (Some(a), Some(b)) if b > a + 6 => format!(" ({})", &text[a + 6..b]),
         _ => String::new(),
     }
 }
@@ -345,11 +349,7 @@ pub(crate) fn proxy_for(url: &Url, env: &dyn Fn(&str) -> Option<String>) -> Opti
         "http" => get("http_proxy"),
         _ => None,
     }?;
-    let host = url
-        .host_str()
-        .unwrap_or("")
-        .trim_matches(['[', ']'])
-        .to_ascii_lowercase();
+    let host = url.host().trim_matches(['[', ']']).to_ascii_lowercase();
     if let Some(no_proxy) = get("no_proxy") {
         for entry in no_proxy.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let entry = entry.split(':').next().unwrap_or(entry);

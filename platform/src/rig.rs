@@ -160,7 +160,7 @@ fn unix_ms() -> u64 {
 /// Copies `from` to `to`, each chunk written `delay` after it was read: a reader thread
 /// stamps the chunks, a writer thread waits out each stamp.
 fn relay_delayed(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];

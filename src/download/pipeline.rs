@@ -30,10 +30,10 @@ const FILL_FOR: std::time::Duration = std::time::Duration::from_millis(100);
 const WAIT_TICK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Reads into `buf` until it is full, the body ends, a read fails or [`FILL_FOR`] has
-/// passed since the first read: how many bytes, and the error if one stopped it. ureq
-/// hands the body out in pieces of its 8 KiB buffer; passing those on one by one cost a
-/// thread hand-over per 8 KiB (measured: the daemon used twice the CPU of curl +
-/// md5sum), a full buffer costs one per chunk.
+/// passed since the first read: how many bytes, and the error if one stopped it. A
+/// socket hands out what has arrived (a few KiB to a few hundred on loopback); passing
+/// those on one by one cost a thread hand-over each (with ureq's 8 KiB reads the daemon
+/// used twice the CPU of curl + md5sum), a full buffer costs one per chunk.
 fn fill(body: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
     let mut n = 0;
     let mut started: Option<std::time::Instant> = None;

@@ -37,9 +37,8 @@ pub(crate) fn put(
         pace: Pace::new(max_bytes_per_s),
         shutdown,
     };
-    // ureq copies the body with a small stack buffer; a large buffer in front means
-    // fewer, larger reads of the file (and of the progress and stop checks).
-    let body = io::BufReader::with_capacity(128 * 1024, body);
+    // `http1` reads the body 128 KiB at a time: few, large reads of the file (and of
+    // the progress and stop checks).
     http.put(url, body, size, md5sum)
 }
 

@@ -10,17 +10,18 @@ const LAYERS: &[(&str, u32)] = &[
     // No module of ours below them.
     ("backoff", 0),
     ("digest", 0),
+    ("http1", 0),
     ("logging", 0),
     ("notify", 0),
-    ("protocol", 0),
     ("random", 0),
     ("rdelta", 0),
     ("shutdown", 0),
     ("signals", 0),
     ("sys", 0),
-    // Files and pacing.
+    // Files and pacing; the messages (their URLs checked by `http1`).
     ("fsutil", 1),
     ("pace", 1),
+    ("protocol", 1),
     // State on disk, the outbox folder, plugins.
     ("journal", 2),
     ("pidfile", 2),

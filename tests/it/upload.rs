@@ -385,34 +385,40 @@ fn uploads_work_against_a_third_party_s3_server_that_checks_content_md5() {
             .as_secs(),
     );
     let probe = target.presign("PUT", "probe", &date, 300);
-    let wrong = ureq::put(&probe)
-        .set("Content-MD5", "AAAAAAAAAAAAAAAAAAAAAA==")
-        .send_bytes(b"hello");
-    match wrong {
-        Err(ureq::Error::Status(400, resp)) => {
-            assert!(resp.into_string().unwrap().contains("BadDigest"))
-        }
-        other => panic!(
-            "nanio accepted a wrong Content-MD5: {:?}",
-            other.map(|r| r.status())
-        ),
-    }
+    let wrong = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-MD5: AAAAAAAAAAAAAAAAAAAAAA==",
+        ])
+        .args(["--data-binary", "hello", "-w", "\n%{http_code}", &probe])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&wrong.stdout);
+    assert!(
+        said.ends_with("\n400") && said.contains("BadDigest"),
+        "nanio accepted a wrong Content-MD5: {said}"
+    );
     rig.platform.use_s3(target.clone());
     let agent = rig.start_agent();
     let src = rig.make_file("field.rec", 3 << 20, 41);
     rig.cli(&["upload", src.to_str().unwrap()]);
     upload_done(&rig, &agent, "field.rec");
     let get = target.presign("GET", &format!("{PRODUCT}/{DEVICE}/field.rec"), &date, 300);
-    let mut stored = Vec::new();
-    let resp = ureq::get(&get).call().unwrap_or_else(|e| {
-        panic!(
-            "GET from S3: {e}; agent log:\n{}\nnanio log:\n{}",
-            agent.log_text(),
-            std::fs::read_to_string(rig.path().join("nanio.log")).unwrap_or_default()
-                + &std::fs::read_to_string(rig.path().join("nanio.out")).unwrap_or_default()
-        )
-    });
-    std::io::Read::read_to_end(&mut resp.into_reader(), &mut stored).unwrap();
+    let got = std::process::Command::new("curl")
+        .args(["-sf", &get])
+        .output()
+        .unwrap();
+    assert!(
+        got.status.success(),
+        "GET from S3 failed; agent log:\n{}\nnanio log:\n{}",
+        agent.log_text(),
+        std::fs::read_to_string(rig.path().join("nanio.log")).unwrap_or_default()
+            + &std::fs::read_to_string(rig.path().join("nanio.out")).unwrap_or_default()
+    );
+    let stored = got.stdout;
     assert_eq!(
         stored,
         std::fs::read(&src).unwrap(),
