@@ -12,6 +12,7 @@ rm -rf "$demo"
 mkdir -p "$demo"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mqtt_port=$(free_port)
+login_port=$(free_port)
 http_port=$(free_port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -28,8 +29,10 @@ head -c $((32 << 20)) /dev/urandom > "$demo/firmware-v2.bin"
 want=$(md5sum "$demo/firmware-v2.bin" | cut -d' ' -f1)
 
 echo "== the local platform on http://127.0.0.1:$http_port/ (open it in a browser to watch)"
-target/debug/resagent-platform --device DEMOPRODUCT/demo-device \
-  --broker "tcp://127.0.0.1:$mqtt_port" --listen "127.0.0.1:$http_port" \
+echo "   the device connects to 127.0.0.1:$login_port, where its signed login is checked"
+target/debug/resagent-platform --device DEMOPRODUCT/demo-device:ZGVtby1kZXZpY2Utc2VjcmV0 \
+  --broker "tcp://127.0.0.1:$mqtt_port" --mqtt-listen "127.0.0.1:$login_port" \
+  --listen "127.0.0.1:$http_port" \
   --uploads "$demo/uploads" --offer "$demo/firmware-v2.bin" > "$demo/platform.log" 2>&1 &
 pids+=($!)
 tail -n +1 -f "$demo/platform.log" | sed -u 's/^/platform | /' &
@@ -43,7 +46,7 @@ chmod 600 "$demo/device_info.json"
 cat > "$demo/config.json" <<JSON
 {
   "device_info": "$demo/device_info.json",
-  "broker": "tcp://127.0.0.1:$mqtt_port",
+  "broker": "tcp://127.0.0.1:$login_port",
   "resource_dir": "$demo/resources",
   "state_dir": "$demo/state",
   "outbox_dir": "$demo/outbox",

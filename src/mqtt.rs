@@ -341,8 +341,18 @@ impl Session {
         Ok(())
     }
 
-    /// Paho's errors say little about TLS; say which files were used.
+    /// Paho's errors say little about TLS or a refused login; say what to check.
     fn explain_connect_error(&self, e: paho_mqtt::Error) -> String {
+        use paho_mqtt::{ConnectReturnCode as Rc, Error as E};
+        if let E::ConnectReturn(Rc::BadUserNameOrPassword | Rc::NotAuthorized) = e {
+            // The secret itself is never logged; the clock is named because a signature
+            // carries an expiry, and a device clock far off makes it expired.
+            return format!(
+                "{e}: the platform refused the signed login of {} — check productId, \
+                 deviceName and the device secret (and the clock: the signature expires)",
+                self.config.device.client_id()
+            );
+        }
         if self.config.broker.tls {
             let client_cert = match &self.config.auth {
                 Auth::Cert { cert_file, .. } => {

@@ -10,9 +10,16 @@ const USAGE: &str = "\
 resagent-platform — a local stand-in for Tencent Cloud IoT Hub's resource management
 
 Usage:
-  resagent-platform --device PRODUCT/DEVICE [--broker tcp://127.0.0.1:1883]
-                    [--listen 127.0.0.1:8080] [--public-url URL] [--uploads DIR]
-                    [--offer FILE]... [--once] [--reports FILE]
+  resagent-platform --device PRODUCT/DEVICE[:SECRET] [--broker tcp://127.0.0.1:1883]
+                    [--mqtt-listen ADDR] [--listen 127.0.0.1:8080] [--public-url URL]
+                    [--uploads DIR] [--offer FILE]... [--once] [--reports FILE]
+
+--mqtt-listen ADDR (e.g. 127.0.0.1:1884) is where the device connects: the platform
+checks its signed login there as Tencent does — client id PRODUCTDEVICE, username
+PRODUCTDEVICE;SDKAPPID;CONNID;EXPIRY, password HMAC-SHA256/SHA1 of the username keyed
+with the base64-decoded SECRET — refuses a wrong, expired or malformed one (CONNACK 4;
+5 for another device) and relays the rest to --broker. It needs the SECRET in --device.
+Without it the device connects to --broker directly and nothing checks its login.
 
 Each --offer FILE becomes a download task (named after the file), one after the other
 as the device ends each (`done` or `fail`: a failure moves on too, so failures can be
@@ -45,6 +52,35 @@ fn main() {
         Err(e) => {
             eprintln!("resagent-platform: cannot start: {e}");
             std::process::exit(1);
+        }
+    };
+    // The front keeps running for as long as `main` does.
+    let _front = match &args.mqtt_listen {
+        Some(listen) => {
+            let secrets = std::collections::HashMap::from([(
+                args.device.replace('/', ""),
+                args.secret.clone().unwrap_or_default(),
+            )]);
+            match resagent_platform::front::Front::start(listen, &args.broker_addr, secrets) {
+                Ok(f) => {
+                    println!(
+                        "device logins checked on {listen}, relayed to {}",
+                        args.broker
+                    );
+                    Some(f)
+                }
+                Err(e) => {
+                    eprintln!("resagent-platform: --mqtt-listen {listen}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        None => {
+            println!(
+                "logins not checked: the device connects to {} directly",
+                args.broker
+            );
+            None
         }
     };
     if let Some(u) = &args.public_url {
@@ -139,8 +175,15 @@ fn offer(platform: &Platform, device: &str, task: &serde_json::Value) {
 }
 
 struct Args {
+    /// `PRODUCT/DEVICE`.
     device: String,
+    /// The device secret (base64), for checking its login on `mqtt_listen`.
+    secret: Option<String>,
     broker: String,
+    /// `HOST:PORT` of `broker` (the front relays to it).
+    broker_addr: String,
+    /// Where devices connect with their login checked.
+    mqtt_listen: Option<String>,
     listen: String,
     public_url: Option<String>,
     uploads: PathBuf,
@@ -155,7 +198,10 @@ fn parse() -> Result<Args, String> {
     let mut p = lexopt::Parser::from_env();
     let mut a = Args {
         device: String::new(),
+        secret: None,
         broker: "tcp://127.0.0.1:1883".into(),
+        broker_addr: String::new(),
+        mqtt_listen: None,
         listen: "127.0.0.1:8080".into(),
         public_url: None,
         uploads: PathBuf::from("platform-uploads"),
@@ -171,7 +217,27 @@ fn parse() -> Result<Args, String> {
     };
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
-            Long("device") => a.device = text(&mut p)?,
+            Long("device") => {
+                let d = text(&mut p)?;
+                // The secret is base64: never a `:`.
+                match d.split_once(':') {
+                    Some((dev, secret)) => {
+                        use base64::Engine;
+                        if base64::engine::general_purpose::STANDARD
+                            .decode(secret)
+                            .is_err()
+                        {
+                            return Err(
+                                "--device PRODUCT/DEVICE:SECRET: the secret is not base64".into()
+                            );
+                        }
+                        a.device = dev.to_string();
+                        a.secret = Some(secret.to_string());
+                    }
+                    None => a.device = d,
+                }
+            }
+            Long("mqtt-listen") => a.mqtt_listen = Some(text(&mut p)?),
             Long("broker") => a.broker = text(&mut p)?,
             Long("listen") => a.listen = text(&mut p)?,
             Long("public-url") => {
@@ -200,6 +266,23 @@ fn parse() -> Result<Args, String> {
     }
     if !a.device.contains('/') {
         return Err("--device PRODUCT/DEVICE is required".into());
+    }
+    if a.mqtt_listen.is_some() {
+        if a.secret.is_none() {
+            return Err(
+                "--mqtt-listen checks the device's login: give --device PRODUCT/DEVICE:SECRET"
+                    .into(),
+            );
+        }
+        a.broker_addr = a
+            .broker
+            .strip_prefix("tcp://")
+            .filter(|hp| {
+                hp.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            })
+            .map(str::to_string)
+            .ok_or_else(|| format!("--broker {}: with --mqtt-listen, tcp://HOST:PORT", a.broker))?;
     }
     Ok(a)
 }

@@ -2,6 +2,7 @@
 //! local platform (MQTT peer + HTTP storage) in-process, and the real `resagent` binary
 //! run as a child process with a configuration written for the test.
 
+use resagent_platform::front::Front;
 pub use resagent_platform::rig::{free_port, write_random, Mosquitto};
 use resagent_platform::Platform;
 use serde_json::{json, Value};
@@ -88,6 +89,7 @@ impl Drop for Rig {
     fn drop(&mut self) {
         // Before the broker goes and its port is free for another test's broker.
         self.platform.stop();
+        self.front.stop();
     }
 }
 
@@ -95,6 +97,9 @@ impl Drop for Rig {
 pub struct Rig {
     pub dir: tempfile::TempDir,
     pub broker: Mosquitto,
+    /// Where the agent connects: its signed login checked, then relayed to `broker`
+    /// (as Tencent refuses a wrong secret at CONNECT).
+    pub front: Front,
     pub platform: Platform,
     pub config: Value,
     runs: u32,
@@ -121,12 +126,21 @@ impl Rig {
             platform.wait_connected(Duration::from_secs(10)),
             "platform connects to mosquitto"
         );
+        let front = Front::start(
+            "127.0.0.1:0",
+            &format!("127.0.0.1:{}", broker.port),
+            std::collections::HashMap::from([(
+                format!("{PRODUCT}{DEVICE}"),
+                SECRET_B64.to_string(),
+            )]),
+        )
+        .unwrap();
         let d = dir.path();
         let config = json!({
             "productId": PRODUCT,
             "deviceName": DEVICE,
             "key_deviceinfo": {"deviceSecret": SECRET_B64},
-            "broker": broker.uri(),
+            "broker": format!("tcp://127.0.0.1:{}", front.port),
             "resource_dir": d.join("resources"),
             "state_dir": d.join("state"),
             "outbox_dir": d.join("outbox"),
@@ -140,6 +154,7 @@ impl Rig {
         Rig {
             dir,
             broker,
+            front,
             platform,
             config,
             runs: 0,

@@ -21,4 +21,5 @@ mod plugins;
 mod powercut;
 mod tls;
 mod upload;
+mod vendor;
 mod wedges;
