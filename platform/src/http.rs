@@ -66,10 +66,15 @@ pub struct StoredUpload {
 /// Renders the live page at `/`.
 pub type PageFn = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Makes an offer from the page: `(device, name, file)` → what to tell the person, or
+/// why not.
+pub type OfferFn = Arc<dyn Fn(&str, &str, PathBuf) -> Result<String, String> + Send + Sync>;
+
 #[derive(Default)]
 pub(crate) struct State {
     page: Option<PageFn>,
     reports_json: Option<PageFn>,
+    offer: Option<OfferFn>,
     files: HashMap<String, PathBuf>,
     faults: HashMap<String, Fault>,
     requests: Vec<RequestLog>,
@@ -199,9 +204,11 @@ impl Storage {
     /// A URL for `METHOD path` carrying a token valid for `ttl_s` seconds; requests
     /// without a valid token for their method and path are refused 403.
     pub fn signed_url(&self, method: &str, path: &str, ttl_s: u64) -> String {
-        let expires = unix_now() + ttl_s;
-        let sign = token(&self.lock().secret, method, path, expires);
-        format!("{}{path}?sign={sign}&expires={expires}", self.base_url())
+        format!(
+            "{}{}",
+            self.base_url(),
+            self.signed_path(method, path, ttl_s)
+        )
     }
 
     /// Serves `file` at `/files/NAME`; returns the URL path.
@@ -218,6 +225,25 @@ impl Storage {
     /// Sets what `GET /` shows.
     pub fn set_page(&self, page: PageFn) {
         self.lock().page = Some(page);
+    }
+
+    /// Sets what `POST /offer` does with a file picked on the page.
+    pub fn set_offer(&self, offer: OfferFn) {
+        self.lock().offer = Some(offer);
+    }
+
+    /// The token the page sends with `POST /offer` (another site's page cannot read
+    /// it, so cannot post an offer through the person's browser).
+    pub fn page_token(&self) -> String {
+        token(&self.lock().secret, "POST", "/offer", 0)
+    }
+
+    /// `path` with a query carrying a token for `METHOD path` valid for `ttl_s` seconds
+    /// (a link on the page: relative, whatever `--public-url` says).
+    pub fn signed_path(&self, method: &str, path: &str, ttl_s: u64) -> String {
+        let expires = unix_now() + ttl_s;
+        let sign = token(&self.lock().secret, method, path, expires);
+        format!("{path}?sign={sign}&expires={expires}")
     }
 
     /// Sets what `GET /reports.json` answers.
@@ -356,6 +382,7 @@ fn handle(stream: TcpStream, state: &Arc<Mutex<State>>) -> io::Result<()> {
         }
         "GET" | "HEAD" => serve_get(&mut out, state, &req)?,
         "PUT" => receive_put(&mut reader, &mut out, state, &req)?,
+        "POST" if req.path == "/offer" => receive_offer(&mut reader, &mut out, state, &req)?,
         _ => (
             405,
             respond(&mut out, 405, "text/plain", b"method not allowed\n", &[])?,
@@ -655,22 +682,138 @@ fn receive_put(
     }
     let dest = dir.join(&name);
     std::fs::rename(&tmp, &dest)?;
-    state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .uploads
-        .push(StoredUpload {
-            path: req.path.clone(),
-            file: dest,
-            size: got,
-            md5_hex: format!("{digest:x}"),
-            content_md5_checked: checked,
-        });
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    // Its bytes can be fetched back (GET, with a token: the page links them).
+    st.files.insert(req.path.clone(), dest.clone());
+    st.uploads.push(StoredUpload {
+        path: req.path.clone(),
+        file: dest,
+        size: got,
+        md5_hex: format!("{digest:x}"),
+        content_md5_checked: checked,
+    });
+    drop(st);
     let etag = format!("\"{digest:x}\"");
     Ok((
         200,
         respond(out, 200, "text/plain", b"", &[("ETag", etag)])?,
     ))
+}
+
+/// Whether `name` can be a resource offered from the page: a plain file name.
+fn offerable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(char::is_control)
+}
+
+/// Percent-decodes a query value (`+` is a space, as a form sends it).
+fn query_value(query: &str, key: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?;
+    let mut out = Vec::new();
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `POST /offer?device=D&name=N&token=T`: a file picked on the page becomes the
+/// device's offer (stored under the upload folder's `.offered/`, then offered and
+/// pushed as any `--offer`). The page's token is required; the name is a plain file name.
+fn receive_offer(
+    reader: &mut BufReader<TcpStream>,
+    out: &mut TcpStream,
+    state: &Arc<Mutex<State>>,
+    req: &Request,
+) -> io::Result<(u16, u64)> {
+    let (secret, dir, offer) = {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            st.secret.clone(),
+            st.upload_dir.join(".offered"),
+            st.offer.clone(),
+        )
+    };
+    let refuse = |out: &mut TcpStream, code: u16, why: &str| -> io::Result<(u16, u64)> {
+        Ok((
+            code,
+            respond(
+                out,
+                code,
+                "text/plain; charset=utf-8",
+                format!("{why}\n").as_bytes(),
+                &[],
+            )?,
+        ))
+    };
+    if query_value(&req.query, "token").as_deref()
+        != Some(token(&secret, "POST", "/offer", 0).as_str())
+    {
+        return refuse(out, 403, "an offer needs the page's token");
+    }
+    let (Some(device), Some(name)) = (
+        query_value(&req.query, "device"),
+        query_value(&req.query, "name"),
+    ) else {
+        return refuse(out, 400, "an offer needs device= and name=");
+    };
+    if !device.contains('/') || !offerable_name(&name) {
+        return refuse(out, 400, "device is PRODUCT/DEVICE, name a plain file name");
+    }
+    let Some(len) = req
+        .headers
+        .get("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return refuse(out, 411, "length required");
+    };
+    let Some(offer) = offer else {
+        return refuse(out, 404, "this platform takes no offers from the page");
+    };
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(".{name}.part"));
+    let mut file = File::create(&tmp)?;
+    let got = io::copy(&mut reader.take(len), &mut file)?;
+    if got != len {
+        let _ = std::fs::remove_file(&tmp);
+        return refuse(out, 400, "body shorter than Content-Length");
+    }
+    file.sync_all()?;
+    let dest = dir.join(&name);
+    std::fs::rename(&tmp, &dest)?;
+    match offer(&device, &name, dest) {
+        Ok(msg) => Ok((
+            200,
+            respond(
+                out,
+                200,
+                "text/plain; charset=utf-8",
+                format!("{msg}\n").as_bytes(),
+                &[],
+            )?,
+        )),
+        Err(why) => refuse(out, 400, &why),
+    }
 }
 
 #[cfg(test)]
@@ -688,5 +831,25 @@ mod tests {
     fn names_are_percent_encoded() {
         assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
         assert_eq!(percent_encode("fw-1.0_x~"), "fw-1.0_x~");
+    }
+
+    #[test]
+    fn an_offer_from_the_page_names_a_plain_file() {
+        assert!(offerable_name("model v2.bin"));
+        for bad in ["", ".hidden", "../x", "a/b", "a\\b", "a\0b", "a\nb"] {
+            assert!(!offerable_name(bad), "{bad:?}");
+        }
+        assert!(!offerable_name(&"x".repeat(201)));
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let q = "device=P%2Fd&name=model+v2.bin&token=ab";
+        assert_eq!(query_value(q, "device").as_deref(), Some("P/d"));
+        assert_eq!(query_value(q, "name").as_deref(), Some("model v2.bin"));
+        assert_eq!(query_value(q, "nope"), None);
+        assert_eq!(query_value("name=%2", "name"), None, "a cut escape");
+        assert_eq!(query_value("name=%ZZ", "name"), None);
+        assert_eq!(query_value("name=%FF", "name"), None, "not UTF-8");
     }
 }

@@ -7,6 +7,7 @@
 //! It is written apart from resagent's own protocol code (plain `serde_json::Value`s), so
 //! the tests check resagent against a second reading of docs/protocol.md, not against itself.
 
+pub mod front;
 pub mod http;
 pub mod rig;
 pub mod s3;
@@ -535,8 +536,25 @@ impl Platform {
             })
             .map(|r| json!({"device": r.device, "at_ms": r.at_ms, "message": r.message}))
             .collect();
+        // A device given an offer (`--device`, the page) is listed before it speaks.
+        devices.extend(g.offers.keys().map(String::as_str));
+        devices.sort_unstable();
+        devices.dedup();
+        let uploads: Vec<Value> = self
+            .storage
+            .uploads()
+            .iter()
+            .map(|u| {
+                json!({
+                    "path": u.path, "size": u.size, "md5": u.md5_hex,
+                    // A link to its bytes, valid for an hour from this answer.
+                    "link": self.storage.signed_path("GET", &u.path, 3600),
+                })
+            })
+            .collect();
         json!({
             "connected": g.connected,
+            "uploads": uploads,
             "devices": devices.iter().map(|d| json!({
                 "device": d,
                 "offer": g.offers.get(*d).and_then(|o| o["name"].as_str()),
@@ -555,7 +573,7 @@ impl Platform {
     /// reports as they arrive. Static HTML whose script polls `/reports.json` four times
     /// a second and builds the tables with text nodes (device input is never markup).
     fn page(&self) -> String {
-        PAGE.to_string()
+        PAGE.replace("__OFFER_TOKEN__", &self.storage.page_token())
     }
 }
 
@@ -567,6 +585,8 @@ h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
 table{border-collapse:collapse}td,th{padding:4px 14px;text-align:left;border-bottom:1px solid #ddd}
 .done{color:#176a2c;font-weight:600}.fail{color:#b3261e;font-weight:600}
 .downloading,.uploading,.burning{color:#0b57d0}
+progress{width:9em;vertical-align:middle;margin-right:.5em}
+#offer-form{display:flex;gap:.6em;align-items:center}
 pre{background:#f4f4f4;padding:1em;max-height:20em;overflow:auto}
 </style></head>
 <body>
@@ -574,8 +594,13 @@ pre{background:#f4f4f4;padding:1em;max-height:20em;overflow:auto}
 <p>Broker session: <b id="session">…</b> · <span id="count">0</span> reports</p>
 <h2>Devices</h2>
 <table id="devices"><thead><tr><th>device</th><th>offered task</th></tr></thead><tbody></tbody></table>
+<h2>Offer a file</h2>
+<div id="offer-form"><select id="offer-device"></select><input type="file" id="pick">
+<button id="offer">Offer</button><span id="offer-said"></span></div>
 <h2>Resources</h2>
 <table id="resources"><thead><tr><th>device</th><th>direction</th><th>resource</th><th>state</th><th>percent</th><th>result</th><th>delta</th></tr></thead><tbody></tbody></table>
+<h2>Uploads</h2>
+<table id="uploads"><thead><tr><th>device</th><th>name</th><th>size</th><th>md5</th><th></th></tr></thead><tbody></tbody></table>
 <h2>Reports, newest first</h2>
 <pre id="log"></pre>
 <script>
@@ -586,16 +611,46 @@ function shownPercent(p) {
 function size(n) {
   return n >= 1048576 ? (n / 1048576).toFixed(1) + " MiB" : n >= 1024 ? (n / 1024).toFixed(1) + " KiB" : n + " B";
 }
-function row(cells, cls) {
+function row(cells, cls, bar) {
   const tr = document.createElement("tr");
   cells.forEach((c, i) => {
     const td = document.createElement("td");
-    td.textContent = c === null || c === undefined ? "" : String(c);
+    if (c instanceof Node) td.appendChild(c);
+    else td.textContent = c === null || c === undefined ? "" : String(c);
     if (i === 3 && cls) td.className = cls;
+    if (i === 4 && bar !== undefined) {
+      const p = document.createElement("progress");
+      p.max = 100;
+      p.value = bar;
+      td.prepend(p);
+    }
     tr.appendChild(td);
   });
   return tr;
 }
+// A bar per resource: the last percent reported (done: full, even without a percent).
+function barOf(p) {
+  return p.state === "done" ? 100 : typeof p.percent === "number" ? p.percent : 0;
+}
+function link(href, text) {
+  const a = document.createElement("a");
+  a.href = href;
+  a.textContent = text;
+  return a;
+}
+async function offer() {
+  const said = document.getElementById("offer-said");
+  const file = document.getElementById("pick").files[0];
+  const device = document.getElementById("offer-device").value;
+  if (!file || !device) { said.textContent = "pick a device and a file"; return; }
+  said.textContent = "sending " + file.name + "…";
+  const q = new URLSearchParams({device: device, name: file.name, token: "__OFFER_TOKEN__"});
+  try {
+    const r = await fetch("/offer?" + q, {method: "POST", body: file});
+    said.textContent = (await r.text()).trim();
+  } catch (e) { said.textContent = "not sent: " + e; }
+}
+document.getElementById("offer").addEventListener("click", offer);
 async function refresh() {
   let j;
   try { j = await (await fetch("/reports.json", {cache: "no-store"})).json(); } catch (e) { return; }
@@ -603,6 +658,17 @@ async function refresh() {
   document.getElementById("count").textContent = j.reports.length;
   const devices = document.querySelector("#devices tbody");
   devices.replaceChildren(...j.devices.map(d => row([d.device, d.offer || "-"])));
+  const pickDevice = document.getElementById("offer-device");
+  const names = j.devices.map(d => d.device);
+  if (pickDevice.options.length !== names.length) {
+    const keep = pickDevice.value;
+    pickDevice.replaceChildren(...names.map(n => new Option(n, n)));
+    if (names.includes(keep)) pickDevice.value = keep;
+  }
+  document.querySelector("#uploads tbody").replaceChildren(...j.uploads.map(u => {
+    const parts = u.path.split("/").map(decodeURIComponent);
+    return row([parts[2], parts.slice(3).join("/"), size(u.size), u.md5, link(u.link, "bytes")]);
+  }));
   const saved = new Map(j.deltas.map(d => [d.name,
     "patch " + size(d.patch_bytes) + " for " + size(d.target_bytes) + ": " +
     size(d.saved_bytes) + " saved (" + (100 * d.saved_bytes / Math.max(d.target_bytes, 1)).toFixed(1) + " %)"]));
@@ -611,11 +677,11 @@ async function refresh() {
     const m = r.message, p = m.progress || {};
     const dir = m.type === "report_upload_progress" ? "upload" : "download";
     latest.set(r.device + "|" + dir + "|" + m.name,
-      [r.device, dir, m.name, p.state, shownPercent(p), (p.result_code || 0) + " " + (p.result_msg || ""),
-       dir === "download" ? saved.get(m.name) : ""]);
+      {bar: barOf(p), cells: [r.device, dir, m.name, p.state, shownPercent(p),
+       (p.result_code || 0) + " " + (p.result_msg || ""), dir === "download" ? saved.get(m.name) : ""]});
   }
   document.querySelector("#resources tbody").replaceChildren(
-    ...[...latest.values()].map(c => row(c, c[3])));
+    ...[...latest.values()].map(l => row(l.cells, l.cells[3], l.bar)));
   document.getElementById("log").textContent = j.reports.slice().reverse().slice(0, 100)
     .map(r => {
       const m = r.message, p = m.progress || {};
@@ -654,6 +720,20 @@ fn storage_page(platform: &Platform) {
     platform
         .storage
         .set_reports_json(Arc::new(move || p.reports_json()));
+    let p = platform.clone();
+    platform.storage.set_offer(Arc::new(move |device, name, file| {
+        let task = p.task_for(name, &file);
+        log::info!(
+            "offer from the page: {name} ({} bytes, md5 {}) to {device}",
+            task["size"],
+            task["md5sum"].as_str().unwrap_or("")
+        );
+        p.offer(device, task.clone());
+        Ok(match p.push(device, &task) {
+            Ok(()) => format!("{name} offered to {device} and pushed"),
+            Err(e) => format!("{name} offered to {device}; the push was not sent ({e}): the device gets it when it asks"),
+        })
+    }));
 }
 
 fn log_received(device: &str, m: &Value) {

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Drives headless Chromium through its DevTools protocol, as a person watching the page:
 opens URL, prints `loaded`, polls the rendered text until it contains NEEDLE and prints
-`seen UNIX_MS`, then saves a screenshot. Usage: page.py URL NEEDLE SCREENSHOT [TIMEOUT_S]
+`seen UNIX_MS`, then saves a screenshot. With PICK, it first picks that file in the
+page's "Offer a file" form (as a person would with the file dialog), presses Offer and
+prints `offered`. Usage: page.py URL NEEDLE SCREENSHOT [TIMEOUT_S [PICK]]
 
 Test harness only (tests/page.rs); needs Debian's chromium and python3-websocket.
 """
@@ -22,6 +24,7 @@ import websocket
 def main():
     url, needle, shot = sys.argv[1:4]
     timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
+    pick = sys.argv[5] if len(sys.argv) > 5 else None
     profile = tempfile.mkdtemp(prefix="resagent-chromium-")
     browser = subprocess.Popen(
         ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
@@ -56,6 +59,20 @@ def main():
         time.sleep(0.5)
         print("loaded", flush=True)
         deadline = time.time() + timeout
+        if pick:
+            def value(expr):
+                return call("Runtime.evaluate", returnByValue=True,
+                            expression=expr).get("result", {}).get("value")
+            # The device list fills from the first /reports.json.
+            while not value("document.getElementById('offer-device').options.length"):
+                if time.time() > deadline:
+                    sys.exit("the page never listed a device to offer to")
+                time.sleep(0.05)
+            root = call("DOM.getDocument")["root"]["nodeId"]
+            node = call("DOM.querySelector", nodeId=root, selector="#pick")["nodeId"]
+            call("DOM.setFileInputFiles", files=[os.path.abspath(pick)], nodeId=node)
+            value("document.getElementById('offer').click()")
+            print("offered", flush=True)
         while True:
             text = call("Runtime.evaluate", returnByValue=True,
                         expression="document.body ? document.body.innerText : ''")

@@ -176,3 +176,138 @@ fn a_report_without_percent_is_shown_as_such() {
     assert!(said.contains("seen "), "not on the page: {said}");
     assert!(!said.contains("undefined"), "{said}");
 }
+
+#[test]
+fn a_file_offered_from_the_page_is_installed_and_an_upload_is_linked_to_its_bytes() {
+    let mut rig = Rig::new();
+    let agent = rig.start_agent();
+    // An upload first, so the page lists it with a link.
+    let src = rig.make_file("camera.jpg", 300_000, 41);
+    rig.cli(&["upload", src.to_str().unwrap()]);
+    let up = rig
+        .platform
+        .wait_upload_final(&device(), "camera.jpg", Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(state_of(&up), ("done", 0), "{up}");
+
+    // A person picks a file in the page's form and presses Offer.
+    let picked = rig.path().join("picked").join("sensor-model.bin");
+    std::fs::create_dir_all(picked.parent().unwrap()).unwrap();
+    write_random(&picked, 700_000, 42);
+    let url = format!("{}/", rig.platform.storage().base_url());
+    let shot = project().join("target/page/platform-page-offer.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    // The resource's row, done, with its bar full (innerText joins cells with tabs).
+    let needle = "download\tsensor-model.bin\tdone\t100%";
+    let out = Command::new("/usr/bin/python3")
+        .arg(project().join("tests/browser/page.py"))
+        .arg(&url)
+        .arg(needle)
+        .arg(&shot)
+        .arg("40")
+        .arg(&picked)
+        .output()
+        .expect("python3 runs page.py");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("offered"), "{said}");
+    assert!(
+        said.contains("seen "),
+        "{needle:?} not on the page: {said}\n{}",
+        agent.log_text()
+    );
+    // The bytes the person picked are what the device installed.
+    assert_eq!(
+        std::fs::read(rig.resource("sensor-model.bin")).unwrap(),
+        std::fs::read(&picked).unwrap()
+    );
+    // The page draws a bar per resource and links the upload's bytes.
+    let html = Command::new("curl")
+        .args(["-sf", &url])
+        .output()
+        .unwrap()
+        .stdout;
+    let html = String::from_utf8_lossy(&html);
+    assert!(html.contains("createElement(\"progress\")"));
+    assert!(
+        !html.contains("__OFFER_TOKEN__"),
+        "the page carries its token"
+    );
+    let json: Value = serde_json::from_slice(
+        &Command::new("curl")
+            .args(["-sf", &format!("{url}reports.json")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let link = json["uploads"][0]["link"].as_str().unwrap();
+    assert!(link.starts_with("/uploads/"), "{json}");
+    let bytes = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("{}{link}", rig.platform.storage().base_url()),
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        bytes,
+        std::fs::read(&src).unwrap(),
+        "the link serves the uploaded bytes"
+    );
+    assert_eq!(json["uploads"][0]["size"], 300_000);
+}
+
+#[test]
+fn an_offer_without_the_page_token_or_with_a_path_for_a_name_is_refused() {
+    let rig = Rig::new();
+    let base = rig.platform.storage().base_url();
+    let f = rig.path().join("x.bin");
+    std::fs::write(&f, b"payload").unwrap();
+    let post = |query: &str| -> String {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", f.display()))
+            .arg(format!("{base}/offer?{query}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dev = device().replace('/', "%2F");
+    assert_eq!(post(&format!("device={dev}&name=x.bin&token=nope")), "403");
+    let html = Command::new("curl")
+        .args(["-sf", &format!("{base}/")])
+        .output()
+        .unwrap()
+        .stdout;
+    let html = String::from_utf8_lossy(&html);
+    let token = html
+        .split("token: \"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_string();
+    for name in ["..%2Fescape", "%2Fetc%2Fpasswd", ".hidden", ""] {
+        assert_eq!(
+            post(&format!("device={dev}&name={name}&token={token}")),
+            "400",
+            "{name}"
+        );
+    }
+    assert!(!rig.path().join("escape").exists());
+    // Nothing was offered.
+    assert!(rig.platform.received(&device()).is_empty());
+    assert_eq!(
+        post(&format!("device={dev}&name=x.bin&token={token}")),
+        "200"
+    );
+    let offered = rig.path().join("platform-uploads/.offered/x.bin");
+    assert_eq!(std::fs::read(offered).unwrap(), b"payload");
+}
