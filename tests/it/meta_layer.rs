@@ -145,8 +145,14 @@ fn unit_for_test(dir: &Path) -> PathBuf {
         .unwrap()
         .replace("@BINDIR@", bin.to_str().unwrap())
         .replace("@SYSCONFDIR@", dir.to_str().unwrap())
-        .replace("@STATE_DIR@", dir.join("state").to_str().unwrap())
-        .replace("@OUTBOX_DIR@", dir.join("outbox").to_str().unwrap());
+        .replace(
+            "@RW_PATHS@",
+            &format!(
+                "{} {} /run",
+                dir.join("state").display(),
+                dir.join("outbox").display()
+            ),
+        );
     assert!(!text.contains('@'), "every placeholder is substituted");
     let unit = dir.join("resagent.service");
     std::fs::write(&unit, text).unwrap();
@@ -595,4 +601,107 @@ fn the_rootfs_step_writes_plugin_only_and_pins_only_what_the_agent_would_load() 
     let (code, err) = run();
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("holds no plugin to pin"), "{err}");
+}
+
+#[test]
+fn the_image_config_merges_resagent_config_json_and_the_unit_may_write_every_folder_it_names() {
+    let d = tempfile::tempdir().unwrap();
+    let dest = d.path().join("image");
+    let vars = |extra: &str| {
+        serde_json::json!({
+            "D": dest, "S": project(), "UNPACKDIR_OR_WORKDIR": recipe_dir().join("files"),
+            "RESAGENT_CONFIG_JSON": extra,
+            // As the recipe's defaults expand with RESAGENT_STATE_DIR = "/data/resagent":
+            // the resources follow the state folder.
+            "RESAGENT_STATE_DIR": "/data/resagent",
+            "RESAGENT_RESOURCE_DIR": "/data/resagent/resources",
+            "RESAGENT_OUTBOX_DIR": "/var/spool/resagent/outbox",
+            "RESAGENT_DEVICE_INFO": "/etc/resagent/device_info.json",
+            "RESAGENT_CA_FILE": "/etc/ssl/certs/ca-certificates.crt",
+            "RESAGENT_PLUGIN_DIR": "/usr/lib/resagent/plugins",
+            "RESAGENT_PID_FILE": "/run/resagent.pid",
+            "DISTRO_FEATURES": "acl ipv6 systemd usrmerge",
+            "sysconfdir": "/etc", "bindir": "/usr/bin",
+            "systemd_system_unitdir": "/usr/lib/systemd/system",
+        })
+    };
+    let recipe = std::fs::read_to_string(recipe_dir().join("resagent.inc")).unwrap();
+    assert!(
+        recipe.contains("RESAGENT_RESOURCE_DIR ?= \"${RESAGENT_STATE_DIR}/resources\""),
+        "RESOURCE_DIR follows STATE_DIR unless set"
+    );
+    let (code, err) = bbfunc(
+        "resagent-config.bbclass",
+        "resagent_install_config",
+        vars(
+            r#"{"poll_interval_s": 900, "max_bytes_per_s": 262144,
+                 "reboot_command": "/sbin/reboot", "outbox_dir": "/data/outbox"}"#,
+        ),
+    );
+    assert_eq!(code, 0, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dest.join("etc/resagent/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["poll_interval_s"], 900);
+    assert_eq!(config["max_bytes_per_s"], 262144);
+    assert_eq!(config["reboot_command"], "/sbin/reboot");
+    assert_eq!(config["outbox_dir"], "/data/outbox", "the merged key wins");
+    assert_eq!(config["resource_dir"], "/data/resagent/resources");
+    let unit =
+        std::fs::read_to_string(dest.join("usr/lib/systemd/system/resagent.service")).unwrap();
+    // Every folder the agent writes, each once; resources are inside the state folder.
+    assert!(
+        unit.contains("\nReadWritePaths=/data/resagent /data/outbox /run\n"),
+        "{unit}"
+    );
+    assert!(!unit.contains('@'), "every placeholder is substituted");
+
+    // The agent reads the merged file as it is (no unknown key: not exit 2).
+    let mut c = config.clone();
+    for (k, sub) in [
+        ("state_dir", "s"),
+        ("resource_dir", "r"),
+        ("outbox_dir", "o"),
+    ] {
+        c[k] = serde_json::json!(d.path().join(sub));
+    }
+    c["pid_file"] = serde_json::json!(d.path().join("run/resagent.pid"));
+    c["productId"] = serde_json::json!("P1");
+    c["deviceName"] = serde_json::json!("d1");
+    c["key_deviceinfo"] = serde_json::json!({"deviceSecret": "ZGVtbw=="});
+    c.as_object_mut().unwrap().remove("device_info");
+    let cfg = d.path().join("agent.json");
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_resagent"))
+        .args(["status", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Bad values stop the build, naming the variable and the key.
+    for (bad, says) in [
+        (
+            r#"{"poll_interval_s": 900"#,
+            "RESAGENT_CONFIG_JSON is not JSON",
+        ),
+        ("[900]", "RESAGENT_CONFIG_JSON must be a JSON object"),
+        (
+            r#"{"poll_intervall_s": 900}"#,
+            "`poll_intervall_s` is not a configuration key",
+        ),
+    ] {
+        let (code, err) = bbfunc(
+            "resagent-config.bbclass",
+            "resagent_install_config",
+            vars(bad),
+        );
+        assert_eq!(code, 3, "{bad}: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
 }
