@@ -10,12 +10,13 @@
 # squashfs-tools + dbus + libglib2.0-dev (the RAUC plugin against the real service on a
 # private bus; bundles are squashfs), util-linux-extra (fincore: what an upload leaves in
 # the page cache, tests/it/upload.rs), e2fsprogs (mkfs.ext4 -d: the ext4 image of the
-# benchmark's delta case), tinyproxy (a real HTTP proxy, plain and CONNECT: tests/it/tls.rs).
+# benchmark's delta case), tinyproxy (a real HTTP proxy, plain and CONNECT: tests/it/tls.rs),
+# faketime (libfaketime: the agent's wall clock moved, tests/it/when.rs).
 # Idempotent: installs only what is missing, so it is cheap to run before every
 # demo or test run.
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config libssl-dev mosquitto mosquitto-clients openssl python3 python3-venv systemd tar curl strace python3-fusepy fuse3 chromium python3-websocket swupdate libswupdate-dev cpio rauc rauc-service squashfs-tools dbus libglib2.0-dev util-linux-extra e2fsprogs tinyproxy)
+packages=(build-essential cmake pkg-config libssl-dev mosquitto mosquitto-clients openssl python3 python3-venv systemd tar curl strace python3-fusepy fuse3 chromium python3-websocket swupdate libswupdate-dev cpio rauc rauc-service squashfs-tools dbus libglib2.0-dev util-linux-extra e2fsprogs tinyproxy faketime)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -35,7 +35,8 @@ Usage:
   resagent run    [-c CONFIG]            run the daemon in the foreground
   resagent upload [-c CONFIG] FILE [--name NAME] [--move]
                                          queue FILE for upload (a copy; --move hands it over)
-  resagent check  [-c CONFIG]            ask the running daemon for a download task now
+  resagent check  [-c CONFIG] [--now]    ask the running daemon for a download task now;
+                                         a task waiting for its window or gate goes now
   resagent status [-c CONFIG] [--json]   show connection, transfers and installed resources
   resagent plugin check PLUGIN.so [-c CONFIG]
                                          load a plugin as the daemon would; print its verdict,
@@ -154,6 +155,9 @@ fn parse_args() -> Result<Command, Usage> {
             Long("dest") if sub == "plugin" => dest = Some(PathBuf::from(parser.value()?)),
             Long("md5") if sub == "plugin" => md5 = Some(parser.value()?.string()?),
             Long("move") if sub == "upload" => how = Handover::Move,
+            // SIGUSR1 always lifts windows and gates for the task in flight; `--now`
+            // says so at the call site (and in scripts).
+            Long("now") if sub == "check" => {}
             Value(v) if sub == "upload" && file.is_none() => file = Some(PathBuf::from(v)),
             Value(v) if sub == "retry" && name.is_none() => name = Some(v.string()?),
             Value(v) if sub == plugin::EXEC_COMMAND && name.is_none() => name = Some(v.string()?),
@@ -259,7 +263,10 @@ pub fn main() -> ExitCode {
         Command::Check { config } => with_config(config, |c| {
             let pid = pidfile::signal_daemon(&c.state_dir, nix::sys::signal::Signal::SIGUSR1)
                 .map_err(|e| e.to_string())?;
-            say!("asked resagent (pid {pid}) to check for a download task");
+            say!(
+                "asked resagent (pid {pid}) to check for a download task; a task waiting for \
+                 its download window or an install gate goes now"
+            );
             Ok(())
         }),
         Command::Retry { config, name } => with_config(config, |c| retry(c, &name)),

@@ -82,6 +82,10 @@ pub(crate) struct InFlight {
     /// after a cut), none while no install plugin was called.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) install_plugin: Option<String>,
+    /// Why the task waits, while it does: outside `download_windows`, or a gate said
+    /// "later" (`status` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) held: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -98,6 +102,7 @@ impl InFlight {
             attempt_start_bytes: 0,
             install_attempts: 0,
             install_plugin: None,
+            held: None,
         }
     }
 }

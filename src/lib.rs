@@ -20,9 +20,12 @@
 //! | `journal` | the state kept across kills and reboots |
 //! | `boot` | which boot this is: a restart of the agent is not a reboot |
 //! | `reboot` | the "reboot pending" report and `reboot_command` |
+//! | `gate` | the device's say before an install and a reboot (`install_gate_command`, `reboot_gate_command`) |
 //! | `status` | `resagent status` from the state on disk |
 //! | `digest` | every read-and-hash (MD5, SHA-256) |
 //! | `backoff`, `pace` | retry delays and the rate cap |
+//! | `clock` | the build time, and waiting for a wall clock that is set |
+//! | `schedule` | download windows and scheduled rate caps, on the local time of day (pure) |
 //! | `fsutil` | durable file operations (fsync, rename, fsync of the folder) |
 //! | `notify` | systemd's notify protocol and watchdog |
 //! | `pidfile`, `signals`, `shutdown`, `logging`, `random` | process plumbing |
@@ -35,11 +38,13 @@
 mod backoff;
 mod boot;
 mod cli;
+mod clock;
 mod config;
 mod daemon;
 mod digest;
 mod download;
 mod fsutil;
+mod gate;
 mod http1;
 mod install;
 mod journal;
@@ -55,6 +60,7 @@ mod random;
 pub mod rdelta;
 mod reboot;
 mod report;
+mod schedule;
 mod shutdown;
 mod signals;
 mod status;

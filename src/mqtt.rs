@@ -300,6 +300,10 @@ impl Session {
         let down = self.config.device.down_topic();
         let mut backoff = Backoff::reconnect();
         while !shutdown.is_set() {
+            // The login is signed with an expiry, checked against the broker's clock.
+            if !crate::clock::wait_until_set(shutdown, "signing the MQTT login") {
+                break;
+            }
             match self.connect_and_subscribe(&down) {
                 Ok(()) => {
                     log::info!("connected to {uri} as {}", self.config.device.client_id());

@@ -3,8 +3,56 @@
 //! from the start (not per chunk) lets a transfer catch up after a slow patch, which is
 //! what a user capping a metered link expects: the total stays under the cap.
 
+use crate::schedule::RateCap;
 use crate::shutdown::Shutdown;
 use std::time::{Duration, Instant};
+
+/// How often a scheduled cap reads the local time again.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// A [`Pace`] under `max_bytes_per_s` as configured: one cap, or caps by local time of
+/// day. The time of day is read again at most once a second (a cap changes at a whole
+/// minute); a new rate starts a new average, so bytes sent under the old one neither
+/// borrow from nor owe to the new.
+pub(crate) struct ScheduledPace {
+    cap: RateCap,
+    rate: u64,
+    pace: Pace,
+    next_look: Instant,
+}
+
+impl ScheduledPace {
+    pub(crate) fn new(cap: &RateCap) -> Self {
+        let rate = cap.at(crate::sys::local_second_now());
+        ScheduledPace {
+            cap: cap.clone(),
+            rate,
+            pace: Pace::new(rate),
+            next_look: Instant::now() + LOOK_EVERY,
+        }
+    }
+
+    /// Counts `n` more bytes and sleeps as the cap of this moment says.
+    pub(crate) fn after(&mut self, n: u64, shutdown: &Shutdown) {
+        if self.cap.varies() && Instant::now() >= self.next_look {
+            self.next_look = Instant::now() + LOOK_EVERY;
+            let rate = self.cap.at(crate::sys::local_second_now());
+            if rate != self.rate {
+                log::info!(
+                    "rate cap now {} (max_bytes_per_s by time of day)",
+                    if rate == 0 {
+                        "off".to_string()
+                    } else {
+                        format!("{rate} bytes/s")
+                    }
+                );
+                self.rate = rate;
+                self.pace = Pace::new(rate);
+            }
+        }
+        self.pace.after(n, shutdown);
+    }
+}
 
 /// Keeps a transfer under `rate` bytes per second (0: no cap).
 pub(crate) struct Pace {

@@ -5,9 +5,11 @@
 //! (docs/agent.md, "Installs pending a reboot").
 
 use crate::config::Config;
+use crate::gate::{self, Verdict, Which};
 use crate::journal::JournalStore;
-use crate::protocol::{Direction, ProgressState, Report};
+use crate::protocol::{Direction, ProgressState, Report, ResultCode};
 use crate::report::Reporter;
+use crate::shutdown::Shutdown;
 use std::sync::Arc;
 
 /// The report that an install waits for a reboot: `burning` 100, result code 0.
@@ -36,6 +38,7 @@ pub(crate) fn after_acknowledged(
     config: &Config,
     journal: &Arc<JournalStore>,
     reporter: &Arc<Reporter>,
+    shutdown: &Shutdown,
     name: &str,
 ) {
     let Some(cmd) = config.reboot_command.clone() else {
@@ -50,11 +53,17 @@ pub(crate) fn after_acknowledged(
         _ => None,
     });
     let Some(plugin) = plugin else { return };
-    log::info!("{name}: running reboot_command `{cmd}`");
     let (store, reporter, owned) = (journal.clone(), reporter.clone(), name.to_string());
+    let (gate, stop) = (Gate::of(config, name, journal), shutdown.clone());
     let spawned = std::thread::Builder::new()
         .name("reboot".into())
         .spawn(move || {
+            if let Some(gate) = gate {
+                if !gate.allows(&store, &reporter, &stop, &owned, &plugin) {
+                    return;
+                }
+            }
+            log::info!("{owned}: running reboot_command `{cmd}`");
             let failure = match crate::plugin::plain_command(&cmd).status() {
                 Ok(st) if st.success() => {
                     log::info!("reboot_command finished");
@@ -83,5 +92,96 @@ pub(crate) fn after_acknowledged(
                 p.reboot_error = Some(format!("cannot start reboot_command: {e}"));
             }
         });
+    }
+}
+
+/// `reboot_gate_command` and what it is asked with.
+struct Gate {
+    command: String,
+    env: Vec<(&'static str, String)>,
+    timeout: std::time::Duration,
+    retry: std::time::Duration,
+}
+
+impl Gate {
+    fn of(config: &Config, name: &str, journal: &JournalStore) -> Option<Gate> {
+        let command = config.reboot_gate_command.clone()?;
+        let md5 = journal
+            .snapshot()
+            .pending
+            .get(name)
+            .map(|p| p.task.md5sum.clone())
+            .unwrap_or_default();
+        Some(Gate {
+            command,
+            env: vec![
+                ("RESAGENT_NAME", name.to_string()),
+                (
+                    "RESAGENT_PATH",
+                    config.resource_dir.join(name).display().to_string(),
+                ),
+                ("RESAGENT_MD5", md5),
+            ],
+            timeout: config.plugin_timeout,
+            retry: config.gate_retry,
+        })
+    }
+
+    /// Asks until the gate says go (true) or no (false: `fail` -5 with its line, the
+    /// pending install forgotten). "Not now" is reported as `burning` 100 with the line
+    /// and asked again after `gate_retry_s`. A stop ends the wait with nothing decided:
+    /// `reboot_command` may run after the next start (its once-only mark is undone).
+    fn allows(
+        &self,
+        store: &JournalStore,
+        reporter: &Reporter,
+        stop: &Shutdown,
+        name: &str,
+        plugin: &str,
+    ) -> bool {
+        let undo_mark = || {
+            store.record(|j| {
+                if let Some(p) = j.pending.get_mut(name) {
+                    p.reboot_started = false;
+                }
+            })
+        };
+        loop {
+            let Ok(verdict) =
+                gate::ask(&self.command, Which::Reboot, &self.env, self.timeout, stop)
+            else {
+                undo_mark();
+                return false;
+            };
+            match verdict {
+                Verdict::Go => return true,
+                Verdict::Later(line) => {
+                    log::info!(
+                        "{name}: the reboot gate says not now: {line}; asking again in {} s",
+                        self.retry.as_secs()
+                    );
+                    let extra = format!("reboot gate: not now: {line}");
+                    reporter.final_report(pending_report(name, plugin, Some(&extra)));
+                    if stop.sleep(self.retry) || stop.is_set() {
+                        undo_mark();
+                        return false;
+                    }
+                }
+                Verdict::Refused(reason) => {
+                    log::error!("{name}: {reason}; not rebooting, the install is reported failed");
+                    store.record(|j| {
+                        j.pending.remove(name);
+                    });
+                    reporter.final_report(Report::fail(
+                        Direction::Download,
+                        name,
+                        100,
+                        ResultCode::InstallFailed,
+                        &reason,
+                    ));
+                    return false;
+                }
+            }
+        }
     }
 }

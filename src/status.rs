@@ -79,6 +79,7 @@ pub(crate) fn render_json(v: &StatusView) -> Value {
             "percent": percent(done, d.task.size),
             "bytes_per_s": rate,
             "eta_s": eta,
+            "held": d.held,
         })
     });
     json!({
@@ -185,7 +186,9 @@ fn download_section(out: &mut String, v: &StatusView) {
                 human_bytes(done),
                 human_bytes(d.task.size)
             );
-            if d.phase == Phase::Verified {
+            if let Some(why) = d.held.as_deref().filter(|_| v.daemon_pid.is_some()) {
+                let _ = write!(out, ", held: {why}");
+            } else if d.phase == Phase::Verified {
                 let _ = write!(out, ", verified, installing");
             } else if let Some((rate, eta)) = rate_and_eta(v).filter(|_| v.daemon_pid.is_some()) {
                 let _ = write!(

@@ -100,14 +100,11 @@ pub(super) const MAX_RESOURCE_BYTES: Key = Key {
         max: u64::MAX,
     },
 };
-pub(super) const MAX_BYTES_PER_S: Key = Key {
-    name: "max_bytes_per_s",
-    kind: Kind::Number {
-        default: 0,
-        min: 0,
-        max: u64::MAX,
-    },
-};
+pub(super) const MAX_BYTES_PER_S: Key = own("max_bytes_per_s", "0");
+pub(super) const DOWNLOAD_WINDOWS: Key = own("download_windows", "absent: always");
+pub(super) const INSTALL_GATE_COMMAND: Key = own("install_gate_command", "absent");
+pub(super) const REBOOT_GATE_COMMAND: Key = own("reboot_gate_command", "absent");
+pub(super) const GATE_RETRY_S: Key = secs("gate_retry_s", 300, 1, DAY);
 pub(super) const KEEPALIVE_S: Key = secs("keepalive_s", 240, 0, 900);
 pub(super) const CREDENTIAL_LIFETIME_S: Key = secs("credential_lifetime_s", 3600, 60, 365 * DAY);
 pub(super) const SIGN_METHOD: Key = own("sign_method", "`hmacsha256`");
@@ -138,6 +135,7 @@ pub(super) const KEYS: &[Key] = &[
     PLUGIN_SHA256,
     MAX_RESOURCE_BYTES,
     MAX_BYTES_PER_S,
+    DOWNLOAD_WINDOWS,
     KEEPALIVE_S,
     CREDENTIAL_LIFETIME_S,
     SIGN_METHOD,
@@ -145,6 +143,9 @@ pub(super) const KEYS: &[Key] = &[
     PLUGIN_CONFIG,
     PLUGIN_ONLY,
     REBOOT_COMMAND,
+    INSTALL_GATE_COMMAND,
+    REBOOT_GATE_COMMAND,
+    GATE_RETRY_S,
     identity("auth_mode"),
     identity("productId"),
     identity("deviceName"),

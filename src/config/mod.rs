@@ -10,6 +10,7 @@ pub(crate) use identity::parse_broker;
 use keys::{kind, Keys, *};
 
 use crate::protocol::{DeviceId, TaskLimits};
+use crate::schedule::{Range, RateCap, Windows};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -143,7 +144,10 @@ pub(crate) struct Config {
     pub(crate) transfer_timeout: Duration,
     pub(crate) plugin_timeout: Duration,
     pub(crate) max_resource_bytes: u64,
-    pub(crate) max_bytes_per_s: u64,
+    /// The transfer rate cap, at all times or by local time of day (0: none).
+    pub(crate) max_bytes_per_s: RateCap,
+    /// When downloads may run (local time); empty: always.
+    pub(crate) download_windows: Windows,
     pub(crate) keepalive: Duration,
     pub(crate) credential_lifetime: Duration,
     pub(crate) sign_method: SignMethod,
@@ -153,6 +157,12 @@ pub(crate) struct Config {
     pub(crate) plugin_config: BTreeMap<String, Value>,
     /// Run (through `/bin/sh -c`) once a pending install was recorded and reported.
     pub(crate) reboot_command: Option<String>,
+    /// Asked (`/bin/sh -c`) before the install chain: 0 go on, 75 later, else fail -5.
+    pub(crate) install_gate_command: Option<String>,
+    /// Asked before `reboot_command`, with the same exits.
+    pub(crate) reboot_gate_command: Option<String>,
+    /// How long a gate that said "later" (75) waits before it is asked again.
+    pub(crate) gate_retry: Duration,
     /// Shell patterns of names only a plugin may install (never the default installer).
     pub(crate) plugin_only: Vec<String>,
 }
@@ -256,7 +266,8 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         transfer_timeout: keys.secs(&TRANSFER_TIMEOUT_S)?,
         plugin_timeout: keys.secs(&PLUGIN_TIMEOUT_S)?,
         max_resource_bytes: keys.number(&MAX_RESOURCE_BYTES)?,
-        max_bytes_per_s: keys.number(&MAX_BYTES_PER_S)?,
+        max_bytes_per_s: max_bytes_per_s(&keys)?,
+        download_windows: download_windows(&keys)?,
         keepalive: keys.secs(&KEEPALIVE_S)?,
         credential_lifetime: keys.secs(&CREDENTIAL_LIFETIME_S)?,
         sign_method: sign_method(&keys)?,
@@ -264,6 +275,9 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         plugin_sha256: plugin_sha256(&keys)?,
         plugin_config: plugin_config(&keys)?,
         reboot_command: keys.string(REBOOT_COMMAND.name)?,
+        install_gate_command: keys.string(INSTALL_GATE_COMMAND.name)?,
+        reboot_gate_command: keys.string(REBOOT_GATE_COMMAND.name)?,
+        gate_retry: keys.secs(&GATE_RETRY_S)?,
         plugin_only: keys.patterns(PLUGIN_ONLY.name)?,
     })
 }
@@ -286,6 +300,85 @@ fn read_credentials(keys: &Keys) -> Result<(PathBuf, (DeviceId, Auth)), ConfigEr
     };
     let identity = identity::read_identity(&info_keys, info.parent())?;
     Ok((info, identity))
+}
+
+/// `download_windows`: a list of `"HH:MM-HH:MM"` (local time); absent: always.
+fn download_windows(keys: &Keys) -> Result<Windows, ConfigError> {
+    let name = DOWNLOAD_WINDOWS.name;
+    let items = match keys.map.get(name) {
+        None | Some(Value::Null) => return Ok(Windows::default()),
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(keys.invalid(
+                name,
+                "an empty list would never download; leave the key out to download at any time",
+            ))
+        }
+        Some(Value::Array(items)) => items,
+        Some(v) => {
+            return Err(keys.invalid(
+                name,
+                format!("expected a list of \"HH:MM-HH:MM\", found {}", kind(v)),
+            ))
+        }
+    };
+    let ranges = items
+        .iter()
+        .map(|v| match v {
+            Value::String(s) => Range::parse(s).map_err(|e| keys.invalid(name, e)),
+            v => Err(keys.invalid(name, format!("expected \"HH:MM-HH:MM\", found {}", kind(v)))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Windows::new(ranges))
+}
+
+/// `max_bytes_per_s`: a number, or a list of `{"from", "to", "bytes_per_s"}` (local
+/// time; no cap outside them).
+fn max_bytes_per_s(keys: &Keys) -> Result<RateCap, ConfigError> {
+    let name = MAX_BYTES_PER_S.name;
+    let items = match keys.map.get(name) {
+        None | Some(Value::Null) => return Ok(RateCap::Always(0)),
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(v) => {
+            return v.as_u64().map(RateCap::Always).ok_or_else(|| {
+                keys.invalid(
+                    name,
+                    format!(
+                        "expected a whole number or a list of {{\"from\", \"to\", \"bytes_per_s\"}}, found {}",
+                        kind(v)
+                    ),
+                )
+            })
+        }
+    };
+    let slot = |i: usize, v: &Value| -> Result<(Range, u64), String> {
+        let o = v
+            .as_object()
+            .ok_or_else(|| format!("entry {i} is not an object"))?;
+        if let Some(k) = o
+            .keys()
+            .find(|k| !["from", "to", "bytes_per_s"].contains(&k.as_str()))
+        {
+            return Err(format!("entry {i}: unknown key `{k}`"));
+        }
+        let text = |k: &str| {
+            o.get(k)
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("entry {i}: `{k}` must be \"HH:MM\""))
+        };
+        let range =
+            Range::from_to(text("from")?, text("to")?).map_err(|e| format!("entry {i}: {e}"))?;
+        let rate = o
+            .get("bytes_per_s")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("entry {i}: `bytes_per_s` must be a whole number"))?;
+        Ok((range, rate))
+    };
+    let slots = items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| slot(i, v).map_err(|e| keys.invalid(name, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RateCap::Scheduled(slots))
 }
 
 fn sign_method(keys: &Keys) -> Result<SignMethod, ConfigError> {

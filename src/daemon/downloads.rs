@@ -104,6 +104,7 @@ impl Coordinator {
                         &self.config,
                         &self.journal,
                         &self.reporter,
+                        &self.shutdown,
                         &task.name,
                     );
                 }
@@ -216,12 +217,14 @@ impl Coordinator {
             }
         };
         let cancel = Arc::new(AtomicBool::new(false));
+        let go_now = Arc::new(AtomicBool::new(false));
         let downloader = Downloader {
             config: self.config.clone(),
             journal: self.journal.clone(),
             reporter: self.reporter.clone(),
             shutdown: self.shutdown.clone(),
             cancel: cancel.clone(),
+            go_now: go_now.clone(),
             plugins: self.plugins.clone(),
             exe: self.exe.clone(),
         };
@@ -242,6 +245,7 @@ impl Coordinator {
                 self.in_flight = Some(Running {
                     task,
                     cancel,
+                    go_now,
                     thread: Some(handle),
                 })
             }

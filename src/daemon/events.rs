@@ -164,6 +164,7 @@ impl Coordinator {
                     &self.config,
                     &self.journal,
                     &self.reporter,
+                    &self.shutdown,
                     &acked.name,
                 );
             }
@@ -187,6 +188,10 @@ impl Coordinator {
             Request::Stop => {}
             Request::Reload => self.reload(),
             Request::CheckTasks => {
+                // Also "now": a task waiting for its download window or for a gate goes.
+                if let Some(r) = &self.in_flight {
+                    r.go_now.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 self.take_retry_requests();
                 if !self.journal.snapshot().pending.is_empty() {
                     self.confirm_due = true;

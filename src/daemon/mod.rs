@@ -279,11 +279,13 @@ fn spawn_mqtt(
     Ok(())
 }
 
-/// The download in flight: its task, the flag that cancels it, and its thread.
+/// The download in flight: its task, the flags that cancel it and that lift its
+/// windows and gates (SIGUSR1), and its thread.
 struct Running {
     /// None: the confirmation of pending installs.
     task: Option<Task>,
     cancel: Arc<AtomicBool>,
+    go_now: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 

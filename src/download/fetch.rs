@@ -11,7 +11,7 @@ use super::staging::Staging;
 use super::{DownloadError, Downloader, Stop};
 use crate::install::Paths;
 use crate::journal;
-use crate::pace::Pace;
+use crate::pace::ScheduledPace;
 use crate::protocol::{percent, redact_url, Direction, ProgressState, Report, Task};
 use crate::random;
 use crate::report::Progress;
@@ -51,15 +51,31 @@ pub(super) fn fetch(
     loop {
         check_stop(d, &staging)?;
         crate::notify::beat();
+        if staging.len() < task.size {
+            wait_for_window(d, task, &staging)?;
+        }
         if staging.len() == task.size {
             if verified(task, &mut retry, &mut staging)? {
                 return Ok(());
             }
             continue;
         }
+        // A certificate checked by a clock from 1970 is "not yet valid": wait for it.
+        if !crate::clock::wait_until_set(&d.shutdown, &format!("downloading {}", task.name)) {
+            return Err(Stop::Interrupted);
+        }
         let before = staging.len();
         let error = match attempt(d, task, &http, &mut staging, &mut progress) {
-            Ok(()) => None,
+            Ok(Attempted::Whole) => None,
+            Ok(Attempted::WindowClosed) => {
+                log::info!(
+                    "{}: the download window closed; paused at byte {} of {}",
+                    task.name,
+                    staging.len(),
+                    task.size
+                );
+                continue;
+            }
             Err(Stop::Failed(DownloadError::Transfer { source, .. })) => Some(source),
             Err(stop) => return Err(stop),
         };
@@ -67,6 +83,91 @@ pub(super) fn fetch(
         let decision = retry.after_attempt(progressed, error.as_ref(), random::random_u64());
         act(d, task, &mut staging, decision, error)?;
     }
+}
+
+/// How an attempt that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempted {
+    /// The body arrived to its end.
+    Whole,
+    /// `download_windows` closed: stopped at a chunk boundary, the bytes kept; the
+    /// next window resumes with Range.
+    WindowClosed,
+}
+
+/// How often a wait for a window reads the wall clock again: a clock set late (boards
+/// without a battery) or corrected by NTP moves the wait with it.
+const WINDOW_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Outside `download_windows` (docs/agent.md, "When the device downloads"): it hears
+/// `downloading` at the bytes staged with the next window as `result_msg`, `status`
+/// shows it, and the transfer waits, feeding the watchdog; a stop, a withdrawal or
+/// SIGUSR1 (`resagent check`) ends the wait. A window that opens is followed by the
+/// usual jitter (`poll_jitter_s`): a fleet whose window opens at one minute does not
+/// reach the storage in the same second.
+fn wait_for_window(d: &Downloader, task: &Task, staging: &Staging) -> Result<(), Stop> {
+    let windows = &d.config.download_windows;
+    let now = crate::sys::local_second_now();
+    if windows.is_open(now) || d.go_now() {
+        return Ok(());
+    }
+    let why = format!(
+        "waiting for the download window {}",
+        crate::schedule::describe_wait(windows, now)
+    );
+    log::info!("{}: {why}", task.name);
+    let mut report = Report::progress(
+        Direction::Download,
+        &task.name,
+        ProgressState::Downloading,
+        percent(staging.len(), task.size),
+    );
+    report.result_msg = why.clone();
+    d.reporter.progress(&report);
+    // For `status`: the window, not a countdown that would be stale when read.
+    let held = match windows.next(now) {
+        Some(w) => format!("waiting for the download window {}", w.label()),
+        None => format!("waiting for a download window ({})", windows.labels()),
+    };
+    d.hold(task, Some(&held));
+    let overridden = loop {
+        if d.go_now() {
+            break true;
+        }
+        if windows.is_open(crate::sys::local_second_now()) {
+            break false;
+        }
+        d.wait(WINDOW_LOOK_EVERY)?;
+    };
+    d.hold(task, None);
+    if overridden {
+        log::info!(
+            "{}: going now (SIGUSR1): the window is lifted for this task",
+            task.name
+        );
+        return Ok(());
+    }
+    let jitter = d.config.poll_jitter.as_millis() as u64;
+    let delay = std::time::Duration::from_millis(random::random_u64() % jitter.max(1));
+    log::info!(
+        "{}: the download window opened; starting in {:.1} s",
+        task.name,
+        delay.as_secs_f64()
+    );
+    d.wait(delay)
+}
+
+/// When, on the monotonic clock, the open window closes (None: it does not, or the
+/// windows are lifted for this task).
+fn window_closes_at(d: &Downloader) -> Option<std::time::Instant> {
+    if d.go_now() {
+        return None;
+    }
+    let secs = d
+        .config
+        .download_windows
+        .closes_in(crate::sys::local_second_now())?;
+    Some(std::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs)))
 }
 
 /// All bytes are staged: whether their MD5 is the task's (true), or the part was
@@ -199,7 +300,7 @@ fn attempt(
     http: &HttpClient,
     staging: &mut Staging,
     progress: &mut Progress,
-) -> Result<(), Stop> {
+) -> Result<Attempted, Stop> {
     let offset = staging.len();
     log::info!(
         "downloading {} from {} at byte {offset} of {}",
@@ -255,7 +356,7 @@ fn stream(
     reader: Box<dyn Read + Send + Sync>,
     staging: &mut Staging,
     progress: &mut Progress,
-) -> Result<(), Stop> {
+) -> Result<Attempted, Stop> {
     let hashed = staging.take_md5();
     // `size` + 1: one byte too many is how an over-long body is noticed (saturating: a
     // size near u64::MAX must not wrap to a limit of 0).
@@ -269,9 +370,9 @@ fn stream(
     };
     let copied = copy_chunks(d, task, &mut pipe, staging, progress);
     staging.put_md5(pipe.finish());
-    copied?;
+    let attempted = copied?;
     staging.sync()?;
-    Ok(())
+    Ok(attempted)
 }
 
 fn copy_chunks(
@@ -280,17 +381,31 @@ fn copy_chunks(
     pipe: &mut Pipeline,
     staging: &mut Staging,
     progress: &mut Progress,
-) -> Result<(), Stop> {
+) -> Result<Attempted, Stop> {
     let shown = redact_url(&task.url);
     let transfer = |source| DownloadError::Transfer {
         name: task.name.clone(),
         source,
     };
-    let mut pace = Pace::new(d.config.max_bytes_per_s);
+    let mut pace = ScheduledPace::new(&d.config.max_bytes_per_s);
     let mut flusher = staging.flusher();
+    let mut closes_at = window_closes_at(d);
     loop {
         check_stop(d, staging)?;
         crate::notify::beat();
+        if closes_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            // The monotonic estimate is due: the wall clock decides (it may have been
+            // set or corrected meanwhile).
+            if d.go_now()
+                || d.config
+                    .download_windows
+                    .is_open(crate::sys::local_second_now())
+            {
+                closes_at = window_closes_at(d);
+            } else {
+                return Ok(Attempted::WindowClosed);
+            }
+        }
         let (buf, n) = match pipe.next(|| d.check_stop().is_err() || staging.follower_done()) {
             // A stop while the server is silent: the check above returns it.
             None => continue,
@@ -334,5 +449,5 @@ fn copy_chunks(
         })
         .into());
     }
-    Ok(())
+    Ok(Attempted::Whole)
 }

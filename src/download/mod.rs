@@ -114,6 +114,9 @@ pub(crate) enum DownloadError {
     /// The plugin claiming the resource declined it (or exports no install).
     #[error("plugin {plugin}: {name} is claimed by this plugin, which did not install it")]
     ClaimedNotInstalled { plugin: String, name: String },
+    /// `install_gate_command` said no (its first line of output).
+    #[error("{name}: {reason}")]
+    Gate { name: String, reason: String },
     /// The default installer could not place the file.
     #[error("install {name}: {source}")]
     Install { name: String, source: FsError },
@@ -167,6 +170,7 @@ impl DownloadError {
             DownloadError::PluginInstall(_)
             | DownloadError::InstallInterrupted { .. }
             | DownloadError::ClaimedNotInstalled { .. }
+            | DownloadError::Gate { .. }
             | DownloadError::Install { .. } => ResultCode::InstallFailed,
         }
     }
@@ -201,6 +205,9 @@ pub(crate) struct Downloader {
     pub(crate) reporter: Arc<Reporter>,
     pub(crate) shutdown: Shutdown,
     pub(crate) cancel: Arc<AtomicBool>,
+    /// Set by SIGUSR1 (`resagent check`): this task goes now, whatever
+    /// `download_windows` or a gate says (once: the next task gets a new flag).
+    pub(crate) go_now: Arc<AtomicBool>,
     /// The plugins as last scanned (start, SIGHUP).
     pub(crate) plugins: Arc<PluginSet>,
     /// resagent's own executable, re-run as the plugins' child process.
@@ -211,6 +218,15 @@ impl Downloader {
     /// Runs `task` (the journal's download in flight) to its end and reports that end.
     pub(crate) fn run(&self, task: &Task) -> Outcome {
         crate::notify::beat();
+        // A hold recorded by a run that was stopped is asked again, not shown as true.
+        if self
+            .journal
+            .snapshot()
+            .download
+            .is_some_and(|d| d.held.is_some())
+        {
+            self.hold(task, None);
+        }
         let paths = install::paths(&self.config.resource_dir, &task.name);
         match self.bring_and_install(task, &paths) {
             Ok((ChainEnd::Installed(by), as_)) => self.report_installed(task, &as_, by),
@@ -468,6 +484,7 @@ impl Downloader {
         if self.shutdown.is_set() {
             return Err(Stop::Interrupted);
         }
+        self.install_gate(task, as_, paths)?;
         let mut progress = Progress::new(
             &self.reporter,
             Direction::Download,
@@ -577,7 +594,13 @@ impl Downloader {
             tasks::pending(j, task, written, plugin, boot_id, now)
         });
         if acked {
-            reboot::after_acknowledged(&self.config, &self.journal, &self.reporter, &task.name);
+            reboot::after_acknowledged(
+                &self.config,
+                &self.journal,
+                &self.reporter,
+                &self.shutdown,
+                &task.name,
+            );
         } else {
             log::warn!(
                 "{}: the pending report was not acknowledged; it is sent again after the next connect",
@@ -759,6 +782,100 @@ impl Downloader {
     }
 
     /// A cancel by the platform or a stop of the agent, checked between chunks.
+    /// `install_gate_command`, asked before the chain until it says go (0) or no (any
+    /// exit but 75). "Not now" (75) is reported as `burning` 0 with the gate's line, shown
+    /// by `status`, and asked again after `gate_retry_s`; SIGUSR1 goes on without it.
+    fn install_gate(&self, task: &Task, as_: &Task, paths: &Paths) -> Result<(), Stop> {
+        use crate::gate::{self, Verdict, Which};
+        let Some(command) = &self.config.install_gate_command else {
+            return Ok(());
+        };
+        let env = [
+            ("RESAGENT_NAME", as_.name.clone()),
+            ("RESAGENT_PATH", paths.staging.display().to_string()),
+            ("RESAGENT_MD5", as_.md5sum.clone()),
+        ];
+        loop {
+            if self.go_now() {
+                log::info!(
+                    "{}: installing now (SIGUSR1): the install gate is not asked",
+                    task.name
+                );
+                self.hold(task, None);
+                return Ok(());
+            }
+            let asked = gate::ask(
+                command,
+                Which::Install,
+                &env,
+                self.config.plugin_timeout,
+                &self.shutdown,
+            );
+            match asked.map_err(|_| Stop::Interrupted)? {
+                Verdict::Go => {
+                    self.hold(task, None);
+                    return Ok(());
+                }
+                Verdict::Refused(reason) => {
+                    self.hold(task, None);
+                    return Err(DownloadError::Gate {
+                        name: as_.name.clone(),
+                        reason,
+                    }
+                    .into());
+                }
+                Verdict::Later(line) => {
+                    let retry = self.config.gate_retry;
+                    log::info!(
+                        "{}: the install gate says not now: {line}; asking again in {} s",
+                        task.name,
+                        retry.as_secs()
+                    );
+                    let mut report = Report::progress(
+                        Direction::Download,
+                        &task.name,
+                        ProgressState::Burning,
+                        0,
+                    );
+                    report.result_msg = format!("install gate: not now: {line}");
+                    self.reporter.progress(&report);
+                    self.hold(
+                        task,
+                        Some(&format!("the install gate says not now: {line}")),
+                    );
+                    self.wait_or_go(retry)?;
+                }
+            }
+        }
+    }
+
+    /// Waits `delay` like [`wait`](Self::wait), ended early by SIGUSR1.
+    fn wait_or_go(&self, delay: std::time::Duration) -> Result<(), Stop> {
+        let until = std::time::Instant::now() + delay;
+        while !self.go_now() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.wait(left.min(std::time::Duration::from_secs(1)))?;
+        }
+        Ok(())
+    }
+
+    /// Whether SIGUSR1 lifted the windows and gates for this task.
+    fn go_now(&self) -> bool {
+        self.go_now.load(Ordering::SeqCst)
+    }
+
+    /// What `status` shows as the reason the task waits (None: it does not).
+    fn hold(&self, task: &Task, why: Option<&str>) {
+        self.journal.record(|j| {
+            if let Some(dl) = in_flight_of(j, task) {
+                dl.held = why.map(str::to_string);
+            }
+        });
+    }
+
     fn check_stop(&self) -> Result<(), Stop> {
         if self.cancel.load(Ordering::SeqCst) {
             Err(Stop::Cancelled)

@@ -107,3 +107,34 @@ pub(crate) fn dup_owned(fd: std::os::fd::RawFd) -> nix::Result<std::os::fd::Owne
     // SAFETY: `dup` returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
 }
+
+/// The local second of the day (0..86 400) at Unix second `unix`, as the C library's
+/// time zone (`TZ`, else /etc/localtime, read again when it changed) says; None when
+/// the conversion fails. `download_windows` and scheduled caps are local times.
+pub(crate) fn local_second_of_day(unix: i64) -> Option<u32> {
+    extern "C" {
+        fn tzset();
+    }
+    let t: nix::libc::time_t = unix;
+    // SAFETY: `tm` is plain old data, zeroed; `localtime_r` writes only into it and reads
+    // `t`. `tzset` reads the environment and the zone file into the C library's own
+    // state, which `localtime_r` then uses (glibc's `localtime_r` alone would keep the
+    // zone of the first call forever).
+    let mut tm: nix::libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe {
+        tzset();
+        !nix::libc::localtime_r(&t, &mut tm).is_null()
+    };
+    let (h, m, s) = (tm.tm_hour, tm.tm_min, tm.tm_sec.min(59));
+    (ok && (0..24).contains(&h) && (0..60).contains(&m) && s >= 0)
+        .then(|| (h * 3600 + m * 60 + s) as u32)
+}
+
+/// The local second of the day now; the UTC one when the conversion fails.
+pub(crate) fn local_second_now() -> u32 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    local_second_of_day(i64::try_from(unix).unwrap_or(0)).unwrap_or((unix % 86_400) as u32)
+}

@@ -578,7 +578,7 @@ impl Uploader {
             file,
             url,
             (size, md5sum),
-            config.max_bytes_per_s,
+            &config.max_bytes_per_s,
             &self.shutdown,
             &mut during,
         );

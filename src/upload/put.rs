@@ -4,7 +4,8 @@
 //! same [`Watch`]; what it means for the platform is the caller's business.
 
 use crate::fsutil;
-use crate::pace::Pace;
+use crate::pace::ScheduledPace;
+use crate::schedule::RateCap;
 use crate::shutdown::Shutdown;
 use crate::transfer::{HttpClient, TransferError};
 use std::fs::File;
@@ -24,7 +25,7 @@ pub(crate) fn put(
     file: &File,
     url: &str,
     (size, md5sum): (u64, &str),
-    max_bytes_per_s: u64,
+    max_bytes_per_s: &RateCap,
     shutdown: &Shutdown,
     watch: &mut dyn Watch,
 ) -> Result<(), TransferError> {
@@ -34,7 +35,7 @@ pub(crate) fn put(
         dropped: 0,
         size,
         watch,
-        pace: Pace::new(max_bytes_per_s),
+        pace: ScheduledPace::new(max_bytes_per_s),
         shutdown,
     };
     // `http1` reads the body 128 KiB at a time: few, large reads of the file (and of
@@ -53,7 +54,7 @@ struct Body<'a> {
     dropped: u64,
     size: u64,
     watch: &'a mut dyn Watch,
-    pace: Pace,
+    pace: ScheduledPace,
     shutdown: &'a Shutdown,
 }
 

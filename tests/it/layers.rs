@@ -15,11 +15,13 @@ const LAYERS: &[(&str, u32)] = &[
     ("notify", 0),
     ("random", 0),
     ("rdelta", 0),
+    ("schedule", 0),
     ("shutdown", 0),
     ("signals", 0),
     ("sys", 0),
     // Files and pacing; the messages (their URLs checked by `http1`).
     ("fsutil", 1),
+    ("clock", 1),
     ("pace", 1),
     ("protocol", 1),
     // State on disk, the outbox folder, plugins.
@@ -32,6 +34,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("config", 3),
     ("tasks", 3),
     ("install", 3),
+    ("gate", 3),
     // The network, and the view on the state.
     ("transfer", 4),
     ("mqtt", 4),

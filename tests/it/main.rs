@@ -23,3 +23,4 @@ mod tls;
 mod upload;
 mod vendor;
 mod wedges;
+mod when;

@@ -214,7 +214,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     );
     let unit_text = std::fs::read_to_string(&unit).unwrap();
     for needle in [
-        "After=network-online.target",
+        "After=network-online.target time-sync.target",
         "Type=notify",
         "WatchdogSec=",
         "Restart=on-failure",
