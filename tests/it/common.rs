@@ -19,6 +19,17 @@ pub fn device() -> String {
     format!("{PRODUCT}/{DEVICE}")
 }
 
+/// A child process (a platform, an agent started by hand) killed when dropped, whatever
+/// the test's end.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `resagent run`.
 pub struct Agent {
     pub child: Child,

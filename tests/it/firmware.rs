@@ -1033,16 +1033,6 @@ fn a_plugin_built_against_the_first_header_loads_and_installs_as_before() {
     assert!(burning.contains(&50), "{burning:?}");
 }
 
-/// Kills a child process when dropped.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_local_platform_moves_on_after_a_fail_and_writes_its_reports_as_json_lines() {
     let d = tempfile::tempdir().unwrap();

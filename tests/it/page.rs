@@ -125,14 +125,7 @@ fn the_page_shows_what_a_patch_saves() {
     assert!(said.contains("seen "), "{needle:?} not on the page: {said}");
     assert!(out.status.success());
     // And in /reports.json, for scripts.
-    let json: Value = serde_json::from_slice(
-        &Command::new("curl")
-            .args(["-sf", &format!("{url}reports.json")])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let json = reports_json(&url);
     let d = &json["deltas"][0];
     assert_eq!(d["name"], "model.bin.rdelta", "{json}");
     assert_eq!(d["patch_bytes"], patch.len() as u64);
@@ -232,14 +225,7 @@ fn a_file_offered_from_the_page_is_installed_and_an_upload_is_linked_to_its_byte
         !html.contains("__OFFER_TOKEN__"),
         "the page carries its token"
     );
-    let json: Value = serde_json::from_slice(
-        &Command::new("curl")
-            .args(["-sf", &format!("{url}reports.json")])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let json = reports_json(&url);
     let link = json["uploads"][0]["link"].as_str().unwrap();
     assert!(link.starts_with("/uploads/"), "{json}");
     let bytes = Command::new("curl")
@@ -310,4 +296,13 @@ fn an_offer_without_the_page_token_or_with_a_path_for_a_name_is_refused() {
     );
     let offered = rig.path().join("platform-uploads/.offered/x.bin");
     assert_eq!(std::fs::read(offered).unwrap(), b"payload");
+}
+
+/// The platform's `/reports.json` at the page's `url`, as a script reads it.
+fn reports_json(url: &str) -> Value {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("{url}reports.json")])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -257,16 +257,6 @@ fn not_root() -> bool {
     !nix::unistd::Uid::effective().is_root()
 }
 
-/// Kills a child process when the test ends, whatever happens.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_platforms_first_push_reaches_a_device_that_asked_before_it_started() {
     // The device asked (into the void) and will not ask again for an hour: only the
@@ -289,7 +279,7 @@ fn the_platforms_first_push_reaches_a_device_that_asked_before_it_started() {
     )
     .unwrap();
     let log = d.path().join("agent.log");
-    let _agent = Child(
+    let _agent = Running(
         Command::new(env!("CARGO_BIN_EXE_resagent"))
             .args(["run", "-c"])
             .arg(&config)
@@ -309,7 +299,7 @@ fn the_platforms_first_push_reaches_a_device_that_asked_before_it_started() {
     let offered = d.path().join("first.bin");
     write_random(&offered, 200_000, 31);
     let platform_log = d.path().join("platform.log");
-    let _platform = Child(
+    let _platform = Running(
         Command::new(Path::new(env!("CARGO_BIN_EXE_resagent")).with_file_name("resagent-platform"))
             .args(["--device", &device(), "--broker", &broker.uri()])
             .args(["--listen", &format!("127.0.0.1:{}", free_port())])
