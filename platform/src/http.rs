@@ -186,14 +186,7 @@ impl Storage {
         } else {
             self.addr.ip()
         };
-        let host = match ip {
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-            v4 => v4.to_string(),
-        };
-        match self.addr.port() {
-            80 => format!("http://{host}"),
-            port => format!("http://{host}:{port}"),
-        }
+        url_base(ip, self.addr.port())
     }
 
     /// URLs name `url` (e.g. `http://gateway.local:8080`) as this server from now on.
@@ -700,6 +693,19 @@ fn receive_put(
     ))
 }
 
+/// `http://HOST[:PORT]`: no port for 80 (Tencent's SDK dials 80 and takes anything
+/// after the host as part of the host name), brackets for IPv6.
+fn url_base(ip: std::net::IpAddr, port: u16) -> String {
+    let host = match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    match port {
+        80 => format!("http://{host}"),
+        port => format!("http://{host}:{port}"),
+    }
+}
+
 /// Whether `name` can be a resource offered from the page: a plain file name.
 fn offerable_name(name: &str) -> bool {
     !name.is_empty()
@@ -831,6 +837,15 @@ mod tests {
     fn names_are_percent_encoded() {
         assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
         assert_eq!(percent_encode("fw-1.0_x~"), "fw-1.0_x~");
+    }
+
+    #[test]
+    fn urls_name_no_port_for_80() {
+        let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(url_base(lo, 80), "http://127.0.0.1");
+        assert_eq!(url_base(lo, 8080), "http://127.0.0.1:8080");
+        let v6 = std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+        assert_eq!(url_base(v6, 80), "http://[::1]");
     }
 
     #[test]
