@@ -91,9 +91,16 @@ pub(crate) fn sigtimedwait(
     set: &nix::sys::signal::SigSet,
     timeout: std::time::Duration,
 ) -> Option<i32> {
+    // `time_t` and the nanoseconds' `c_long` are 32 bits on armv7: converted to whatever
+    // the target has (a timeout beyond its range waits its longest). On 64-bit targets
+    // the conversions are the identity, which clippy would have us drop.
+    #[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
     let timeout = nix::libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(timeout.subsec_nanos()),
+        tv_sec: timeout
+            .as_secs()
+            .try_into()
+            .unwrap_or(nix::libc::time_t::MAX),
+        tv_nsec: timeout.subsec_nanos().try_into().unwrap_or(0),
     };
     // SAFETY: a valid set and timeout, read during the call; no siginfo is wanted (NULL).
     let sig = unsafe { nix::libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };
@@ -115,7 +122,9 @@ pub(crate) fn local_second_of_day(unix: i64) -> Option<u32> {
     extern "C" {
         fn tzset();
     }
-    let t: nix::libc::time_t = unix;
+    // 32 bits on armv7 (glibc's default there): a time past 2038 has no local time.
+    #[allow(clippy::useless_conversion)]
+    let t: nix::libc::time_t = unix.try_into().ok()?;
     // SAFETY: `tm` is plain old data, zeroed; `localtime_r` writes only into it and reads
     // `t`. `tzset` reads the environment and the zone file into the C library's own
     // state, which `localtime_r` then uses (glibc's `localtime_r` alone would keep the
