@@ -14,11 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// The earlier commits whose release builds are input (b), nearest first: the last
-/// commit of the session before delta streaming (a few changes: a small update), and the
-/// last one before delta delivery existed (25 commits: a session of refactoring — the
-/// upload module, the configuration table, the sys module, the daemon split).
-const EARLIER_COMMITS: &[(&str, &str)] = &[("78a2a0d", "a few commits"), ("8f10cbe", "25 commits")];
+/// The earlier commits whose release builds are input (b), nearest first: ba83f8a, the
+/// end of issue #27 (then issue #28's windows, gates and clock: a feature release, both
+/// builds on `http1.rs`), and 78a2a0d, the end of session 8, across the HTTP client swap
+/// (ureq, `url` and `idna` out, `http1.rs` in: more than a release step).
+const EARLIER_COMMITS: &[(&str, &str)] = &[
+    ("ba83f8a", "a feature release"),
+    ("78a2a0d", "across the HTTP client swap"),
+];
 
 /// One base/target pair.
 struct Input {
