@@ -299,9 +299,14 @@ fn the_platforms_first_push_reaches_a_device_that_asked_before_it_started() {
     let offered = d.path().join("first.bin");
     write_random(&offered, 200_000, 31);
     let platform_log = d.path().join("platform.log");
+    // The platform's way to the broker is down for its first 1.5 s (its first connects
+    // fail): the offer must still reach the device once the platform's session is up.
+    let far = resagent_platform::rig::Relay::start(broker.port);
+    far.set_down(true);
     let _platform = Running(
         Command::new(Path::new(env!("CARGO_BIN_EXE_resagent")).with_file_name("resagent-platform"))
-            .args(["--device", &device(), "--broker", &broker.uri()])
+            .args(["--device", &device(), "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", far.port))
             .args(["--listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--uploads")
             .arg(d.path().join("uploads"))
@@ -312,6 +317,8 @@ fn the_platforms_first_push_reaches_a_device_that_asked_before_it_started() {
             .spawn()
             .unwrap(),
     );
+    std::thread::sleep(Duration::from_millis(1500));
+    far.set_down(false);
     let installed = d.path().join("res/first.bin");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read(&installed).ok() != std::fs::read(&offered).ok() {
