@@ -458,3 +458,23 @@ fn a_gate_that_does_not_answer_never_holds_a_stop() {
     );
     assert_eq!(rig.gets(&t).0, 1, "not fetched again");
 }
+
+#[test]
+fn check_now_lets_a_task_past_an_install_gate_that_says_not_now() {
+    let mut rig = Rig::new();
+    let (gate, answer) = gate_script(&rig, "install-gate");
+    rig.config["install_gate_command"] = json!(gate);
+    rig.config["gate_retry_s"] = json!(3600);
+    std::fs::write(&answer, "75").unwrap();
+    let agent = rig.start_agent();
+    let (_, t) = rig.task("urgent.cfg", 40_000, 93);
+    rig.platform.push(&device(), &t).unwrap();
+    wait_report(&rig, "urgent.cfg", "install gate: not now", T);
+    // An hour until the gate is asked again; the operator says now.
+    let (code, _, _) = rig.cli(&["check", "--now"]);
+    assert_eq!(code, 0);
+    let done = rig.final_report(&agent, "urgent.cfg", T);
+    assert_eq!(state_of(&done), ("done", 0));
+    rig.assert_installed("urgent.cfg", &t);
+    wait_log_within(&agent, "the install gate is not asked", T);
+}
