@@ -30,6 +30,26 @@ impl Drop for Running {
     }
 }
 
+/// The configuration of an agent a test starts by hand beside a `resagent-platform`
+/// process (not the rig's): the test device on `broker`, its folders under `dir`, then
+/// `extra`'s keys; written to `dir/config.json`, its path returned.
+pub fn hand_config(dir: &Path, broker: &str, extra: Value) -> PathBuf {
+    let mut config = json!({
+        "productId": PRODUCT, "deviceName": DEVICE,
+        "key_deviceinfo": {"deviceSecret": SECRET_B64},
+        "broker": broker, "allow_http": true, "poll_jitter_s": 0,
+        "resource_dir": dir.join("res"), "state_dir": dir.join("state"),
+        "outbox_dir": dir.join("outbox"), "plugin_dir": dir.join("plugins"),
+        "pid_file": dir.join("resagent.pid"),
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        config[k] = v.clone();
+    }
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
 /// A running `resagent run`.
 pub struct Agent {
     pub child: Child,

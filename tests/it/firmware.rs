@@ -1069,21 +1069,11 @@ fn the_local_platform_moves_on_after_a_fail_and_writes_its_reports_as_json_lines
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", platform_exe.display())),
     );
-    let config = d.path().join("config.json");
-    std::fs::write(
-        &config,
-        json!({
-            "productId": PRODUCT, "deviceName": DEVICE,
-            "key_deviceinfo": {"deviceSecret": SECRET_B64},
-            "broker": broker.uri(), "allow_http": true, "progress_interval_s": 0,
-            "poll_jitter_s": 0,
-            "resource_dir": d.path().join("res"), "state_dir": d.path().join("state"),
-            "outbox_dir": d.path().join("outbox"), "plugin_dir": plugins,
-            "pid_file": d.path().join("resagent.pid"),
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let config = hand_config(
+        d.path(),
+        &broker.uri(),
+        json!({"progress_interval_s": 0, "plugin_dir": plugins}),
+    );
     let _agent = Running(
         Command::new(env!("CARGO_BIN_EXE_resagent"))
             .args(["run", "-c"])
@@ -1277,20 +1267,7 @@ fn the_local_platform_keeps_a_failed_task_on_offer_unless_once() {
             cmd.arg("--once");
         }
         let _platform = Running(cmd.spawn().unwrap());
-        let config = d.path().join("config.json");
-        std::fs::write(
-            &config,
-            json!({
-                "productId": PRODUCT, "deviceName": DEVICE,
-                "key_deviceinfo": {"deviceSecret": SECRET_B64},
-                "broker": broker.uri(), "allow_http": true, "poll_jitter_s": 0,
-                "resource_dir": d.path().join("res"), "state_dir": d.path().join("state"),
-                "outbox_dir": d.path().join("outbox"), "plugin_dir": plugins,
-                "pid_file": d.path().join("resagent.pid"),
-            })
-            .to_string(),
-        )
-        .unwrap();
+        let config = hand_config(d.path(), &broker.uri(), json!({"plugin_dir": plugins}));
         let _agent = Running(
             Command::new(env!("CARGO_BIN_EXE_resagent"))
                 .args(["run", "-c"])

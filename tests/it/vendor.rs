@@ -263,21 +263,7 @@ fn the_platforms_first_push_reaches_a_device_that_asked_before_it_started() {
     // platform's push, made once its own session is up, can deliver the offer.
     let d = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(d.path(), "");
-    let config = d.path().join("config.json");
-    std::fs::write(
-        &config,
-        json!({
-            "productId": PRODUCT, "deviceName": DEVICE,
-            "key_deviceinfo": {"deviceSecret": SECRET_B64},
-            "broker": broker.uri(), "allow_http": true, "poll_jitter_s": 0,
-            "poll_interval_s": 3600,
-            "resource_dir": d.path().join("res"), "state_dir": d.path().join("state"),
-            "outbox_dir": d.path().join("outbox"), "plugin_dir": d.path().join("plugins"),
-            "pid_file": d.path().join("resagent.pid"),
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let config = hand_config(d.path(), &broker.uri(), json!({"poll_interval_s": 3600}));
     let log = d.path().join("agent.log");
     let _agent = Running(
         Command::new(env!("CARGO_BIN_EXE_resagent"))
