@@ -23,7 +23,11 @@ pub(crate) struct ScheduledPace {
 
 impl ScheduledPace {
     pub(crate) fn new(cap: &RateCap) -> Self {
-        let rate = cap.at(crate::sys::local_second_now());
+        // A fixed cap needs no clock (the time zone is read only for a schedule).
+        let rate = match cap {
+            RateCap::Always(rate) => *rate,
+            RateCap::Scheduled(_) => cap.at(crate::sys::local_second_now()),
+        };
         ScheduledPace {
             cap: cap.clone(),
             rate,
