@@ -159,6 +159,26 @@ fn unit_for_test(dir: &Path) -> PathBuf {
     unit
 }
 
+/// `systemd-analyze verify` of `units` (`unit_path` searched first, for units they name):
+/// it must succeed and say nothing on a line that names `ours`.
+fn assert_verifies(units: &[&Path], unit_path: Option<&Path>, ours: &str) {
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.args(["verify", "--man=no"]).args(units);
+    if let Some(dir) = unit_path {
+        cmd.env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()));
+    }
+    let out = cmd
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let about_ours: Vec<&str> = text.lines().filter(|l| l.contains(ours)).collect();
+    assert!(
+        out.status.success() && about_ours.is_empty(),
+        "systemd-analyze verify: {text}"
+    );
+}
+
 #[test]
 fn the_documented_path_unit_that_restarts_an_application_verifies() {
     // docs/agent.md, "When a resource is replaced": the example units, with a stand-in
@@ -172,22 +192,13 @@ fn the_documented_path_unit_that_restarts_an_application_verifies() {
         "[Unit]\nDescription=stand-in\n[Service]\nExecStart=/bin/true\n",
     )
     .unwrap();
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(d.path().join("model-replaced.path"))
-        .arg(d.path().join("model-replaced.service"))
-        .env("SYSTEMD_UNIT_PATH", format!("{}:", d.path().display()))
-        .output()
-        .expect("systemd-analyze (Debian package systemd)");
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    let ours: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("model-replaced"))
-        .collect();
-    assert!(
-        out.status.success() && ours.is_empty(),
-        "systemd-analyze verify: {text}"
+    assert_verifies(
+        &[
+            &d.path().join("model-replaced.path"),
+            &d.path().join("model-replaced.service"),
+        ],
+        Some(d.path()),
+        "model-replaced",
     );
     let path = std::fs::read_to_string(d.path().join("model-replaced.path")).unwrap();
     assert!(path.contains("PathChanged=/var/lib/resagent/resources/model.bin"));
@@ -197,21 +208,7 @@ fn the_documented_path_unit_that_restarts_an_application_verifies() {
 fn the_systemd_unit_verifies_and_is_hardened() {
     let d = tempfile::tempdir().unwrap();
     let unit = unit_for_test(d.path());
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&unit)
-        .output()
-        .expect("systemd-analyze (Debian package systemd)");
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    let ours: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("resagent.service"))
-        .collect();
-    assert!(
-        out.status.success() && ours.is_empty(),
-        "systemd-analyze verify: {text}"
-    );
+    assert_verifies(&[&unit], None, "resagent.service");
     let unit_text = std::fs::read_to_string(&unit).unwrap();
     for needle in [
         "After=network-online.target time-sync.target",
@@ -371,16 +368,7 @@ fn a_plugin_recipe_installs_its_config_fragment_and_a_drop_in_that_systemd_accep
     let dir = unit.parent().unwrap().join("resagent.service.d");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(&dropin, dir.join("30-swupdate.conf")).unwrap();
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&unit)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !stderr.contains("30-swupdate.conf"),
-        "{stderr}"
-    );
+    assert_verifies(&[&unit], None, "30-swupdate.conf");
 
     // A configuration that is not a JSON object stops the build, naming the recipe.
     for bad in [r#"{"socket_dir": "/tmp""#, "[1, 2]"] {
