@@ -609,7 +609,9 @@ fn the_image_config_merges_resagent_config_json_and_the_unit_may_write_every_fol
             "RESAGENT_PLUGIN_DIR": "/usr/lib/resagent/plugins",
             "RESAGENT_PID_FILE": "/run/resagent.pid",
             "DISTRO_FEATURES": "acl ipv6 systemd usrmerge",
-            "sysconfdir": "/etc", "bindir": "/usr/bin",
+            // The built binary's folder, so systemd finds the ExecStart it checks.
+            "sysconfdir": "/etc",
+            "bindir": Path::new(env!("CARGO_BIN_EXE_resagent")).parent().unwrap(),
             "systemd_system_unitdir": "/usr/lib/systemd/system",
         })
     };
@@ -643,6 +645,11 @@ fn the_image_config_merges_resagent_config_json_and_the_unit_may_write_every_fol
         "{unit}"
     );
     assert!(!unit.contains('@'), "every placeholder is substituted");
+    assert_verifies(
+        &[&dest.join("usr/lib/systemd/system/resagent.service")],
+        None,
+        "resagent.service",
+    );
 
     // The agent reads the merged file as it is (no unknown key: not exit 2).
     let mut c = config.clone();
