@@ -249,13 +249,20 @@ fn gate_script(rig: &Rig, file: &str) -> (String, PathBuf) {
     (format!("sh {}", script.display()), answer)
 }
 
-#[test]
-fn the_install_gate_goes_waits_and_refuses() {
+/// A rig whose `install_gate_command` answers what its file says (75 to begin with),
+/// asked again after `retry_s`; the file to change the answer.
+fn install_gated_rig(retry_s: u64) -> (Rig, PathBuf) {
     let mut rig = Rig::new();
     let (gate, answer) = gate_script(&rig, "install-gate");
     rig.config["install_gate_command"] = json!(gate);
-    rig.config["gate_retry_s"] = json!(1);
+    rig.config["gate_retry_s"] = json!(retry_s);
     std::fs::write(&answer, "75").unwrap();
+    (rig, answer)
+}
+
+#[test]
+fn the_install_gate_goes_waits_and_refuses() {
+    let (mut rig, answer) = install_gated_rig(1);
     let agent = rig.start_agent();
     let (_, t) = rig.task("press.cfg", 50_000, 86);
     rig.platform.push(&device(), &t).unwrap();
@@ -461,11 +468,7 @@ fn a_gate_that_does_not_answer_never_holds_a_stop() {
 
 #[test]
 fn check_now_lets_a_task_past_an_install_gate_that_says_not_now() {
-    let mut rig = Rig::new();
-    let (gate, answer) = gate_script(&rig, "install-gate");
-    rig.config["install_gate_command"] = json!(gate);
-    rig.config["gate_retry_s"] = json!(3600);
-    std::fs::write(&answer, "75").unwrap();
+    let (mut rig, _answer) = install_gated_rig(3600);
     let agent = rig.start_agent();
     let (_, t) = rig.task("urgent.cfg", 40_000, 93);
     rig.platform.push(&device(), &t).unwrap();
